@@ -1,0 +1,123 @@
+//! `usvm bench`: every benchmark of the project, each printed as a ratio against a floor
+//! measured in the same run (these machines are noisy; absolute times mean little).
+
+use crate::table::Table;
+use anyhow::{Result, bail};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use usvm::{Attr, Svm};
+
+/// One result line: `{"name","value","unit","floor","ratio"}`.
+#[derive(Serialize, Debug, Clone)]
+pub struct BenchLine {
+    /// Benchmark name (stable: other issues and scripts refer to it).
+    pub name: &'static str,
+    /// The measured value.
+    pub value: f64,
+    /// Unit of `value` and `floor`.
+    pub unit: &'static str,
+    /// The floor measured in the same run.
+    pub floor: f64,
+    /// `value / floor` (what the goal of each benchmark is stated in).
+    pub ratio: f64,
+}
+
+type BenchFn = fn(bool) -> Result<BenchLine>;
+
+/// Every benchmark, by name.
+const BENCHES: &[(&str, BenchFn)] = &[("set_attr_1e6_vs_1e3", set_attr_scaling)];
+
+/// Runs the benchmarks and prints them.
+pub fn run(quick: bool, json: bool, filter: Option<&str>) -> Result<()> {
+    let chosen: Vec<_> = BENCHES
+        .iter()
+        .filter(|(n, _)| filter.is_none_or(|f| n.contains(f)))
+        .collect();
+    if chosen.is_empty() {
+        bail!(
+            "no benchmark matches {:?}; known: {}",
+            filter.unwrap_or(""),
+            BENCHES.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let mut t = Table::new(&["benchmark", "value", "floor", "unit", "ratio"]);
+    for (_, f) in chosen {
+        let line = f(quick)?;
+        if json {
+            println!("{}", serde_json::to_string(&line)?);
+        } else {
+            t.row(vec![
+                line.name.to_string(),
+                format!("{:.1}", line.value),
+                format!("{:.1}", line.floor),
+                line.unit.to_string(),
+                format!("{:.3}", line.ratio),
+            ]);
+        }
+    }
+    if !json {
+        print!("{}", t.render());
+    }
+    Ok(())
+}
+
+/// Median of the per-call time of `batches` batches of `calls` calls of `f`.
+fn median_ns_per_call(batches: usize, calls: usize, mut f: impl FnMut(usize)) -> f64 {
+    let mut per: Vec<f64> = (0..batches)
+        .map(|b| {
+            let t = Instant::now();
+            for i in 0..calls {
+                f(b * calls + i);
+            }
+            t.elapsed().as_nanos() as f64 / calls as f64
+        })
+        .collect();
+    per.sort_by(f64::total_cmp);
+    per[per.len() / 2]
+}
+
+/// An instance holding `n` ranges (one page each, in a mapping of their own) and a
+/// separate 2 MiB range: returns the instance, its buffers and the 2 MiB range's address.
+fn instance_with_ranges(n: usize) -> Result<(Svm, Vec<usvm::SvmBuffer>, usize)> {
+    // 64 MiB of VRAM: 2 MiB maximum range size, so a 2 MiB SET never creates two ranges.
+    let svm = Svm::builder().gpus(2).vram_bytes(64 << 20).build()?;
+    // Every other page gets granularity 0, which splits the 2 MiB gap ranges page by page.
+    let many = svm.alloc(2 * n * 4096)?;
+    svm.set_attr(many.addr(), many.len(), &[])?;
+    for i in 0..n {
+        svm.set_attr(many.addr() + 2 * i * 4096, 4096, &[Attr::Granularity(0)])?;
+    }
+    let target = svm.alloc(2 << 20)?;
+    svm.set_attr(target.addr(), target.len(), &[])?;
+    let addr = target.addr();
+    let total = svm.range_count();
+    if total < 2 * n {
+        bail!("expected at least {} ranges, got {total}", 2 * n);
+    }
+    Ok((svm, vec![many, target], addr))
+}
+
+/// `set_attr_1e6_vs_1e3`: time per SET_ATTR on a 2 MiB interval with 1e6 ranges in the
+/// instance, against the same with 1e3 ranges. Goal: ratio <= 3.
+fn set_attr_scaling(quick: bool) -> Result<BenchLine> {
+    let (batches, calls) = if quick { (5, 2000) } else { (11, 10000) };
+    let measure = |n: usize| -> Result<f64> {
+        let (svm, _bufs, addr) = instance_with_ranges(n / 2)?;
+        let ns = median_ns_per_call(batches, calls, |i| {
+            let g = 3 + (i % 2) as u32; // alternate, so every call changes the range
+            svm.set_attr(addr, 2 << 20, &[Attr::Granularity(g)])
+                .expect("set_attr");
+        });
+        std::thread::sleep(Duration::from_millis(1));
+        Ok(ns)
+    };
+    let floor = measure(1_000)?;
+    let value = measure(1_000_000)?;
+    Ok(BenchLine {
+        name: "set_attr_1e6_vs_1e3",
+        value,
+        unit: "ns/call",
+        floor,
+        ratio: value / floor,
+    })
+}

@@ -1,0 +1,89 @@
+//! The error type of every public call, each variant with the Linux errno the kernel would
+//! return for the same call (see kfd-svm-semantics.md section 1.7).
+
+/// An error from usvm. [`Error::errno`] gives the errno KFD returns in the same situation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The start address or size is zero, not 4 KiB aligned, or `start + size` overflows.
+    #[error(
+        "invalid interval: start {start:#x}, size {size:#x} (must be non-zero, 4 KiB aligned, no overflow)"
+    )]
+    BadInterval {
+        /// Start address in bytes.
+        start: u64,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// The ioctl operation is neither SET_ATTR nor GET_ATTR.
+    #[error("unknown SVM operation {0}")]
+    UnknownOp(u32),
+    /// The attribute type is not one of `KFD_IOCTL_SVM_ATTR_*`.
+    #[error("unknown SVM attribute type {0}")]
+    UnknownAttrType(u32),
+    /// An attribute names a GPU id that does not belong to this instance.
+    #[error("unknown GPU id {0:#x}")]
+    UnknownGpu(u32),
+    /// PREFETCH_LOC cannot be UNDEFINED.
+    #[error("PREFETCH_LOC cannot be UNDEFINED")]
+    UndefinedPrefetch,
+    /// ACCESS_IN_PLACE and NO_ACCESS are not query types for GET_ATTR.
+    #[error("attribute type {0} cannot be queried; query ACCESS instead")]
+    BadQueryType(u32),
+    /// Part of the interval is not covered by a mapping of the process.
+    #[error("address {addr:#x} is not mapped")]
+    NotMapped {
+        /// The first byte address found without a mapping.
+        addr: u64,
+    },
+    /// The interval touches a device (I/O, PFN-map) mapping, which cannot hold SVM ranges.
+    #[error("address {addr:#x} lies in a device mapping ({name})")]
+    DeviceMapping {
+        /// Start of the offending mapping.
+        addr: u64,
+        /// What the mapping is.
+        name: String,
+    },
+    /// The interval overlaps ranges managed by another usvm instance of this process.
+    #[error("address {addr:#x} belongs to another usvm instance")]
+    AddressInUse {
+        /// The first byte address that is taken.
+        addr: u64,
+    },
+    /// The operation needs the device idle (for example, switching XNACK with queues present).
+    #[error("busy: {0}")]
+    Busy(&'static str),
+    /// A builder setting is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// A system call failed.
+    #[error("{call} failed: {}", std::io::Error::from_raw_os_error(*errno))]
+    Sys {
+        /// The system call.
+        call: &'static str,
+        /// Its errno.
+        errno: i32,
+    },
+}
+
+impl Error {
+    /// The Linux errno the kernel returns for the same call (`libc::EINVAL`, `libc::EFAULT`, ...).
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::BadInterval { .. }
+            | Error::UnknownOp(_)
+            | Error::UnknownAttrType(_)
+            | Error::UnknownGpu(_)
+            | Error::UndefinedPrefetch
+            | Error::BadQueryType(_)
+            | Error::InvalidConfig(_) => libc::EINVAL,
+            Error::NotMapped { .. } | Error::DeviceMapping { .. } => libc::EFAULT,
+            Error::AddressInUse { .. } => libc::EADDRINUSE,
+            Error::Busy(_) => libc::EBUSY,
+            Error::Sys { errno, .. } => *errno,
+        }
+    }
+}
+
+/// Shorthand for results of usvm calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,229 @@
+//! SVM ranges: the per-range state of KFD's `struct svm_range` and the tree that holds them.
+//!
+//! Addresses here are **page numbers** (byte address >> 12) and intervals are inclusive
+//! `[start, last]`, exactly as in the kernel's range code, so that the arithmetic of the
+//! semantics document carries over unchanged.
+//!
+//! - [`RangeAttrs`] and [`AttrOp`]: the attributes of a range and the validated SET_ATTR
+//!   operations that change them (`svm_range_apply_attrs`, `svm_range_is_same_attrs`).
+//! - [`SvmRange`]: attributes plus residency and GPU-mapping state, and how a range splits.
+//! - [`tree::RangeTree`]: the address-ordered set of ranges, with the SET_ATTR transaction
+//!   (`svm_range_add`), GET_ATTR aggregation and partial unmapping.
+
+pub mod tree;
+
+use crate::attr::{Location, SvmFlags};
+use std::time::Instant;
+
+/// A page number: a byte address shifted right by 12.
+pub type PageNo = u64;
+
+/// The largest granularity a range stores (`min(value, 63)`).
+pub const MAX_GRANULARITY: u8 = 63;
+
+/// A set of GPUs by their index in the instance (KFD's per-range bitmaps, 64 GPUs at most).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GpuMask(pub u64);
+
+impl GpuMask {
+    /// No GPU.
+    pub const EMPTY: GpuMask = GpuMask(0);
+
+    /// The first `n` GPUs.
+    pub const fn first(n: usize) -> GpuMask {
+        if n >= 64 {
+            GpuMask(u64::MAX)
+        } else {
+            GpuMask((1u64 << n) - 1)
+        }
+    }
+    /// Whether GPU `idx` is in the set.
+    pub const fn contains(self, idx: usize) -> bool {
+        self.0 & (1 << idx) != 0
+    }
+    /// Adds GPU `idx`.
+    pub fn insert(&mut self, idx: usize) {
+        self.0 |= 1 << idx;
+    }
+    /// Removes GPU `idx`.
+    pub fn remove(&mut self, idx: usize) {
+        self.0 &= !(1 << idx);
+    }
+    /// The GPU indices in the set, ascending.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        (0..64).filter(move |&i| self.contains(i))
+    }
+}
+
+impl std::ops::BitAnd for GpuMask {
+    type Output = GpuMask;
+    fn bitand(self, o: GpuMask) -> GpuMask {
+        GpuMask(self.0 & o.0)
+    }
+}
+
+impl std::ops::BitOr for GpuMask {
+    type Output = GpuMask;
+    fn bitor(self, o: GpuMask) -> GpuMask {
+        GpuMask(self.0 | o.0)
+    }
+}
+
+/// One validated SET_ATTR entry, with GPU ids already resolved to GPU indices
+/// (the output of `svm_range_check_attr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttrOp {
+    /// PREFERRED_LOC.
+    Preferred(Location),
+    /// PREFETCH_LOC (never UNDEFINED).
+    Prefetch(Location),
+    /// ACCESS for a GPU index.
+    Access(usize),
+    /// ACCESS_IN_PLACE for a GPU index.
+    AccessInPlace(usize),
+    /// NO_ACCESS for a GPU index.
+    NoAccess(usize),
+    /// SET_FLAGS.
+    SetFlags(SvmFlags),
+    /// CLR_FLAGS.
+    ClrFlags(SvmFlags),
+    /// GRANULARITY, as given (stored as `min(value, 63)`).
+    Granularity(u32),
+}
+
+/// The user-visible attributes of a range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangeAttrs {
+    /// PREFERRED_LOC.
+    pub preferred_loc: Location,
+    /// PREFETCH_LOC.
+    pub prefetch_loc: Location,
+    /// Flags.
+    pub flags: SvmFlags,
+    /// log2 of the granule in pages, at most 63.
+    pub granularity: u8,
+    /// GPUs with ACCESS (`bitmap_access`).
+    pub access: GpuMask,
+    /// GPUs with ACCESS_IN_PLACE (`bitmap_aip`).
+    pub access_in_place: GpuMask,
+}
+
+impl RangeAttrs {
+    /// The attributes of a new range (`svm_range_set_default_attributes`): locations
+    /// undefined, flags `HOST_ACCESS | COHERENT`, the given granularity and ACCESS bitmap.
+    pub fn new_default(granularity: u8, access: GpuMask) -> Self {
+        RangeAttrs {
+            preferred_loc: Location::Undefined,
+            prefetch_loc: Location::Undefined,
+            flags: SvmFlags::DEFAULT,
+            granularity,
+            access,
+            access_in_place: GpuMask::EMPTY,
+        }
+    }
+
+    /// Applies the operations in order: a later one overrides an earlier one.
+    pub fn apply(&mut self, ops: &[AttrOp]) {
+        for op in ops {
+            match *op {
+                AttrOp::Preferred(l) => self.preferred_loc = l,
+                AttrOp::Prefetch(l) => self.prefetch_loc = l,
+                AttrOp::Access(g) => {
+                    self.access.insert(g);
+                    self.access_in_place.remove(g);
+                }
+                AttrOp::AccessInPlace(g) => {
+                    self.access.remove(g);
+                    self.access_in_place.insert(g);
+                }
+                AttrOp::NoAccess(g) => {
+                    self.access.remove(g);
+                    self.access_in_place.remove(g);
+                }
+                AttrOp::SetFlags(f) => self.flags |= f,
+                AttrOp::ClrFlags(f) => self.flags &= !f,
+                AttrOp::Granularity(v) => self.granularity = v.min(MAX_GRANULARITY as u32) as u8,
+            }
+        }
+    }
+
+    /// Whether the range already has every requested attribute (`svm_range_is_same_attrs`).
+    /// PREFETCH_LOC never counts as "same"; granularity compares the raw requested value,
+    /// so a request above 63 is never "same" either.
+    pub fn has_all(&self, ops: &[AttrOp]) -> bool {
+        ops.iter().all(|op| match *op {
+            AttrOp::Preferred(l) => self.preferred_loc == l,
+            AttrOp::Prefetch(_) => false,
+            AttrOp::Access(g) => self.access.contains(g),
+            AttrOp::AccessInPlace(g) => self.access_in_place.contains(g),
+            AttrOp::NoAccess(g) => !self.access.contains(g) && !self.access_in_place.contains(g),
+            AttrOp::SetFlags(f) => self.flags.contains(f),
+            AttrOp::ClrFlags(f) => !self.flags.intersects(f),
+            AttrOp::Granularity(v) => u32::from(self.granularity) == v,
+        })
+    }
+}
+
+/// One SVM range: a page interval with attributes, residency and GPU-mapping state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SvmRange {
+    /// First page.
+    pub start: PageNo,
+    /// Last page (inclusive).
+    pub last: PageNo,
+    /// The attributes.
+    pub attrs: RangeAttrs,
+    /// `Sysmem`, or the GPU whose VRAM holds (some of) the pages (`actual_loc`).
+    pub actual_loc: Location,
+    /// How many of the pages are in VRAM.
+    pub vram_pages: u64,
+    /// Whether the whole range has been validated and mapped to the GPUs it should be.
+    pub mapped_to_gpu: bool,
+    /// Pending XNACK-off invalidations (the restore worker remaps ranges with `invalid > 0`).
+    pub invalid: u32,
+    /// When the range was last validated and mapped (GPU-fault dedup window).
+    pub validate_timestamp: Option<Instant>,
+}
+
+impl SvmRange {
+    /// A new range over `[start, last]` with the given attributes, all in system memory.
+    pub fn new(start: PageNo, last: PageNo, attrs: RangeAttrs) -> Self {
+        debug_assert!(start <= last);
+        SvmRange {
+            start,
+            last,
+            attrs,
+            actual_loc: Location::Sysmem,
+            vram_pages: 0,
+            mapped_to_gpu: false,
+            invalid: 0,
+            validate_timestamp: None,
+        }
+    }
+
+    /// Number of pages.
+    pub fn npages(&self) -> u64 {
+        self.last - self.start + 1
+    }
+
+    /// Splits the range at page `at` (`start < at <= last`): `self` keeps `[start, at - 1]`
+    /// and the returned range takes `[at, last]`. Both keep the attributes, `actual_loc` and
+    /// the mapping state, as `svm_range_split` does.
+    pub fn split_off(&mut self, at: PageNo) -> SvmRange {
+        debug_assert!(self.start < at && at <= self.last);
+        let mut right = self.clone();
+        right.start = at;
+        self.last = at - 1;
+        // Residency is all system memory until the migration engine keeps per-page VRAM
+        // placement; then the VRAM pages are counted on each side of the cut.
+        debug_assert_eq!(self.vram_pages, 0);
+        right.vram_pages = 0;
+        right
+    }
+
+    /// Whether `page` is a multiple of this range's granule (`2^granularity` pages).
+    pub fn granule_aligned(&self, page: PageNo) -> bool {
+        let g = u32::from(self.attrs.granularity);
+        g >= 64 || page & ((1u64 << g) - 1) == 0
+    }
+}

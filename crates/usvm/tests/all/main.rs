@@ -1,0 +1,5 @@
+//! usvm's integration tests, one binary (one link) for all of them.
+
+mod attrs;
+mod model;
+mod util;

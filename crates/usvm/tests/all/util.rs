@@ -1,0 +1,84 @@
+//! Helpers shared by the integration tests: raw mappings made the way an application makes
+//! them, without going through usvm.
+
+use usvm::{Error, Svm};
+
+pub const PAGE: usize = 4096;
+pub const MIB: usize = 1 << 20;
+
+/// An mmap region owned by a test, unmapped on drop.
+pub struct Mapping {
+    pub addr: usize,
+    pub len: usize,
+}
+
+impl Mapping {
+    /// Anonymous private memory with `len` bytes, aligned to `align` inside it.
+    pub fn anon(len: usize, align: usize) -> Mapping {
+        Self::with(len, align, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)
+    }
+
+    /// A mapping with the given flags and fd, `align`-aligned.
+    pub fn with(len: usize, align: usize, flags: i32, fd: i32) -> Mapping {
+        let total = len + align;
+        // SAFETY: a fresh mapping at an address the kernel picks; nothing else refers to it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags | libc::MAP_NORESERVE,
+                fd,
+                0,
+            )
+        };
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        let base = p as usize;
+        let addr = base.next_multiple_of(align);
+        unmap(base, addr - base);
+        unmap(addr + len, base + total - addr - len);
+        Mapping { addr, len }
+    }
+
+    /// Unmaps `[addr + off, addr + off + len)` (a hole).
+    pub fn punch(&self, off: usize, len: usize) {
+        unmap(self.addr + off, len);
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        unmap(self.addr, self.len);
+    }
+}
+
+pub fn unmap(addr: usize, len: usize) {
+    if len > 0 {
+        // SAFETY: only regions this test mapped itself are unmapped.
+        let r = unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+        assert_eq!(r, 0);
+    }
+}
+
+/// A 2-GPU instance with 1 GiB of VRAM each (32 MiB maximum range size).
+pub fn svm2(xnack: bool) -> Svm {
+    Svm::builder()
+        .gpus(2)
+        .vram_bytes(1 << 30)
+        .xnack(xnack)
+        .build()
+        .unwrap()
+}
+
+/// The errno of a result, 0 on success.
+pub fn errno<T>(r: Result<T, Error>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.errno(),
+    }
+}
