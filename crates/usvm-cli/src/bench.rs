@@ -25,7 +25,10 @@ pub struct BenchLine {
 type BenchFn = fn(bool) -> Result<BenchLine>;
 
 /// Every benchmark, by name.
-const BENCHES: &[(&str, BenchFn)] = &[("set_attr_1e6_vs_1e3", set_attr_scaling)];
+const BENCHES: &[(&str, BenchFn)] = &[
+    ("copy_engine", copy_engine),
+    ("set_attr_1e6_vs_1e3", set_attr_scaling),
+];
 
 /// Runs the benchmarks and prints them.
 pub fn run(quick: bool, json: bool, filter: Option<&str>) -> Result<()> {
@@ -119,5 +122,19 @@ fn set_attr_scaling(quick: bool) -> Result<BenchLine> {
         unit: "ns/call",
         floor,
         ratio: value / floor,
+    })
+}
+
+/// `copy_engine`: 256 MiB system memory -> VRAM through the copy engine, against a
+/// single-thread memcpy of the same size in the same run. Goal: ratio >= 0.7.
+fn copy_engine(quick: bool) -> Result<BenchLine> {
+    let (bytes, reps) = if quick { (64 << 20, 5) } else { (256 << 20, 9) };
+    let r = usvm::bench::copy_engine(bytes, reps)?;
+    Ok(BenchLine {
+        name: "copy_engine",
+        value: r.value,
+        unit: "GB/s",
+        floor: r.floor,
+        ratio: r.value / r.floor,
     })
 }

@@ -56,6 +56,48 @@ pub enum Error {
     /// A builder setting is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The VRAM accounting limit of a GPU would be exceeded.
+    #[error("GPU {gpu}: cannot reserve {bytes} bytes of VRAM (accounting limit)")]
+    NoVramSpace {
+        /// GPU index.
+        gpu: usize,
+        /// Bytes asked for.
+        bytes: u64,
+    },
+    /// VRAM could not be allocated, even after evicting what could be evicted.
+    #[error("GPU {gpu}: out of VRAM allocating {npages} pages")]
+    NoVram {
+        /// GPU index.
+        gpu: usize,
+        /// Pages asked for.
+        npages: u64,
+    },
+    /// A copy-engine chunk failed; the pages of that chunk and later ones did not arrive.
+    #[error("GPU {gpu}: copy engine failure")]
+    CopyFailed {
+        /// GPU index.
+        gpu: usize,
+    },
+    /// A wait timed out.
+    #[error("timed out")]
+    Timeout,
+    /// A fatal GPU VM fault: no mapping (XNACK off, no access, no VMA) or a write through
+    /// a read-only mapping.
+    #[error("GPU {gpu:#x}: fatal VM fault at {addr:#x} ({})", if *write { "write" } else { "read" })]
+    GpuVmFault {
+        /// The GPU id.
+        gpu: u32,
+        /// The faulting byte address.
+        addr: u64,
+        /// A write access.
+        write: bool,
+    },
+    /// A device kernel panicked.
+    #[error("device kernel panicked: {0}")]
+    KernelPanic(String),
+    /// The queue no longer accepts work.
+    #[error("queue is gone")]
+    QueueGone,
     /// A system call failed.
     #[error("{call} failed: {}", std::io::Error::from_raw_os_error(*errno))]
     Sys {
@@ -80,6 +122,13 @@ impl Error {
             Error::NotMapped { .. } | Error::DeviceMapping { .. } => libc::EFAULT,
             Error::AddressInUse { .. } => libc::EADDRINUSE,
             Error::Busy(_) => libc::EBUSY,
+            Error::NoVramSpace { .. } => libc::ENOSPC,
+            Error::NoVram { .. } => libc::ENOMEM,
+            Error::CopyFailed { .. } => libc::EIO,
+            Error::Timeout => libc::ETIME,
+            Error::GpuVmFault { .. } => libc::EFAULT,
+            Error::KernelPanic(_) => libc::EIO,
+            Error::QueueGone => libc::ENODEV,
             Error::Sys { errno, .. } => *errno,
         }
     }

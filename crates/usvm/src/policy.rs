@@ -3,7 +3,8 @@
 //! This is the home of the kernel's heuristics (`svm_range_set_max_pages`, and later the
 //! best prefetch and restore locations). Everything here is deterministic and unit tested.
 
-use crate::range::PageNo;
+use crate::attr::SvmFlags;
+use crate::range::{AttrOp, GpuMask, PageNo, RangeAttrs};
 
 /// Smallest maximum range size, in pages (2 MiB).
 pub const MIN_MAX_RANGE_PAGES: u64 = 1 << 9;
@@ -36,5 +37,176 @@ mod tests {
         assert_eq!(max_range_pages([1u64 << 40]), 262144); // clamped down to 1 GiB
         assert_eq!(max_range_pages([3 << 30]), 16384); // 96 MiB -> 64 MiB (power of two)
         assert_eq!(max_range_pages([1 << 30, 256 << 20]), 2048); // minimum over GPUs
+    }
+}
+
+/// Which GPUs SET_ATTR, a remap or the restore worker map a range on (section 7.1):
+/// XNACK off, every GPU with ACCESS or ACCESS_IN_PLACE; XNACK on, the IN_PLACE GPUs plus
+/// the GPU holding the data if it has ACCESS, or (when that is empty and the range is
+/// already mapped or ALWAYS_MAPPED) every ACCESS GPU.
+pub fn gpus_to_map(
+    attrs: &RangeAttrs,
+    actual_gpu: Option<usize>,
+    mapped_to_gpu: bool,
+    xnack: bool,
+) -> GpuMask {
+    if !xnack {
+        return attrs.access | attrs.access_in_place;
+    }
+    let mut set = attrs.access_in_place;
+    if let Some(g) = actual_gpu.filter(|&g| attrs.access.contains(g)) {
+        set.insert(g);
+    }
+    if set == GpuMask::EMPTY && (mapped_to_gpu || attrs.flags.contains(SvmFlags::GPU_ALWAYS_MAPPED))
+    {
+        set = attrs.access;
+    }
+    set
+}
+
+/// Whether a SET_ATTR with these operations redoes the GPU mappings of the ranges it
+/// updates (`update_mapping`): flag changes always; access changes, and split pieces to
+/// remap, only with XNACK off; locations and granularity never.
+pub fn ops_update_mapping(ops: &[AttrOp], xnack: bool, remap_pending: bool) -> bool {
+    (!xnack && remap_pending)
+        || ops.iter().any(|op| match op {
+            AttrOp::SetFlags(_) | AttrOp::ClrFlags(_) => true,
+            AttrOp::Access(_) | AttrOp::AccessInPlace(_) | AttrOp::NoAccess(_) => !xnack,
+            _ => false,
+        })
+}
+
+/// Where a GPU retry fault puts the data (`svm_range_best_restore_location`, section 5.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreLocation {
+    /// System memory.
+    Sysmem,
+    /// The VRAM of the GPU with this index.
+    Gpu(usize),
+    /// The faulting GPU has no access: a fatal fault.
+    NoAccess,
+}
+
+/// The best location for the data of a range when GPU `faulter` faults on it:
+/// preferred location first (the faulter itself, system memory, or a GPU in the faulter's
+/// hive), then the faulter if it has ACCESS, then, with ACCESS_IN_PLACE, where the data is
+/// if the faulter can reach it (else system memory); otherwise no access.
+///
+/// `preferred` is the preferred location resolved to a GPU index (`Some(None)` = system
+/// memory, `None` = undefined); `actual` is the GPU holding the data, if any.
+pub fn best_restore_location(
+    attrs: &RangeAttrs,
+    preferred: Option<Option<usize>>,
+    actual: Option<usize>,
+    faulter: usize,
+    same_hive: impl Fn(usize, usize) -> bool,
+) -> RestoreLocation {
+    match preferred {
+        Some(Some(p)) if p == faulter => return RestoreLocation::Gpu(faulter),
+        Some(None) => return RestoreLocation::Sysmem,
+        Some(Some(p)) if same_hive(p, faulter) => return RestoreLocation::Gpu(p),
+        _ => {}
+    }
+    if attrs.access.contains(faulter) {
+        return RestoreLocation::Gpu(faulter);
+    }
+    if attrs.access_in_place.contains(faulter) {
+        return match actual {
+            Some(a) if a == faulter || same_hive(a, faulter) => RestoreLocation::Gpu(a),
+            _ => RestoreLocation::Sysmem,
+        };
+    }
+    RestoreLocation::NoAccess
+}
+
+/// The granule of `page` for a range with granularity `g`, clipped to `[start, last]`.
+pub fn granule_extent(page: PageNo, g: u8, start: PageNo, last: PageNo) -> (PageNo, PageNo) {
+    let size = 1u64.checked_shl(u32::from(g)).unwrap_or(0);
+    if size == 0 {
+        return (start, last); // 2^63 and up: the whole range
+    }
+    let lo = page & !(size - 1);
+    let hi = lo.saturating_add(size - 1);
+    (lo.max(start), hi.min(last))
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+    use crate::attr::Location;
+
+    fn attrs(access: u64, aip: u64) -> RangeAttrs {
+        let mut a = RangeAttrs::new_default(9, GpuMask(access));
+        a.access_in_place = GpuMask(aip);
+        a.preferred_loc = Location::Undefined;
+        a
+    }
+
+    #[test]
+    fn restore_location_follows_section_5_3() {
+        let no_hive = |a: usize, b: usize| a == b;
+        let hive = |_: usize, _: usize| true;
+        let a = attrs(0b11, 0);
+        // Preferred location first.
+        assert_eq!(
+            best_restore_location(&a, Some(Some(0)), None, 0, no_hive),
+            RestoreLocation::Gpu(0)
+        );
+        assert_eq!(
+            best_restore_location(&a, Some(None), None, 0, no_hive),
+            RestoreLocation::Sysmem
+        );
+        assert_eq!(
+            best_restore_location(&a, Some(Some(1)), None, 0, hive),
+            RestoreLocation::Gpu(1)
+        );
+        // Preferred on a non-hive GPU falls through to ACCESS.
+        assert_eq!(
+            best_restore_location(&a, Some(Some(1)), None, 0, no_hive),
+            RestoreLocation::Gpu(0)
+        );
+        // IN_PLACE: where the data is when reachable, else system memory.
+        let b = attrs(0, 0b01);
+        assert_eq!(
+            best_restore_location(&b, None, None, 0, no_hive),
+            RestoreLocation::Sysmem
+        );
+        assert_eq!(
+            best_restore_location(&b, None, Some(0), 0, no_hive),
+            RestoreLocation::Gpu(0)
+        );
+        assert_eq!(
+            best_restore_location(&b, None, Some(1), 0, no_hive),
+            RestoreLocation::Sysmem
+        );
+        assert_eq!(
+            best_restore_location(&b, None, Some(1), 0, hive),
+            RestoreLocation::Gpu(1)
+        );
+        assert_eq!(
+            best_restore_location(&attrs(0, 0), None, None, 0, no_hive),
+            RestoreLocation::NoAccess
+        );
+    }
+
+    #[test]
+    fn granules_are_aligned_and_clipped() {
+        assert_eq!(granule_extent(1000, 9, 0, 10_000), (512, 1023));
+        assert_eq!(granule_extent(1000, 9, 700, 900), (700, 900));
+        assert_eq!(granule_extent(1000, 0, 0, 10_000), (1000, 1000));
+        assert_eq!(granule_extent(5, 63, 3, 9), (3, 9));
+    }
+
+    #[test]
+    fn gpus_to_map_follows_section_7_1() {
+        let mut a = attrs(0b01, 0b10);
+        assert_eq!(gpus_to_map(&a, None, false, false), GpuMask(0b11));
+        assert_eq!(gpus_to_map(&a, None, false, true), GpuMask(0b10));
+        assert_eq!(gpus_to_map(&a, Some(0), false, true), GpuMask(0b11));
+        a.access_in_place = GpuMask::EMPTY;
+        assert_eq!(gpus_to_map(&a, None, false, true), GpuMask::EMPTY);
+        assert_eq!(gpus_to_map(&a, None, true, true), GpuMask(0b01));
+        a.flags |= SvmFlags::GPU_ALWAYS_MAPPED;
+        assert_eq!(gpus_to_map(&a, None, false, true), GpuMask(0b01));
     }
 }

@@ -1,27 +1,15 @@
-//! The instance: builder, SET_ATTR / GET_ATTR orchestration (`svm_range_set_attr`,
-//! `svm_range_get_attr`), the XNACK switch and observation of ranges.
-//!
-//! Every call validates its input completely before it takes the state lock and changes
-//! anything, in the kernel's order (see kfd-svm-semantics.md section 1.7):
-//!
-//! ```text
-//!  entry:  start/size aligned, non-zero, no overflow ........ EINVAL
-//!          op is SET_ATTR or GET_ATTR ........................ EINVAL
-//!  SET:    every attribute type, GPU id, PREFETCH != UNDEF ... EINVAL
-//!          interval covered by ordinary mappings ............. EFAULT
-//!          ranges added / split / updated (under the lock)
-//!  GET:    deferred work flushed
-//!          interval covered by ordinary mappings ............. EFAULT
-//!          query types (no IN_PLACE / NO_ACCESS) ............. EINVAL
-//!          aggregate; ACCESS of an unknown GPU ............... EINVAL (earlier entries written)
-//! ```
+//! The public face of an instance: the builder, [`Svm`] with its API (api.md) and
+//! [`SvmBuffer`]. The work is done in `svms.rs` (ranges, ioctls, faults) and `gpu/`.
 
 use crate::attr::{Attr, GpuId, Location, SvmFlags};
 use crate::error::{Error, Result};
+use crate::events::{Counters, EventHub, EventStream, EvictTrigger};
+use crate::gpu::queue::Queue;
+use crate::gpu::{Access, Devices, GpuFaultHandler};
 use crate::policy;
-use crate::range::tree::{Aggregate, RangeTree};
-use crate::range::{AttrOp, GpuMask, PageNo, RangeAttrs};
-use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE, vma};
+use crate::range::GpuMask;
+use crate::svms::{GpuInfo, SvmInner, SvmState, check_interval};
+use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::uapi::{self, RawAttr};
 use parking_lot::Mutex;
 use std::sync::{Arc, Weak};
@@ -119,232 +107,22 @@ impl SvmBuilder {
             })
             .collect();
         let max_range_pages = policy::max_range_pages(gpus.iter().map(|g| g.vram_bytes));
+        let ids: Vec<GpuId> = gpus.iter().map(|g| g.id).collect();
+        let events = Arc::new(EventHub::new(ids.clone()));
+        let devs = Arc::new(Devices::new(&ids, vram, events.clone())?);
         let inner = Arc::new(SvmInner {
             supported: GpuMask::first(gpus.len()),
             gpus,
             max_range_pages,
             default_granularity: self.default_granularity,
-            state: Mutex::new(SvmState {
-                tree: RangeTree::new(),
-                xnack: self.xnack,
-                deferred: Vec::new(),
-                queues: 0,
-            }),
+            state: Mutex::new(SvmState::new(self.xnack)),
+            devs,
+            events,
         });
+        let handler: Arc<dyn GpuFaultHandler> = inner.clone();
+        inner.devs.set_fault_handler(Arc::downgrade(&handler));
         Ok(Svm { inner })
     }
-}
-
-/// One emulated GPU as the attribute layer sees it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct GpuInfo {
-    pub(crate) id: GpuId,
-    pub(crate) vram_bytes: u64,
-}
-
-/// Work queued by CPU page-table changes and done before the next SET_ATTR / GET_ATTR
-/// (KFD's deferred range list, section 6.4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DeferredOp {
-    /// The pages `[start, last]` were unmapped: drop them from every range.
-    Unmap { start: PageNo, last: PageNo },
-}
-
-/// State protected by the instance lock (`svms->lock`).
-#[derive(Debug)]
-struct SvmState {
-    tree: RangeTree,
-    xnack: bool,
-    deferred: Vec<DeferredOp>,
-    /// Number of live user queues (switching XNACK needs none).
-    queues: usize,
-}
-
-impl SvmState {
-    /// Runs the queued deferred work (`svm_range_deferred_list_work`).
-    fn flush_deferred(&mut self) {
-        for op in std::mem::take(&mut self.deferred) {
-            match op {
-                DeferredOp::Unmap { start, last } => {
-                    self.tree.remove_interval(start, last);
-                }
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
-pub(crate) struct SvmInner {
-    gpus: Vec<GpuInfo>,
-    supported: GpuMask,
-    max_range_pages: u64,
-    default_granularity: u8,
-    state: Mutex<SvmState>,
-}
-
-impl SvmInner {
-    /// The index of a GPU id, if it belongs to this instance.
-    fn gpu_idx(&self, id: u32) -> Option<usize> {
-        self.gpus.iter().position(|g| g.id.0 == id)
-    }
-
-    /// `svm_range_check_attr`: every attribute valid, GPU ids resolved to indices.
-    fn check_attrs(&self, attrs: &[Attr]) -> Result<Vec<AttrOp>> {
-        let gpu = |g: GpuId| -> Result<usize> {
-            self.gpu_idx(g.0)
-                .filter(|&i| self.supported.contains(i))
-                .ok_or(Error::UnknownGpu(g.0))
-        };
-        let loc = |l: Location| -> Result<Location> {
-            match l {
-                Location::Gpu(g) => gpu(g).map(|_| l),
-                _ => Ok(l),
-            }
-        };
-        attrs
-            .iter()
-            .map(|a| {
-                Ok(match *a {
-                    Attr::PreferredLoc(l) => AttrOp::Preferred(loc(l)?),
-                    Attr::PrefetchLoc(Location::Undefined) => return Err(Error::UndefinedPrefetch),
-                    Attr::PrefetchLoc(l) => AttrOp::Prefetch(loc(l)?),
-                    Attr::Access(g) => AttrOp::Access(gpu(g)?),
-                    Attr::AccessInPlace(g) => AttrOp::AccessInPlace(gpu(g)?),
-                    Attr::NoAccess(g) => AttrOp::NoAccess(gpu(g)?),
-                    Attr::SetFlags(f) => AttrOp::SetFlags(f),
-                    Attr::ClrFlags(f) => AttrOp::ClrFlags(f),
-                    Attr::Granularity(v) => AttrOp::Granularity(v),
-                })
-            })
-            .collect()
-    }
-
-    /// Attributes of a range created now (`svm_range_set_default_attributes`).
-    fn new_range_attrs(&self, xnack: bool) -> RangeAttrs {
-        let access = if xnack {
-            self.supported
-        } else {
-            GpuMask::EMPTY
-        };
-        RangeAttrs::new_default(self.default_granularity, access)
-    }
-
-    fn set_attr(&self, start: PageNo, last: PageNo, attrs: &[Attr]) -> Result<()> {
-        let ops = self.check_attrs(attrs)?;
-        let mut st = self.state.lock();
-        st.flush_deferred();
-        check_mapped(start, last)?;
-        let defaults = self.new_range_attrs(st.xnack);
-        st.tree
-            .add(start, last, &ops, &defaults, self.max_range_pages);
-        Ok(())
-    }
-
-    fn get_attr(&self, start: PageNo, last: PageNo, attrs: &mut [RawAttr]) -> Result<()> {
-        let mut st = self.state.lock();
-        st.flush_deferred();
-        check_mapped(start, last)?;
-        for a in attrs.iter() {
-            match a.ty {
-                uapi::KFD_IOCTL_SVM_ATTR_PREFERRED_LOC
-                | uapi::KFD_IOCTL_SVM_ATTR_PREFETCH_LOC
-                | uapi::KFD_IOCTL_SVM_ATTR_ACCESS
-                | uapi::KFD_IOCTL_SVM_ATTR_SET_FLAGS
-                | uapi::KFD_IOCTL_SVM_ATTR_CLR_FLAGS
-                | uapi::KFD_IOCTL_SVM_ATTR_GRANULARITY => {}
-                uapi::KFD_IOCTL_SVM_ATTR_ACCESS_IN_PLACE | uapi::KFD_IOCTL_SVM_ATTR_NO_ACCESS => {
-                    return Err(Error::BadQueryType(a.ty));
-                }
-                ty => return Err(Error::UnknownAttrType(ty)),
-            }
-        }
-        let agg = st
-            .tree
-            .aggregate(start, last, self.supported)
-            .unwrap_or_else(|| {
-                // Nothing overlaps: the attributes a new range would get.
-                let d = self.new_range_attrs(st.xnack);
-                Aggregate {
-                    preferred_loc: d.preferred_loc,
-                    prefetch_loc: d.prefetch_loc,
-                    flags_and: d.flags,
-                    flags_or: d.flags,
-                    granularity: d.granularity,
-                    access: d.access,
-                    access_in_place: GpuMask::EMPTY,
-                }
-            });
-        drop(st);
-        for a in attrs.iter_mut() {
-            match a.ty {
-                uapi::KFD_IOCTL_SVM_ATTR_PREFERRED_LOC => a.value = agg.preferred_loc.to_raw(),
-                uapi::KFD_IOCTL_SVM_ATTR_PREFETCH_LOC => a.value = agg.prefetch_loc.to_raw(),
-                uapi::KFD_IOCTL_SVM_ATTR_ACCESS => {
-                    let idx = self.gpu_idx(a.value).ok_or(Error::UnknownGpu(a.value))?;
-                    a.ty = if agg.access.contains(idx) {
-                        uapi::KFD_IOCTL_SVM_ATTR_ACCESS
-                    } else if agg.access_in_place.contains(idx) {
-                        uapi::KFD_IOCTL_SVM_ATTR_ACCESS_IN_PLACE
-                    } else {
-                        uapi::KFD_IOCTL_SVM_ATTR_NO_ACCESS
-                    };
-                }
-                uapi::KFD_IOCTL_SVM_ATTR_SET_FLAGS => a.value = agg.flags_and.bits(),
-                uapi::KFD_IOCTL_SVM_ATTR_CLR_FLAGS => a.value = !agg.flags_or.bits(),
-                uapi::KFD_IOCTL_SVM_ATTR_GRANULARITY => a.value = u32::from(agg.granularity),
-                _ => unreachable!("query types were checked"),
-            }
-        }
-        Ok(())
-    }
-
-    /// Queues the removal of `[addr, addr + len)` from the ranges (the munmap notifier).
-    fn defer_unmap(&self, addr: usize, len: usize) {
-        let start = (addr >> PAGE_SHIFT) as PageNo;
-        let last = ((addr + len) >> PAGE_SHIFT) as PageNo - 1;
-        self.state
-            .lock()
-            .deferred
-            .push(DeferredOp::Unmap { start, last });
-    }
-}
-
-/// `svm_range_is_valid`: every page of `[start, last]` must lie in an ordinary mapping of
-/// the process, with no hole and no device (I/O, PFN) mapping → else EFAULT.
-fn check_mapped(start: PageNo, last: PageNo) -> Result<()> {
-    let mut addr = (start << PAGE_SHIFT) as usize;
-    let end = ((last + 1) << PAGE_SHIFT) as usize;
-    while addr < end {
-        let v = vma::lookup(addr, false)
-            .map_err(|errno| Error::Sys {
-                call: "PROCMAP_QUERY",
-                errno,
-            })?
-            .ok_or(Error::NotMapped { addr: addr as u64 })?;
-        if v.kind == vma::VmaKind::Device {
-            return Err(Error::DeviceMapping {
-                addr: v.start as u64,
-                name: "I/O or PFN mapping".into(),
-            });
-        }
-        addr = v.end;
-    }
-    Ok(())
-}
-
-/// Entry checks of the SVM ioctl: start and size non-zero, 4 KiB aligned, and
-/// `start + size` without overflow. Returns the inclusive page interval.
-fn check_interval(start: u64, size: u64) -> Result<(PageNo, PageNo)> {
-    let page = PAGE_SIZE as u64 - 1;
-    let bad = Error::BadInterval { start, size };
-    if start & page != 0 || size & page != 0 || start == 0 || size == 0 {
-        return Err(bad);
-    }
-    let end = start
-        .checked_add(size)
-        .filter(|&e| e <= usize::MAX as u64)
-        .ok_or(bad)?;
-    Ok((start >> PAGE_SHIFT, (end >> PAGE_SHIFT) - 1))
 }
 
 /// A user-space shared-virtual-memory instance: emulated GPUs plus the SVM ranges of the
@@ -354,6 +132,28 @@ fn check_interval(start: u64, size: u64) -> Result<(PageNo, PageNo)> {
 #[derive(Debug)]
 pub struct Svm {
     inner: Arc<SvmInner>,
+}
+
+/// What [`Svm::smi`] reports for one GPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GpuSnapshot {
+    /// The GPU.
+    pub id: GpuId,
+    /// VRAM size in bytes.
+    pub vram_bytes: u64,
+    /// VRAM held by buffer objects.
+    pub vram_used: u64,
+    /// VRAM free.
+    pub vram_free: u64,
+    /// Live buffer objects.
+    pub bos: usize,
+    /// VRAM bytes held by accounting reservations (migrations in flight).
+    pub vram_reserved: u64,
+    /// Pages mapped in the GPU's page table.
+    pub mapped_pages: u64,
+    /// Whether the GPU's queues are evicted or suspended.
+    pub queues_suspended: bool,
 }
 
 /// What [`Svm::ranges`] reports for one SVM range.
@@ -512,6 +312,103 @@ impl Svm {
             .collect()
     }
 
+    /// A device load: `buf.len()` bytes at `addr` through GPU `g`'s page table.
+    ///
+    /// XNACK on: a page not mapped on `g` is a GPU retry fault, handled as the kernel's
+    /// `svm_range_restore_pages` does, then the access completes. XNACK off: it is a fatal
+    /// GPU VM fault (`EFAULT`, VMFAULT event). While `g`'s queues are evicted, the access
+    /// waits for the restore.
+    pub fn gpu_read(&self, g: GpuId, addr: usize, buf: &mut [u8]) -> Result<()> {
+        let idx = self.inner.gpu(g)?;
+        self.inner.devs.access(idx, addr, Access::Read(buf))
+    }
+
+    /// A device store of `data` at `addr` through GPU `g`'s page table (rules as
+    /// [`Svm::gpu_read`]; a write through a read-only mapping is a fatal fault).
+    pub fn gpu_write(&self, g: GpuId, addr: usize, data: &[u8]) -> Result<()> {
+        let idx = self.inner.gpu(g)?;
+        self.inner.devs.access(idx, addr, Access::Write(data))
+    }
+
+    /// Creates a compute queue on GPU `g`. While any queue exists, XNACK cannot change.
+    pub fn create_queue(&self, g: GpuId) -> Result<Queue> {
+        let idx = self.inner.gpu(g)?;
+        let mut st = self.inner.state.lock();
+        let weak = Arc::downgrade(&self.inner);
+        let q = Queue::new(
+            self.inner.devs.clone(),
+            idx,
+            Box::new(move || {
+                if let Some(i) = weak.upgrade() {
+                    i.state.lock().queues -= 1;
+                }
+            }),
+        )?;
+        st.queues += 1;
+        Ok(q)
+    }
+
+    /// Suspends GPU `g`'s queues (reference counted, as a debugger or KFD's own queue
+    /// eviction does): kernels pause before their next memory access and device accesses
+    /// wait until as many [`Svm::resume_queues`] calls have been made. Emits
+    /// QUEUE_EVICTION with trigger SUSPEND (3).
+    pub fn suspend_queues(&self, g: GpuId) -> Result<()> {
+        let idx = self.inner.gpu(g)?;
+        self.inner.devs.evict_queues(idx, EvictTrigger::Suspend);
+        Ok(())
+    }
+
+    /// Undoes one [`Svm::suspend_queues`]; emits QUEUE_RESTORE. `EINVAL` when the queues
+    /// are not suspended.
+    pub fn resume_queues(&self, g: GpuId) -> Result<()> {
+        let idx = self.inner.gpu(g)?;
+        if !self.inner.devs.queues_evicted(idx) {
+            return Err(Error::InvalidConfig(format!(
+                "GPU {g}: queues are not suspended"
+            )));
+        }
+        self.inner.devs.restore_queues(idx, false);
+        Ok(())
+    }
+
+    /// A per-GPU snapshot, as `amd-smi` shows it: VRAM total, used and free, BOs, mapped
+    /// pages and queue state.
+    pub fn smi(&self) -> Vec<GpuSnapshot> {
+        self.inner
+            .devs
+            .gpus
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let u = d.vram.usage();
+                GpuSnapshot {
+                    id: d.id,
+                    vram_bytes: u.total_pages * PAGE_SIZE as u64,
+                    vram_used: (u.total_pages - u.free_pages) * PAGE_SIZE as u64,
+                    vram_free: u.free_pages * PAGE_SIZE as u64,
+                    bos: u.bos,
+                    vram_reserved: u.reserved_bytes,
+                    mapped_pages: d.pt.mapped_pages(),
+                    queues_suspended: self.inner.devs.queues_evicted(i),
+                }
+            })
+            .collect()
+    }
+
+    /// A stream of every event emitted after this call.
+    pub fn subscribe(&self) -> EventStream {
+        self.inner.events.subscribe()
+    }
+
+    /// The counters of GPU `g` (KFD's sysfs `faults`, `page_in`, `page_out`); zeros for a
+    /// GPU that is not this instance's.
+    pub fn counters(&self, g: GpuId) -> Counters {
+        self.inner
+            .gpu(g)
+            .map(|i| self.inner.events.counters(i))
+            .unwrap_or_default()
+    }
+
     /// Number of SVM ranges (cheaper than `ranges().len()`).
     pub fn range_count(&self) -> usize {
         let mut st = self.inner.state.lock();
@@ -583,7 +480,7 @@ impl Drop for SvmBuffer {
         // As the MMU notifier does for munmap: queue the range bookkeeping first, so that
         // no later SET_ATTR / GET_ATTR can see ranges of memory that is gone.
         if let Some(owner) = self.owner.upgrade() {
-            owner.defer_unmap(self.addr, self.len);
+            owner.notify_unmap(self.addr, self.len);
         }
         if let Err(e) = sys::mmap::unmap(self.addr, self.len) {
             debug_assert!(false, "munmap of an SvmBuffer failed: {e}");

@@ -179,6 +179,8 @@ pub struct SvmRange {
     pub vram_pages: u64,
     /// Whether the whole range has been validated and mapped to the GPUs it should be.
     pub mapped_to_gpu: bool,
+    /// GPUs whose page tables may hold entries of this range (cleared on a full unmap).
+    pub mapped_gpus: GpuMask,
     /// Pending XNACK-off invalidations (the restore worker remaps ranges with `invalid > 0`).
     pub invalid: u32,
     /// When the range was last validated and mapped (GPU-fault dedup window).
@@ -196,6 +198,7 @@ impl SvmRange {
             actual_loc: Location::Sysmem,
             vram_pages: 0,
             mapped_to_gpu: false,
+            mapped_gpus: GpuMask::EMPTY,
             invalid: 0,
             validate_timestamp: None,
         }

@@ -83,7 +83,6 @@ impl RangeTree {
     }
 
     /// The range starting at `start`, mutably.
-    #[cfg(test)]
     pub fn get_mut(&mut self, start: PageNo) -> Option<&mut SvmRange> {
         self.map.get_mut(&start)
     }
@@ -106,7 +105,22 @@ impl RangeTree {
         self.map.range(from..=last).map(|(_, r)| r)
     }
 
-    fn insert(&mut self, r: SvmRange) {
+    /// The last range ending before `page`.
+    pub fn prev(&self, page: PageNo) -> Option<&SvmRange> {
+        self.map
+            .range(..page)
+            .next_back()
+            .map(|(_, r)| r)
+            .filter(|r| r.last < page)
+    }
+
+    /// The first range starting after `page`.
+    pub fn next(&self, page: PageNo) -> Option<&SvmRange> {
+        self.map.range(page + 1..).next().map(|(_, r)| r)
+    }
+
+    /// Inserts a range that overlaps none.
+    pub fn insert(&mut self, r: SvmRange) {
         let prev = self.map.insert(r.start, r);
         debug_assert!(prev.is_none(), "ranges overlap");
     }

@@ -58,28 +58,113 @@ pub fn unmap(addr: usize, len: usize) -> Result<()> {
     Ok(())
 }
 
-/// Copies `src` to the process memory at `addr`.
+/// Reserves `len` bytes of address space backed lazily by anonymous memory
+/// (`MAP_NORESERVE`): nothing is committed until a page is first written.
+pub fn reserve(len: usize) -> Result<usize> {
+    map_anon_aligned(len, PAGE_SIZE)
+}
+
+// The raw-memory helpers below take addresses as integers. Their contract, which every
+// caller in the crate upholds: each interval lies in a live mapping with the needed
+// permission (process memory the application registered, emulated VRAM, or usvm's own
+// buffers), and source and destination do not overlap.
+
+/// Copies `len` bytes from `src` to `dst` (both addresses of live mappings).
+pub fn copy(dst: usize, src: usize, len: usize) {
+    // SAFETY: both intervals are live mappings of at least `len` bytes that do not overlap
+    // (the module contract above).
+    unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) }
+}
+
+/// Copies of at least this many bytes use streaming (non-temporal) stores.
+pub const STREAMING_MIN_BYTES: usize = 256 << 10;
+
+/// Copies `len` bytes like [`copy`], with non-temporal stores for large copies on x86-64.
 ///
-/// The caller guarantees that `[addr, addr + src.len())` is a live writable mapping it
-/// owns (an [`crate::SvmBuffer`] checks its bounds before calling).
+/// glibc's memcpy streams only above a threshold of several MiB; the copy engine moves
+/// 2 MiB chunks, which with ordinary stores run at half the speed of one large memcpy
+/// (each destination line is read before it is written). Streaming stores skip that read.
+pub fn copy_streaming(dst: usize, src: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if len >= STREAMING_MIN_BYTES {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+        // Align the destination to 16 bytes with an ordinary copy of the head.
+        let head = dst.next_multiple_of(16) - dst;
+        copy(dst, src, head);
+        let (d, s, n) = (dst + head, src + head, len - head);
+        let body = n & !63;
+        let mut off = 0;
+        while off < body {
+            // SAFETY: `[d, d + body)` and `[s, s + body)` lie inside the live, non-overlapping
+            // intervals of the module contract; `d + off` is 16-byte aligned as the
+            // streaming store requires; SSE2 is part of the x86-64 baseline.
+            unsafe {
+                let sp = (s + off) as *const __m128i;
+                let dp = (d + off) as *mut __m128i;
+                let a = _mm_loadu_si128(sp);
+                let b = _mm_loadu_si128(sp.add(1));
+                let c = _mm_loadu_si128(sp.add(2));
+                let e = _mm_loadu_si128(sp.add(3));
+                _mm_stream_si128(dp, a);
+                _mm_stream_si128(dp.add(1), b);
+                _mm_stream_si128(dp.add(2), c);
+                _mm_stream_si128(dp.add(3), e);
+            }
+            off += 64;
+        }
+        // SAFETY: a store fence has no memory operands; it orders the streaming stores
+        // before anything this thread does next (signalling the copy's fence).
+        unsafe { _mm_sfence() };
+        copy(d + body, s + body, n - body);
+        return;
+    }
+    copy(dst, src, len);
+}
+
+/// Copies `src` to the memory at `addr`.
 pub fn copy_to(addr: usize, src: &[u8]) {
-    // SAFETY: the destination is a live, writable mapping of at least `src.len()` bytes
-    // (the caller's contract) and cannot overlap `src`, which is a Rust borrow of other
-    // memory.
-    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), addr as *mut u8, src.len()) }
+    copy(addr, src.as_ptr() as usize, src.len());
 }
 
-/// Copies process memory at `addr` into `dst`. The caller guarantees that
-/// `[addr, addr + dst.len())` is a live readable mapping.
+/// Copies the memory at `addr` into `dst`.
 pub fn copy_from(addr: usize, dst: &mut [u8]) {
-    // SAFETY: the source is a live, readable mapping of at least `dst.len()` bytes (the
-    // caller's contract) and cannot overlap `dst`, an exclusive Rust borrow.
-    unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), dst.len()) }
+    copy(dst.as_mut_ptr() as usize, addr, dst.len());
 }
 
-/// Sets `len` bytes of process memory at `addr` to `byte`. The caller guarantees that the
-/// interval is a live writable mapping.
+/// Sets `len` bytes at `addr` to `byte`.
 pub fn fill(addr: usize, len: usize, byte: u8) {
-    // SAFETY: the interval is a live writable mapping (the caller's contract).
+    // SAFETY: the interval is a live writable mapping (the module contract above).
     unsafe { std::ptr::write_bytes(addr as *mut u8, byte, len) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_copy_matches_with_odd_offsets_and_lengths() {
+        let n = 1 << 20;
+        let src: Vec<u8> = (0..n).map(|i| (i * 31 % 255) as u8).collect();
+        for (doff, soff, len) in [
+            (0, 0, n),
+            (3, 0, n - 100),
+            (0, 5, STREAMING_MIN_BYTES + 77),
+            (9, 17, 300_001),
+            (1, 1, 100),
+        ] {
+            let mut dst = vec![0u8; n + 64];
+            copy_streaming(
+                dst.as_mut_ptr() as usize + doff,
+                src.as_ptr() as usize + soff,
+                len,
+            );
+            assert_eq!(
+                &dst[doff..doff + len],
+                &src[soff..soff + len],
+                "{doff} {soff} {len}"
+            );
+            assert!(dst[..doff].iter().all(|&b| b == 0));
+            assert!(dst[doff + len..].iter().all(|&b| b == 0));
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! usvm's integration tests, one binary (one link) for all of them.
 
 mod attrs;
+mod gpu;
 mod model;
 mod util;

@@ -33,7 +33,7 @@ struct Model {
     base: u64,
     gpus: Vec<u32>,
     xnack: bool,
-    pages: Vec<Option<(MAttrs, u64)>>,
+    pages: Vec<Option<(MAttrs, bool, u64)>>,
     next_id: u64,
 }
 
@@ -99,6 +99,71 @@ impl Model {
         }
     }
 
+    fn bit(&self, gpu: u32) -> u64 {
+        1u64 << self.idx(gpu).unwrap()
+    }
+
+    /// Whether a range already has every requested attribute (PREFETCH never does;
+    /// granularity compares the raw value).
+    fn has_all(&self, m: &MAttrs, attrs: &[RawAttr]) -> bool {
+        attrs.iter().all(|a| match a.ty {
+            0 => m.pref == a.value,
+            1 => false,
+            2 => m.access & self.bit(a.value) != 0,
+            3 => m.aip & self.bit(a.value) != 0,
+            4 => (m.access | m.aip) & self.bit(a.value) == 0,
+            5 => m.flags & a.value == a.value,
+            6 => m.flags & a.value == 0,
+            7 => u32::from(m.gran) == a.value,
+            _ => unreachable!(),
+        })
+    }
+
+    /// The GPUs a range is mapped on by SET_ATTR (everything is in system memory).
+    fn map_set(&self, m: &MAttrs, mapped: bool) -> u64 {
+        if !self.xnack {
+            return m.access | m.aip;
+        }
+        if m.aip == 0 && (mapped || m.flags & 0x40 != 0) {
+            m.access
+        } else {
+            m.aip
+        }
+    }
+
+    /// The extent [first, last] of the range holding page `p`.
+    fn extent(&self, p: u64) -> (u64, u64) {
+        let id = self.pages[p as usize].unwrap().2;
+        let same = |q: u64| matches!(self.pages[q as usize], Some((_, _, x)) if x == id);
+        let (mut a, mut b) = (p, p);
+        while a > 0 && same(a - 1) {
+            a -= 1;
+        }
+        while b + 1 < W && same(b + 1) {
+            b += 1;
+        }
+        (a, b)
+    }
+
+    /// Gives pages [a, b] a fresh range id.
+    fn relabel(&mut self, a: u64, b: u64) {
+        let id = self.fresh_id();
+        for p in a..=b {
+            self.pages[p as usize].as_mut().unwrap().2 = id;
+        }
+    }
+
+    /// Maps the range holding page `p` if its GPU set is not empty.
+    fn map_range(&mut self, p: u64) {
+        let (a, b) = self.extent(p);
+        let (m, mapped, _) = self.pages[a as usize].unwrap();
+        if self.map_set(&m, mapped) != 0 {
+            for q in a..=b {
+                self.pages[q as usize].as_mut().unwrap().1 = true;
+            }
+        }
+    }
+
     fn set(&mut self, s: u64, l: u64, attrs: &[RawAttr]) -> i32 {
         for a in attrs {
             let ok = match a.ty {
@@ -115,74 +180,90 @@ impl Model {
         if !(s..=l).all(|p| self.mapped(p)) {
             return libc::EFAULT;
         }
-        // Pages to update: every page of [s, l] (no range is mapped to a GPU yet, so none
-        // is skipped as "same attributes"). Ranges sticking out are cut at s and l + 1.
-        let cut = |m: &mut Model, at: u64| {
-            // Give the pages from `at` to the end of their range a new id.
-            if at >= W || at == 0 {
-                return;
-            }
-            let (Some((_, left)), Some((_, right))) =
-                (m.pages[at as usize - 1], m.pages[at as usize])
-            else {
-                return;
-            };
-            if left != right {
-                return;
-            }
-            let id = m.fresh_id();
-            let mut p = at;
-            while p < W && matches!(m.pages[p as usize], Some((_, x)) if x == right) {
-                m.pages[p as usize].as_mut().unwrap().1 = id;
-                p += 1;
-            }
-        };
-        cut(self, s);
-        cut(self, l + 1);
-        // Gaps: new ranges cut at absolute multiples of MAX_PAGES.
+        let mut updated: Vec<u64> = Vec::new(); // a page of each updated range
+        let mut remap: Vec<u64> = Vec::new(); // a page of each piece to remap
         let d = self.defaults();
         let mut p = s;
         while p <= l {
-            if self.pages[p as usize].is_none() {
-                let id = self.fresh_id();
-                let mut q = p;
-                while q <= l && self.pages[q as usize].is_none() {
-                    if q != p && (self.base + q).is_multiple_of(MAX_PAGES) {
-                        break;
+            match self.pages[p as usize] {
+                Some((m, mapped, _)) => {
+                    let (a, b) = self.extent(p);
+                    if !(mapped && self.has_all(&m, attrs)) {
+                        let (base, gmask) = (self.base, (1u64 << m.gran) - 1);
+                        let aligned = |x: u64| (base + x) & gmask == 0;
+                        if a < s {
+                            self.relabel(a, s - 1);
+                            if !aligned(s) {
+                                remap.push(a);
+                            }
+                        }
+                        if b > l {
+                            self.relabel(l + 1, b);
+                            if !aligned(l + 1) {
+                                remap.push(l + 1);
+                            }
+                        }
+                        self.relabel(a.max(s), b.min(l));
+                        updated.push(a.max(s));
                     }
-                    self.pages[q as usize] = Some((d, id));
-                    q += 1;
+                    p = b.min(l) + 1;
                 }
-                p = q;
-            } else {
-                p += 1;
+                None => {
+                    // A gap: new ranges cut at absolute multiples of MAX_PAGES.
+                    let id = self.fresh_id();
+                    updated.push(p);
+                    let mut q = p;
+                    while q <= l && self.pages[q as usize].is_none() {
+                        if q != p && (self.base + q).is_multiple_of(MAX_PAGES) {
+                            break;
+                        }
+                        self.pages[q as usize] = Some((d, false, id));
+                        q += 1;
+                    }
+                    p = q;
+                }
             }
         }
-        for p in s..=l {
-            let (m, _) = self.pages[p as usize].as_mut().unwrap();
-            for a in attrs {
-                let bit = |v: u32| 1u64 << self.gpus.iter().position(|&g| g == v).unwrap();
-                match a.ty {
-                    0 => m.pref = a.value,
-                    1 => m.prefetch = a.value,
-                    2 => {
-                        m.access |= bit(a.value);
-                        m.aip &= !bit(a.value);
+        for &u in &updated {
+            let (a, b) = self.extent(u);
+            for p in a..=b {
+                let (m, _, _) = self.pages[p as usize].as_mut().unwrap();
+                for at in attrs {
+                    let bit = 1u64 << self.gpus.iter().position(|&g| g == at.value).unwrap_or(0);
+                    match at.ty {
+                        0 => m.pref = at.value,
+                        1 => m.prefetch = at.value,
+                        2 => {
+                            m.access |= bit;
+                            m.aip &= !bit;
+                        }
+                        3 => {
+                            m.access &= !bit;
+                            m.aip |= bit;
+                        }
+                        4 => {
+                            m.access &= !bit;
+                            m.aip &= !bit;
+                        }
+                        5 => m.flags |= at.value,
+                        6 => m.flags &= !at.value,
+                        7 => m.gran = at.value.min(63) as u8,
+                        _ => unreachable!(),
                     }
-                    3 => {
-                        m.access &= !bit(a.value);
-                        m.aip |= bit(a.value);
-                    }
-                    4 => {
-                        m.access &= !bit(a.value);
-                        m.aip &= !bit(a.value);
-                    }
-                    5 => m.flags |= a.value,
-                    6 => m.flags &= !a.value,
-                    7 => m.gran = a.value.min(63) as u8,
-                    _ => unreachable!(),
                 }
             }
+        }
+        let update_mapping = (!self.xnack && !remap.is_empty())
+            || attrs
+                .iter()
+                .any(|a| matches!(a.ty, 5 | 6) || (matches!(a.ty, 2..=4) && !self.xnack));
+        if update_mapping {
+            for &u in &updated {
+                self.map_range(u);
+            }
+        }
+        for &r in &remap {
+            self.map_range(r);
         }
         0
     }
@@ -195,7 +276,7 @@ impl Model {
             return libc::EINVAL;
         }
         let covered: Vec<MAttrs> = (s..=l)
-            .filter_map(|p| self.pages[p as usize].map(|(m, _)| m))
+            .filter_map(|p| self.pages[p as usize].map(|(m, _, _)| m))
             .collect();
         let (pref, prefetch, fand, forr, gran, acc, aip) = if covered.is_empty() {
             let d = self.defaults();
@@ -244,15 +325,15 @@ impl Model {
         0
     }
 
-    /// Ranges as (window page, pages, attributes).
-    fn ranges(&self) -> Vec<(u64, u64, MAttrs)> {
-        let mut out: Vec<(u64, u64, MAttrs)> = Vec::new();
+    /// Ranges as (window page, pages, attributes, mapped to a GPU).
+    fn ranges(&self) -> Vec<(u64, u64, MAttrs, bool)> {
+        let mut out: Vec<(u64, u64, MAttrs, bool)> = Vec::new();
         let mut prev_id = 0;
         for (p, e) in self.pages.iter().enumerate() {
             match e {
-                Some((m, id)) if *id == prev_id => out.last_mut().unwrap().1 += 1,
-                Some((m, id)) => {
-                    out.push((p as u64, 1, *m));
+                Some((_, _, id)) if *id == prev_id => out.last_mut().unwrap().1 += 1,
+                Some((m, mapped, id)) => {
+                    out.push((p as u64, 1, *m, *mapped));
                     prev_id = *id;
                 }
                 None => prev_id = 0,
@@ -262,7 +343,7 @@ impl Model {
     }
 }
 
-fn real_ranges(svm: &Svm, base: u64) -> Vec<(u64, u64, MAttrs)> {
+fn real_ranges(svm: &Svm, base: u64) -> Vec<(u64, u64, MAttrs, bool)> {
     let gpus = svm.gpu_ids();
     let mask = |ids: &[usvm::GpuId]| {
         ids.iter()
@@ -285,6 +366,7 @@ fn real_ranges(svm: &Svm, base: u64) -> Vec<(u64, u64, MAttrs)> {
                     access: mask(&r.access),
                     aip: mask(&r.access_in_place),
                 },
+                r.mapped_to_gpu,
             )
         })
         .collect()

@@ -82,3 +82,10 @@ pub fn errno<T>(r: Result<T, Error>) -> i32 {
         Err(e) => e.errno(),
     }
 }
+
+/// Changes the protection of memory the test owns.
+pub fn mprotect(addr: usize, len: usize, prot: i32) {
+    // SAFETY: only memory this test mapped itself, with no Rust reference into it.
+    let r = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) };
+    assert_eq!(r, 0, "mprotect: {}", std::io::Error::last_os_error());
+}

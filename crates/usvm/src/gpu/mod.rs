@@ -1,0 +1,377 @@
+//! The emulated GPUs of an instance, behind the device interface the SVM layer uses.
+//!
+//! Each [`Device`] has VRAM ([`vram`]), a copy engine ([`sdma`]), a page table
+//! ([`pagetable`]) and a queue scheduler that can be evicted and restored (reference
+//! counted, as KFD's `evict_process_queues` / `restore_process_queues`). Device accesses
+//! ([`Devices::access`]) translate every page through the GPU's page table:
+//!
+//! ```text
+//!  gpu_read / gpu_write / KernelCtx
+//!     | wait while the GPU's queues are evicted
+//!     | (write) copy the caller's bytes into a bounce buffer      <- no lock held
+//!     | page-table read lock: translate every page of the chunk
+//!     |    invalid / read-only -> drop the lock, GPU fault hook (XNACK on: restore,
+//!     |                           XNACK off: fatal VM fault, EFAULT), retry the chunk
+//!     |    copy between the bounce buffer and system / VRAM pages
+//!     | (read) copy the bounce buffer to the caller               <- no lock held
+//! ```
+//!
+//! The caller's own buffer is only touched with no lock held, so a CPU fault on it (its
+//! data in VRAM) can migrate it, which needs the page-table write lock, without deadlock.
+
+pub mod fence;
+pub mod pagetable;
+pub mod queue;
+pub mod sdma;
+pub mod vram;
+
+use crate::attr::GpuId;
+use crate::error::{Error, Result};
+use crate::events::{EventHub, EventKind, EvictTrigger};
+use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE};
+use pagetable::{PageTable, Target};
+use parking_lot::{Condvar, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Device accesses move at most this many bytes per page-table lock hold.
+pub const ACCESS_CHUNK_BYTES: usize = 64 << 10;
+/// A chunk that still faults this long after its first fault, although every fault was
+/// handled, is a fatal fault: an access never hangs.
+pub const FAULT_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// After this many handled faults in a row, the access sleeps a little between retries
+/// (a fault deduplicated by the 2 ms window resolves only once the window has passed).
+pub const FAULT_RETRY_SPIN: u32 = 8;
+
+/// What the SVM layer does when a device access finds no usable mapping: KFD's
+/// `svm_range_restore_pages` under XNACK on, a fatal VM fault under XNACK off.
+pub trait GpuFaultHandler: Send + Sync {
+    /// Handles a fault of GPU `gpu` at byte address `addr`. `Ok` means "mapped now, retry
+    /// the access"; `Err` is a fatal fault returned to the accessing code.
+    fn gpu_fault(&self, gpu: usize, addr: usize, write: bool) -> Result<()>;
+}
+
+/// Queue scheduling state of one GPU: eviction is reference counted.
+#[derive(Debug, Default)]
+struct Sched {
+    /// Mirror of `count` for the lock-free check on every access.
+    evicted: AtomicU32,
+    count: Mutex<u32>,
+    cv: Condvar,
+}
+
+/// One emulated GPU.
+#[derive(Debug)]
+pub struct Device {
+    /// The KFD gpu_id user space sees.
+    pub id: GpuId,
+    /// Its VRAM.
+    pub vram: vram::VramManager,
+    /// Its copy engine.
+    #[expect(dead_code, reason = "used by the migration engine (seed issue)")]
+    pub sdma: sdma::CopyEngine,
+    /// Its page table.
+    pub pt: PageTable,
+    sched: Sched,
+}
+
+/// All GPUs of one instance, plus the hooks they report to.
+pub struct Devices {
+    /// The GPUs, by index.
+    pub gpus: Vec<Device>,
+    /// Host address of each GPU's VRAM, by index (for peer-VRAM entries).
+    vram_base: Vec<usize>,
+    /// Events and counters.
+    pub events: Arc<EventHub>,
+    fault: Mutex<Option<std::sync::Weak<dyn GpuFaultHandler>>>,
+}
+
+impl std::fmt::Debug for Devices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Devices").field("gpus", &self.gpus).finish()
+    }
+}
+
+/// The direction and buffer of a device access.
+pub enum Access<'a> {
+    /// Device load into this buffer.
+    Read(&'a mut [u8]),
+    /// Device store of these bytes.
+    Write(&'a [u8]),
+}
+
+impl Devices {
+    /// `ids.len()` GPUs with `vram_bytes` of VRAM each.
+    pub fn new(ids: &[GpuId], vram_bytes: u64, events: Arc<EventHub>) -> Result<Self> {
+        let mut gpus = Vec::with_capacity(ids.len());
+        for (idx, &id) in ids.iter().enumerate() {
+            gpus.push(Device {
+                id,
+                vram: vram::VramManager::new(idx, vram_bytes)?,
+                sdma: sdma::CopyEngine::new(idx)?,
+                pt: PageTable::new(),
+                sched: Sched::default(),
+            });
+        }
+        let vram_base = gpus.iter().map(|g| g.vram.base()).collect();
+        Ok(Devices {
+            gpus,
+            vram_base,
+            events,
+            fault: Mutex::new(None),
+        })
+    }
+
+    /// Installs the GPU fault handler (the SVM layer).
+    pub fn set_fault_handler(&self, h: std::sync::Weak<dyn GpuFaultHandler>) {
+        *self.fault.lock() = Some(h);
+    }
+
+    /// Host address of VRAM page `page` of GPU `gpu`.
+    pub fn vram_addr(&self, gpu: usize, page: u64) -> usize {
+        self.vram_base[gpu] + page as usize * PAGE_SIZE
+    }
+
+    /// Evicts the queues of GPU `gpu` (reference counted): kernels pause before their next
+    /// memory access, device accesses wait. Emits QUEUE_EVICTION.
+    pub fn evict_queues(&self, gpu: usize, trigger: EvictTrigger) {
+        let d = &self.gpus[gpu];
+        self.events
+            .emit(|| EventKind::QueueEviction { gpu: d.id, trigger });
+        let mut c = d.sched.count.lock();
+        *c += 1;
+        d.sched.evicted.store(*c, Ordering::Release);
+    }
+
+    /// Restores the queues of GPU `gpu` once as many times as they were evicted; emits
+    /// QUEUE_RESTORE (`R` when `rescheduled`: the queues stay evicted, a retry is coming).
+    pub fn restore_queues(&self, gpu: usize, rescheduled: bool) {
+        let d = &self.gpus[gpu];
+        self.events.emit(|| EventKind::QueueRestore {
+            gpu: d.id,
+            rescheduled,
+        });
+        if rescheduled {
+            return;
+        }
+        let mut c = d.sched.count.lock();
+        debug_assert!(*c > 0, "restore without eviction");
+        *c = c.saturating_sub(1);
+        d.sched.evicted.store(*c, Ordering::Release);
+        if *c == 0 {
+            d.sched.cv.notify_all();
+        }
+    }
+
+    /// Whether GPU `gpu`'s queues are evicted.
+    pub fn queues_evicted(&self, gpu: usize) -> bool {
+        self.gpus[gpu].sched.evicted.load(Ordering::Acquire) > 0
+    }
+
+    /// Waits until GPU `gpu`'s queues run.
+    fn wait_running(&self, gpu: usize) {
+        let s = &self.gpus[gpu].sched;
+        if s.evicted.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut c = s.count.lock();
+        while *c > 0 {
+            s.cv.wait(&mut c);
+        }
+    }
+
+    /// A device load or store of GPU `gpu` at byte address `addr` (see the module docs).
+    pub fn access(&self, gpu: usize, addr: usize, mut buf: Access<'_>) -> Result<()> {
+        let len = match &buf {
+            Access::Read(b) => b.len(),
+            Access::Write(b) => b.len(),
+        };
+        addr.checked_add(len).ok_or(Error::BadInterval {
+            start: addr as u64,
+            size: len as u64,
+        })?;
+        let write = matches!(buf, Access::Write(_));
+        let mut bounce = vec![0u8; len.min(ACCESS_CHUNK_BYTES)];
+        let mut off = 0;
+        let mut retries = 0;
+        let mut first_fault = None;
+        while off < len {
+            self.wait_running(gpu);
+            let n = (len - off).min(ACCESS_CHUNK_BYTES);
+            let b = &mut bounce[..n];
+            if let Access::Write(src) = &buf {
+                b.copy_from_slice(&src[off..off + n]);
+            }
+            if let Err(fault_addr) = self.copy_chunk(gpu, addr + off, b, write) {
+                let since = *first_fault.get_or_insert_with(std::time::Instant::now);
+                let handler = self.fault.lock().as_ref().and_then(|w| w.upgrade());
+                match handler {
+                    Some(h) if since.elapsed() < FAULT_RETRY_TIMEOUT => {
+                        h.gpu_fault(gpu, fault_addr, write)?
+                    }
+                    _ => {
+                        let id = self.gpus[gpu].id.0;
+                        return Err(Error::GpuVmFault {
+                            gpu: id,
+                            addr: fault_addr as u64,
+                            write,
+                        });
+                    }
+                }
+                retries += 1;
+                if retries > FAULT_RETRY_SPIN {
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                }
+                continue;
+            }
+            retries = 0;
+            first_fault = None;
+            if let Access::Read(dst) = &mut buf {
+                dst[off..off + n].copy_from_slice(b);
+            }
+            off += n;
+        }
+        Ok(())
+    }
+
+    /// Translates and copies one chunk under the page-table read lock. On a missing or
+    /// read-only mapping, returns the faulting byte address and copies nothing.
+    fn copy_chunk(
+        &self,
+        gpu: usize,
+        addr: usize,
+        b: &mut [u8],
+        write: bool,
+    ) -> std::result::Result<(), usize> {
+        let t = self.gpus[gpu].pt.read();
+        let first = (addr >> PAGE_SHIFT) as u64;
+        let last = ((addr + b.len() - 1) >> PAGE_SHIFT) as u64;
+        for p in first..=last {
+            let pte = t.get(p);
+            if !pte.valid() || (write && !pte.writable()) {
+                return Err(((p as usize) << PAGE_SHIFT).max(addr));
+            }
+        }
+        let mut off = 0;
+        while off < b.len() {
+            let a = addr + off;
+            let p = (a >> PAGE_SHIFT) as u64;
+            let in_page = a & (PAGE_SIZE - 1);
+            let n = (PAGE_SIZE - in_page).min(b.len() - off);
+            let host = match t.get(p).target().expect("checked above") {
+                Target::System => a,
+                Target::Vram { gpu: owner, page } => self.vram_addr(owner, page) + in_page,
+            };
+            let piece = &mut b[off..off + n];
+            if write {
+                sys::mmap::copy_to(host, piece);
+            } else {
+                sys::mmap::copy_from(host, piece);
+            }
+            off += n;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pagetable::{Pte, PteFlags};
+    use super::*;
+
+    const RW: PteFlags = PteFlags {
+        writable: true,
+        exec: false,
+        coherent: true,
+    };
+
+    fn devices(n: usize) -> Devices {
+        let ids: Vec<GpuId> = (0..n).map(|i| GpuId(0x1111 * (i as u32 + 1))).collect();
+        Devices::new(&ids, 16 << 20, Arc::new(EventHub::new(ids.clone()))).unwrap()
+    }
+
+    #[test]
+    fn reads_and_writes_system_and_vram_pages() {
+        let d = devices(2);
+        let sys_mem = sys::mmap::map_anon_aligned(4 * PAGE_SIZE, PAGE_SIZE).unwrap();
+        let base = (sys_mem >> PAGE_SHIFT) as u64;
+        // Pages 0, 1: system; page 2: VRAM of GPU 0; page 3: VRAM of GPU 1 (a peer).
+        let bo0 = d.gpus[0].vram.alloc(1, vram::Clear::Yes).unwrap();
+        let bo1 = d.gpus[1].vram.alloc(1, vram::Clear::Yes).unwrap();
+        d.gpus[0].pt.map(base, 4, |i| match i {
+            2 => Pte::vram(0, bo0.vram_page(0), RW),
+            3 => Pte::vram(1, bo1.vram_page(0), RW),
+            _ => Pte::system(RW),
+        });
+        let data: Vec<u8> = (0..4 * PAGE_SIZE).map(|i| (i * 7 % 251) as u8).collect();
+        d.access(0, sys_mem + 100, Access::Write(&data[100..]))
+            .unwrap();
+        let mut back = vec![0u8; 4 * PAGE_SIZE - 200];
+        d.access(0, sys_mem + 150, Access::Read(&mut back)).unwrap();
+        assert_eq!(back[..], data[150..4 * PAGE_SIZE - 50]);
+        // The system pages are the process's own memory; the VRAM pages are not.
+        let mut cpu = vec![0u8; 2 * PAGE_SIZE];
+        sys::mmap::copy_from(sys_mem, &mut cpu);
+        assert_eq!(cpu[100..], data[100..2 * PAGE_SIZE]);
+        let mut v = vec![0u8; PAGE_SIZE];
+        sys::mmap::copy_from(bo1.host_addr(0), &mut v);
+        assert_eq!(v[..], data[3 * PAGE_SIZE..]);
+        sys::mmap::unmap(sys_mem, 4 * PAGE_SIZE).unwrap();
+    }
+
+    #[test]
+    fn unmapped_and_read_only_pages_are_fatal_without_a_handler() {
+        let d = devices(1);
+        let m = sys::mmap::map_anon_aligned(2 * PAGE_SIZE, PAGE_SIZE).unwrap();
+        let base = (m >> PAGE_SHIFT) as u64;
+        d.gpus[0].pt.map(base, 1, |_| {
+            Pte::system(PteFlags {
+                writable: false,
+                ..RW
+            })
+        });
+        let mut b = [0u8; 8];
+        d.access(0, m, Access::Read(&mut b)).unwrap();
+        let e = d.access(0, m, Access::Write(&b)).unwrap_err();
+        assert_eq!(e.errno(), libc::EFAULT);
+        let e = d
+            .access(0, m + PAGE_SIZE - 4, Access::Read(&mut b))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            Error::GpuVmFault {
+                gpu: 0x1111,
+                addr: (m + PAGE_SIZE) as u64,
+                write: false
+            }
+        );
+        sys::mmap::unmap(m, 2 * PAGE_SIZE).unwrap();
+    }
+
+    #[test]
+    fn accesses_wait_while_queues_are_evicted() {
+        let d = Arc::new(devices(1));
+        let m = sys::mmap::map_anon_aligned(PAGE_SIZE, PAGE_SIZE).unwrap();
+        d.gpus[0]
+            .pt
+            .map((m >> PAGE_SHIFT) as u64, 1, |_| Pte::system(RW));
+        d.evict_queues(0, EvictTrigger::Svm);
+        d.evict_queues(0, EvictTrigger::Svm);
+        let d2 = d.clone();
+        let t = std::thread::spawn(move || d2.access(0, m, Access::Write(&[1, 2, 3])));
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert!(!t.is_finished(), "access ran while evicted");
+        d.restore_queues(0, false);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        assert!(
+            !t.is_finished(),
+            "one restore of two evictions resumed the queues"
+        );
+        d.restore_queues(0, false);
+        t.join().unwrap().unwrap();
+        let mut b = [0u8; 3];
+        sys::mmap::copy_from(m, &mut b);
+        assert_eq!(b, [1, 2, 3]);
+        sys::mmap::unmap(m, PAGE_SIZE).unwrap();
+    }
+}

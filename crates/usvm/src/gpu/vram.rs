@@ -1,0 +1,703 @@
+//! The VRAM manager of one emulated GPU, in TTM's role.
+//!
+//! VRAM is host memory: one `MAP_NORESERVE` reservation per GPU, committed page by page on
+//! first write, so a GPU with 1 GiB of VRAM costs nothing until it holds data.
+//!
+//! ```text
+//!   alloc(n) --> buddy allocator over 4 KiB pages (orders 0..=MAX_ORDER)
+//!                | enough free pages?  yes -> runs, largest blocks first (contiguous
+//!                |                             where possible), page i of the BO at
+//!                |                             BO offset i
+//!                | no  -> pick least recently used live BOs, ask the Evictor to move
+//!                |        them out (outside every lock), retry (EVICTION_ROUNDS times)
+//!   Bo (Arc)  --> refcounted; the last drop returns its pages (marked dirty)
+//!   reserve() --> accounting reservation of bytes, ENOSPC beyond VRAM size
+//! ```
+//!
+//! Freshly allocated VRAM reads as zero: pages that held data before are zeroed when a BO
+//! is allocated with [`Clear::Yes`]. A caller that overwrites every page itself (the
+//! migration copy) allocates with [`Clear::No`] and zeroes only what it does not copy.
+
+use crate::error::{Error, Result};
+use crate::sys::{self, PAGE_SIZE};
+use parking_lot::Mutex;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+/// Largest buddy block: 2^18 pages (1 GiB).
+pub const MAX_ORDER: u32 = 18;
+/// How many times an allocation asks for evictions before it gives up.
+pub const EVICTION_ROUNDS: usize = 3;
+
+/// A run of physically contiguous VRAM pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// First VRAM page number.
+    pub page: u64,
+    /// Number of pages.
+    pub npages: u64,
+}
+
+/// Whether a new BO must read as zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clear {
+    /// Zero every page that held data before (KFD's `VRAM_CLEARED`).
+    Yes,
+    /// The caller writes every page it will ever read.
+    No,
+}
+
+/// Moves BOs out of VRAM when the manager needs room (the SVM layer: TTM_EVICTION).
+pub trait Evictor: Send + Sync {
+    /// Asks the owner of `victims` to move their data out and drop its references.
+    /// Called without any VRAM-manager lock held.
+    fn evict(&self, gpu: usize, victims: Vec<Bo>);
+}
+
+/// The buddy allocator's state.
+#[derive(Debug)]
+struct Buddy {
+    /// Free blocks per order, by first page (lowest address first).
+    free: Vec<BTreeSet<u64>>,
+    free_pages: u64,
+    /// One bit per page: the page held data since it was last zeroed.
+    dirty: Vec<u64>,
+}
+
+impl Buddy {
+    fn new(npages: u64) -> Self {
+        let mut b = Buddy {
+            free: vec![BTreeSet::new(); MAX_ORDER as usize + 1],
+            free_pages: 0,
+            dirty: vec![0; npages.div_ceil(64) as usize],
+        };
+        b.free_run(0, npages);
+        b
+    }
+
+    /// The largest aligned block at `page` that fits in `len` pages.
+    fn block_order(page: u64, len: u64) -> u32 {
+        let align = if page == 0 {
+            MAX_ORDER
+        } else {
+            page.trailing_zeros()
+        };
+        align.min(len.ilog2()).min(MAX_ORDER)
+    }
+
+    /// Returns `[page, page + len)` to the free lists, merging buddies.
+    fn free_run(&mut self, mut page: u64, mut len: u64) {
+        while len > 0 {
+            let order = Self::block_order(page, len);
+            self.free_block(page, order);
+            page += 1 << order;
+            len -= 1 << order;
+        }
+    }
+
+    fn free_block(&mut self, mut page: u64, mut order: u32) {
+        self.free_pages += 1 << order;
+        while order < MAX_ORDER {
+            let buddy = page ^ (1 << order);
+            if !self.free[order as usize].remove(&buddy) {
+                break;
+            }
+            page = page.min(buddy);
+            order += 1;
+        }
+        self.free[order as usize].insert(page);
+    }
+
+    /// Takes one free block of exactly `order`, splitting a larger one if needed.
+    fn take_block(&mut self, order: u32) -> Option<u64> {
+        let from = (order..=MAX_ORDER).find(|&o| !self.free[o as usize].is_empty())?;
+        let page = self.free[from as usize].pop_first()?;
+        for o in (order..from).rev() {
+            self.free[o as usize].insert(page + (1 << o)); // the upper half stays free
+        }
+        self.free_pages -= 1 << order;
+        Some(page)
+    }
+
+    /// The largest order with a free block, at most `max`.
+    fn largest_free(&self, max: u32) -> Option<u32> {
+        (0..=max).rev().find(|&o| !self.free[o as usize].is_empty())
+    }
+
+    /// `n` pages as runs, largest blocks first; `None` (nothing taken) if fewer are free.
+    fn alloc(&mut self, n: u64) -> Option<Vec<Run>> {
+        if n == 0 || n > self.free_pages {
+            return None;
+        }
+        let mut runs: Vec<Run> = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let want = left.ilog2().min(MAX_ORDER);
+            // A block of the wanted size, else the largest smaller one.
+            let order = if (want..=MAX_ORDER).any(|o| !self.free[o as usize].is_empty()) {
+                want
+            } else {
+                self.largest_free(want)
+                    .expect("free_pages says there is room")
+            };
+            let page = self.take_block(order).expect("block exists");
+            let len = 1u64 << order;
+            match runs.last_mut() {
+                Some(r) if r.page + r.npages == page => r.npages += len,
+                _ => runs.push(Run { page, npages: len }),
+            }
+            left -= len;
+        }
+        Some(runs)
+    }
+
+    fn set_dirty(&mut self, page: u64, len: u64) {
+        for p in page..page + len {
+            self.dirty[(p / 64) as usize] |= 1 << (p % 64);
+        }
+    }
+
+    /// Clears the dirty bits of `[page, page + len)` and returns the dirty sub-runs.
+    fn take_dirty(&mut self, page: u64, len: u64, out: &mut Vec<Run>) {
+        for p in page..page + len {
+            let (w, b) = ((p / 64) as usize, 1u64 << (p % 64));
+            if self.dirty[w] & b != 0 {
+                self.dirty[w] &= !b;
+                match out.last_mut() {
+                    Some(r) if r.page + r.npages == p => r.npages += 1,
+                    _ => out.push(Run { page: p, npages: 1 }),
+                }
+            }
+        }
+    }
+}
+
+/// Shared state of one GPU's VRAM (held by the manager and by every BO).
+struct Pool {
+    gpu: usize,
+    base: usize,
+    npages: u64,
+    buddy: Mutex<Buddy>,
+    /// Bytes reserved through [`VramManager::reserve`].
+    reserved: AtomicU64,
+    /// Live BOs for LRU eviction, by id.
+    live: Mutex<HashMap<u64, Weak<BoInner>>>,
+    next_id: AtomicU64,
+    clock: AtomicU64,
+    evictor: Mutex<Option<Weak<dyn Evictor>>>,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = sys::mmap::unmap(self.base, self.npages as usize * PAGE_SIZE);
+    }
+}
+
+struct BoInner {
+    id: u64,
+    pool: Arc<Pool>,
+    runs: Vec<Run>,
+    npages: u64,
+    last_use: AtomicU64,
+    evicting: AtomicBool,
+}
+
+impl Drop for BoInner {
+    fn drop(&mut self) {
+        self.pool.live.lock().remove(&self.id);
+        let mut b = self.pool.buddy.lock();
+        for r in &self.runs {
+            b.set_dirty(r.page, r.npages);
+            b.free_run(r.page, r.npages);
+        }
+    }
+}
+
+/// A VRAM buffer object: `npages` pages, page i at BO offset i. Cloning takes a reference;
+/// the pages return to the allocator when the last reference is dropped.
+#[derive(Clone)]
+pub struct Bo {
+    inner: Arc<BoInner>,
+}
+
+impl std::fmt::Debug for Bo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bo")
+            .field("id", &self.inner.id)
+            .field("gpu", &self.inner.pool.gpu)
+            .field("runs", &self.inner.runs)
+            .finish()
+    }
+}
+
+#[expect(dead_code, reason = "used by the migration engine (seed issue)")]
+impl Bo {
+    /// A process-unique id (per GPU).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+    /// The owning GPU's index.
+    pub fn gpu(&self) -> usize {
+        self.inner.pool.gpu
+    }
+    /// Size in pages.
+    pub fn npages(&self) -> u64 {
+        self.inner.npages
+    }
+    /// The physically contiguous runs, in BO order.
+    pub fn runs(&self) -> &[Run] {
+        &self.inner.runs
+    }
+    /// The VRAM page number of BO page `i`.
+    pub fn vram_page(&self, mut i: u64) -> u64 {
+        for r in &self.inner.runs {
+            if i < r.npages {
+                return r.page + i;
+            }
+            i -= r.npages;
+        }
+        panic!("BO page {i} out of range");
+    }
+    /// The host address backing BO page `i`.
+    pub fn host_addr(&self, i: u64) -> usize {
+        self.inner.pool.base + self.vram_page(i) as usize * PAGE_SIZE
+    }
+    /// Marks the BO as used now (LRU order for eviction).
+    pub fn touch(&self) {
+        let t = self.inner.pool.clock.fetch_add(1, Ordering::Relaxed);
+        self.inner.last_use.store(t, Ordering::Relaxed);
+    }
+    /// Whether an eviction of this BO was requested.
+    pub fn evicting(&self) -> bool {
+        self.inner.evicting.load(Ordering::Acquire)
+    }
+    /// Number of references (owners) of this BO.
+    pub fn refs(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+    /// Whether two handles name the same BO.
+    pub fn same(&self, other: &Bo) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+/// An accounting reservation of VRAM bytes, released on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    pool: Weak<PoolRef>,
+    bytes: u64,
+}
+
+/// Indirection so that a reservation does not keep the VRAM mapping alive.
+struct PoolRef(Arc<Pool>);
+
+impl std::fmt::Debug for PoolRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pool(gpu {})", self.0.gpu)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(p) = self.pool.upgrade() {
+            p.0.reserved.fetch_sub(self.bytes, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The VRAM of one GPU.
+pub struct VramManager {
+    pool: Arc<PoolRef>,
+}
+
+impl std::fmt::Debug for VramManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VramManager")
+            .field("gpu", &self.pool.0.gpu)
+            .field("npages", &self.pool.0.npages)
+            .finish()
+    }
+}
+
+/// A snapshot of a VRAM manager's use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VramUsage {
+    /// Total pages.
+    pub total_pages: u64,
+    /// Free pages.
+    pub free_pages: u64,
+    /// Live BOs.
+    pub bos: usize,
+    /// Bytes held by accounting reservations.
+    pub reserved_bytes: u64,
+}
+
+impl VramManager {
+    /// VRAM for GPU `gpu` of `bytes` (a multiple of the page size).
+    pub fn new(gpu: usize, bytes: u64) -> Result<Self> {
+        let npages = bytes / PAGE_SIZE as u64;
+        let base = sys::mmap::reserve(npages as usize * PAGE_SIZE)?;
+        let pool = Pool {
+            gpu,
+            base,
+            npages,
+            buddy: Mutex::new(Buddy::new(npages)),
+            reserved: AtomicU64::new(0),
+            live: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            clock: AtomicU64::new(1),
+            evictor: Mutex::new(None),
+        };
+        Ok(VramManager {
+            pool: Arc::new(PoolRef(Arc::new(pool))),
+        })
+    }
+
+    fn p(&self) -> &Arc<Pool> {
+        &self.pool.0
+    }
+
+    /// Host address of the first VRAM byte (VRAM page p is at `base + p * 4096`).
+    pub fn base(&self) -> usize {
+        self.p().base
+    }
+
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "used by the migration engine (seed issue)")
+    )]
+    /// Sets who moves BOs out when VRAM runs short.
+    pub fn set_evictor(&self, e: Weak<dyn Evictor>) {
+        *self.p().evictor.lock() = Some(e);
+    }
+
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "used by the migration engine (seed issue)")
+    )]
+    /// Reserves `bytes` for accounting (KFD reserves a whole range before migrating it).
+    /// `ENOSPC` when the reservations would exceed the VRAM size.
+    pub fn reserve(&self, bytes: u64) -> Result<Reservation> {
+        let total = self.p().npages * PAGE_SIZE as u64;
+        let r = &self.p().reserved;
+        let mut cur = r.load(Ordering::Acquire);
+        loop {
+            if cur + bytes > total {
+                return Err(Error::NoVramSpace {
+                    gpu: self.p().gpu,
+                    bytes,
+                });
+            }
+            match r.compare_exchange_weak(cur, cur + bytes, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    return Ok(Reservation {
+                        pool: Arc::downgrade(&self.pool),
+                        bytes,
+                    });
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Allocates a BO of `npages` pages, evicting least recently used BOs when needed.
+    /// `ENOMEM` when the room cannot be made.
+    pub fn alloc(&self, npages: u64, clear: Clear) -> Result<Bo> {
+        let pool = self.p();
+        if npages == 0 || npages > pool.npages {
+            return Err(Error::NoVram {
+                gpu: pool.gpu,
+                npages,
+            });
+        }
+        for round in 0..=EVICTION_ROUNDS {
+            let (runs, dirty) = {
+                let mut b = pool.buddy.lock();
+                match b.alloc(npages) {
+                    Some(runs) => {
+                        let mut dirty = Vec::new();
+                        if clear == Clear::Yes {
+                            for r in &runs {
+                                b.take_dirty(r.page, r.npages, &mut dirty);
+                            }
+                        } else {
+                            // The caller overwrites every page: they are clean afterwards.
+                            let mut ignore = Vec::new();
+                            for r in &runs {
+                                b.take_dirty(r.page, r.npages, &mut ignore);
+                            }
+                        }
+                        (Some(runs), dirty)
+                    }
+                    None => (None, Vec::new()),
+                }
+            };
+            if let Some(runs) = runs {
+                for d in dirty {
+                    sys::mmap::fill(
+                        pool.base + d.page as usize * PAGE_SIZE,
+                        d.npages as usize * PAGE_SIZE,
+                        0,
+                    );
+                }
+                let id = pool.next_id.fetch_add(1, Ordering::Relaxed);
+                let inner = Arc::new(BoInner {
+                    id,
+                    pool: pool.clone(),
+                    runs,
+                    npages,
+                    last_use: AtomicU64::new(pool.clock.fetch_add(1, Ordering::Relaxed)),
+                    evicting: AtomicBool::new(false),
+                });
+                pool.live.lock().insert(id, Arc::downgrade(&inner));
+                return Ok(Bo { inner });
+            }
+            if round == EVICTION_ROUNDS || !self.evict_for(npages) {
+                break;
+            }
+        }
+        Err(Error::NoVram {
+            gpu: pool.gpu,
+            npages,
+        })
+    }
+
+    /// Chooses LRU victims covering the shortage and hands them to the evictor.
+    /// Returns false when nothing could be asked.
+    fn evict_for(&self, npages: u64) -> bool {
+        let pool = self.p();
+        let Some(evictor) = pool.evictor.lock().as_ref().and_then(Weak::upgrade) else {
+            return false;
+        };
+        let victims = self.choose_victims(npages);
+        if victims.is_empty() {
+            return false;
+        }
+        for v in &victims {
+            v.inner.evicting.store(true, Ordering::Release);
+        }
+        evictor.evict(pool.gpu, victims);
+        true
+    }
+
+    /// The least recently used live BOs, not already being evicted, whose pages cover
+    /// the shortage `npages - free`.
+    pub fn choose_victims(&self, npages: u64) -> Vec<Bo> {
+        let pool = self.p();
+        let free = pool.buddy.lock().free_pages;
+        let mut need = npages.saturating_sub(free);
+        // Upgrade under the lock, filter after it: dropping a handle may free a BO, and
+        // freeing takes the `live` lock.
+        let all: Vec<Bo> = pool
+            .live
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .map(|inner| Bo { inner })
+            .collect();
+        let mut live: Vec<Bo> = all.into_iter().filter(|b| !b.evicting()).collect();
+        live.sort_by_key(|b| b.inner.last_use.load(Ordering::Relaxed));
+        let mut out = Vec::new();
+        for b in live {
+            if need == 0 {
+                break;
+            }
+            need = need.saturating_sub(b.npages());
+            out.push(b);
+        }
+        out
+    }
+
+    /// Current use.
+    pub fn usage(&self) -> VramUsage {
+        let pool = self.p();
+        VramUsage {
+            total_pages: pool.npages,
+            free_pages: pool.buddy.lock().free_pages,
+            bos: pool.live.lock().len(),
+            reserved_bytes: pool.reserved.load(Ordering::Acquire),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn read_page(bo: &Bo, i: u64) -> Vec<u8> {
+        let mut v = vec![1u8; PAGE_SIZE];
+        sys::mmap::copy_from(bo.host_addr(i), &mut v);
+        v
+    }
+
+    #[test]
+    fn fresh_vram_reads_zero_even_after_reuse() {
+        let m = VramManager::new(0, 64 * PAGE_SIZE as u64).unwrap();
+        let a = m.alloc(64, Clear::Yes).unwrap();
+        for i in 0..64 {
+            assert!(read_page(&a, i).iter().all(|&b| b == 0));
+            sys::mmap::fill(a.host_addr(i), PAGE_SIZE, 0xee);
+        }
+        drop(a);
+        let b = m.alloc(64, Clear::Yes).unwrap();
+        for i in 0..64 {
+            assert!(
+                read_page(&b, i).iter().all(|&x| x == 0),
+                "page {i} not cleared"
+            );
+        }
+    }
+
+    #[test]
+    fn contiguous_when_possible_and_bo_offsets() {
+        let m = VramManager::new(0, 1024 * PAGE_SIZE as u64).unwrap();
+        let a = m.alloc(512, Clear::No).unwrap();
+        assert_eq!(
+            a.runs(),
+            &[Run {
+                page: 0,
+                npages: 512
+            }]
+        );
+        let b = m.alloc(300, Clear::No).unwrap();
+        assert_eq!(b.runs().len(), 1, "{:?}", b.runs());
+        assert_eq!(b.vram_page(0), 512);
+        assert_eq!(b.vram_page(299), 811);
+        assert_eq!(b.host_addr(1), m.base() + 513 * PAGE_SIZE);
+        assert_eq!(m.usage().free_pages, 1024 - 812);
+    }
+
+    #[test]
+    fn reservation_is_enospc_beyond_size() {
+        let m = VramManager::new(0, 16 * PAGE_SIZE as u64).unwrap();
+        let r1 = m.reserve(12 * PAGE_SIZE as u64).unwrap();
+        assert_eq!(
+            m.reserve(8 * PAGE_SIZE as u64).unwrap_err().errno(),
+            libc::ENOSPC
+        );
+        drop(r1);
+        let _r2 = m.reserve(16 * PAGE_SIZE as u64).unwrap();
+        assert_eq!(m.usage().reserved_bytes, 16 * PAGE_SIZE as u64);
+    }
+
+    struct DropVictims {
+        held: Mutex<Vec<Bo>>,
+        asked: Mutex<Vec<u64>>,
+    }
+    impl Evictor for DropVictims {
+        fn evict(&self, _gpu: usize, victims: Vec<Bo>) {
+            let mut held = self.held.lock();
+            for v in victims {
+                self.asked.lock().push(v.id());
+                held.retain(|h| !h.same(&v));
+            }
+        }
+    }
+
+    #[test]
+    fn eviction_picks_least_recently_used() {
+        let m = VramManager::new(0, 8 * PAGE_SIZE as u64).unwrap();
+        let ev = Arc::new(DropVictims {
+            held: Mutex::new(Vec::new()),
+            asked: Mutex::new(Vec::new()),
+        });
+        let weak: Weak<dyn Evictor> = Arc::downgrade(&(ev.clone() as Arc<dyn Evictor>));
+        m.set_evictor(weak);
+        let bos: Vec<Bo> = (0..4).map(|_| m.alloc(2, Clear::No).unwrap()).collect();
+        let ids: Vec<u64> = bos.iter().map(Bo::id).collect();
+        bos[0].touch(); // now 1 is the least recently used, then 2, 3, 0
+        ev.held.lock().extend(bos);
+        let c = m.alloc(3, Clear::Yes).unwrap();
+        assert_eq!(*ev.asked.lock(), vec![ids[1], ids[2]]);
+        assert_eq!(c.npages(), 3);
+        // Nothing evictable left that would help: ENOMEM.
+        ev.held.lock().clear();
+        let _keep = c;
+        assert_eq!(m.alloc(8, Clear::No).unwrap_err().errno(), libc::ENOMEM);
+        assert_eq!(m.alloc(0, Clear::No).unwrap_err().errno(), libc::ENOMEM);
+    }
+
+    /// Operations of the allocator property test.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Alloc(u64),
+        Free(usize),
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// Against a model (a set of owned pages): no page is handed out twice, exhaustion
+        /// happens exactly when fewer pages are free, freed pages are reused, and the free
+        /// count always matches.
+        #[test]
+        fn buddy_matches_model(total in 1u64..600, ops in prop::collection::vec(
+            prop_oneof![3 => (1u64..200).prop_map(Op::Alloc), 2 => (0usize..64).prop_map(Op::Free)], 1..80)) {
+            let mut b = Buddy::new(total);
+            let mut owned: Vec<Vec<Run>> = Vec::new();
+            let mut used = vec![false; total as usize];
+            let mut free = total;
+            for op in ops {
+                match op {
+                    Op::Alloc(n) => match b.alloc(n) {
+                        Some(runs) => {
+                            prop_assert!(n <= free);
+                            prop_assert_eq!(runs.iter().map(|r| r.npages).sum::<u64>(), n);
+                            for r in &runs {
+                                for p in r.page..r.page + r.npages {
+                                    prop_assert!(p < total);
+                                    prop_assert!(!used[p as usize], "page {} handed out twice", p);
+                                    used[p as usize] = true;
+                                }
+                            }
+                            free -= n;
+                            owned.push(runs);
+                        }
+                        None => prop_assert!(n > free, "refused {} with {} free", n, free),
+                    },
+                    Op::Free(i) if !owned.is_empty() => {
+                        let runs = owned.swap_remove(i % owned.len());
+                        for r in runs {
+                            for p in r.page..r.page + r.npages {
+                                used[p as usize] = false;
+                            }
+                            free += r.npages;
+                            b.free_run(r.page, r.npages);
+                        }
+                    }
+                    Op::Free(_) => {}
+                }
+                prop_assert_eq!(b.free_pages, free);
+                let listed: u64 = b.free.iter().enumerate().map(|(o, s)| s.len() as u64 * (1 << o)).sum();
+                prop_assert_eq!(listed, free);
+            }
+            // Everything freed: the whole VRAM is one allocation again.
+            for runs in owned.drain(..) {
+                for r in runs {
+                    b.free_run(r.page, r.npages);
+                }
+            }
+            prop_assert_eq!(b.alloc(total).map(|r| r.iter().map(|x| x.npages).sum::<u64>()), Some(total));
+        }
+    }
+
+    #[test]
+    fn power_of_two_vram_coalesces_back_to_one_block() {
+        let mut b = Buddy::new(1 << 10);
+        let runs: Vec<Vec<Run>> = (0..1024).map(|_| b.alloc(1).unwrap()).collect();
+        assert_eq!(b.free_pages, 0);
+        for r in runs {
+            b.free_run(r[0].page, 1);
+        }
+        assert_eq!(b.free[10].len(), 1);
+        assert_eq!(
+            b.alloc(1024).unwrap(),
+            vec![Run {
+                page: 0,
+                npages: 1024
+            }]
+        );
+    }
+}

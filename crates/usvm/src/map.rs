@@ -1,0 +1,109 @@
+//! Mapping ranges on GPUs: KFD's `svm_range_validate_and_map` and
+//! `svm_range_unmap_from_gpus`. The decisions (which GPUs, which pages) come from the range
+//! state and `policy`; the page-table writes are the device layer's.
+
+use crate::attr::SvmFlags;
+use crate::error::{Error, Result};
+use crate::events::{EventKind, UnmapTrigger};
+use crate::gpu::Devices;
+use crate::gpu::pagetable::{Pte, PteFlags};
+use crate::range::{GpuMask, PageNo, SvmRange};
+use crate::sys::{PAGE_SHIFT, vma};
+use std::time::Instant;
+
+/// The PTE bits a range gets in a VMA: writable unless GPU_RO or the VMA is read-only,
+/// executable with GPU_EXEC, coherent with COHERENT or EXT_COHERENT.
+fn pte_flags(r: &SvmRange, v: &vma::Vma) -> PteFlags {
+    let f = r.attrs.flags;
+    PteFlags {
+        writable: v.write && !f.contains(SvmFlags::GPU_RO),
+        exec: f.contains(SvmFlags::GPU_EXEC),
+        coherent: f.intersects(SvmFlags::COHERENT | SvmFlags::EXT_COHERENT),
+    }
+}
+
+/// Validates and maps `[first, last]` (inside range `r`) on the GPUs in `gpus`.
+///
+/// Walks the VMAs: a missing one is `EFAULT` (stop); one without read permission is
+/// unmapped from the GPUs instead (PROT_NONE); otherwise every page is mapped, system pages
+/// as themselves. `mapped_to_gpu` is set when the walk ends on a mapped piece, and the
+/// validation time is recorded. An empty GPU set does nothing.
+pub fn validate_and_map(
+    devs: &Devices,
+    r: &mut SvmRange,
+    gpus: GpuMask,
+    first: PageNo,
+    last: PageNo,
+) -> Result<()> {
+    if gpus == GpuMask::EMPTY {
+        return Ok(());
+    }
+    let mut page = first;
+    let mut mapped_last_piece = false;
+    while page <= last {
+        let addr = (page << PAGE_SHIFT) as usize;
+        let v = vma::lookup(addr, false)
+            .map_err(|errno| Error::Sys {
+                call: "PROCMAP_QUERY",
+                errno,
+            })?
+            .ok_or(Error::NotMapped { addr: addr as u64 })?;
+        let end = ((v.end >> PAGE_SHIFT) as PageNo - 1).min(last);
+        if !v.read {
+            unmap_from_gpus(devs, r, page, end, UnmapTrigger::UnmapFromCpu);
+            mapped_last_piece = false;
+        } else {
+            let flags = pte_flags(r, &v);
+            for g in gpus.iter() {
+                devs.gpus[g]
+                    .pt
+                    .map(page, end - page + 1, |_| Pte::system(flags));
+            }
+            r.mapped_gpus = r.mapped_gpus | gpus;
+            mapped_last_piece = true;
+        }
+        page = end + 1;
+    }
+    if mapped_last_piece {
+        r.mapped_to_gpu = true;
+    }
+    r.validate_timestamp = Some(Instant::now());
+    Ok(())
+}
+
+/// Unmaps `[first, last]` of range `r` from its GPUs, with an UNMAP_FROM_GPU event per GPU.
+/// A range mapped nowhere is left alone; unmapping the whole range clears `mapped_to_gpu`.
+///
+/// KFD unmaps from the ACCESS and IN_PLACE GPUs; usvm also clears the GPUs that lost access
+/// since they mapped the range (KFD keeps such stale entries until the next invalidation;
+/// here a stale entry could outlive the memory it points at).
+pub fn unmap_from_gpus(
+    devs: &Devices,
+    r: &mut SvmRange,
+    first: PageNo,
+    last: PageNo,
+    trigger: UnmapTrigger,
+) {
+    if r.mapped_gpus == GpuMask::EMPTY {
+        return;
+    }
+    let (first, last) = (first.max(r.start), last.min(r.last));
+    if first > last {
+        return;
+    }
+    let gpus = r.mapped_gpus | r.attrs.access | r.attrs.access_in_place;
+    if first == r.start && last == r.last {
+        r.mapped_to_gpu = false;
+        r.mapped_gpus = GpuMask::EMPTY;
+    }
+    for g in gpus.iter() {
+        let d = &devs.gpus[g];
+        devs.events.emit(|| EventKind::UnmapFromGpu {
+            start: first,
+            npages: last - first + 1,
+            gpu: d.id,
+            trigger,
+        });
+        d.pt.unmap(first, last);
+    }
+}

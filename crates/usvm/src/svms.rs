@@ -1,0 +1,430 @@
+//! The per-instance SVM state (KFD's `struct svm_range_list`, `svms`) and the ioctl paths
+//! that work on it: `svm_range_set_attr`, `svm_range_get_attr`, the munmap notifier and
+//! its deferred work, and GPU retry faults (`svm_range_restore_pages`).
+//!
+//! Every call validates its input completely before it takes the state lock and changes
+//! anything, in the kernel's order (kfd-svm-semantics.md section 1.7):
+//!
+//! ```text
+//!  entry:  start/size aligned, non-zero, no overflow ........ EINVAL
+//!          op is SET_ATTR or GET_ATTR ........................ EINVAL
+//!  SET:    every attribute type, GPU id, PREFETCH != UNDEF ... EINVAL
+//!          deferred work flushed
+//!          interval covered by ordinary mappings ............. EFAULT
+//!          ranges added / split / updated (under the lock), then mapped (section 7)
+//!  GET:    deferred work flushed
+//!          interval covered by ordinary mappings ............. EFAULT
+//!          query types (no IN_PLACE / NO_ACCESS) ............. EINVAL
+//!          aggregate; ACCESS of an unknown GPU ............... EINVAL (earlier entries written)
+//! ```
+
+use crate::attr::{Attr, GpuId, Location};
+use crate::error::{Error, Result};
+use crate::events::{Counter, EventHub, EventKind, UnmapTrigger};
+use crate::gpu::{Devices, GpuFaultHandler};
+use crate::map;
+use crate::policy::{self, RestoreLocation};
+use crate::range::tree::{Aggregate, RangeTree};
+use crate::range::{AttrOp, GpuMask, PageNo, RangeAttrs, SvmRange};
+use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE, vma};
+use crate::uapi::{self, RawAttr};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// GPU faults on a range validated less than this long ago are ignored: the access retries
+/// (`AMDGPU_SVM_RANGE_RETRY_FAULT_PENDING`, 2 ms).
+pub const RETRY_FAULT_PENDING: Duration = Duration::from_millis(2);
+
+/// One emulated GPU as the attribute layer sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GpuInfo {
+    pub(crate) id: GpuId,
+    pub(crate) vram_bytes: u64,
+}
+
+/// Work queued by CPU page-table changes and done before the next SET_ATTR / GET_ATTR
+/// (KFD's deferred range list, section 6.4). The GPU mappings of the pages involved were
+/// already cleared when the work was queued; only the range bookkeeping waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeferredOp {
+    /// The pages `[start, last]` were unmapped: drop them from every range.
+    Unmap { start: PageNo, last: PageNo },
+}
+
+/// State protected by the instance lock (`svms->lock`).
+#[derive(Debug)]
+pub(crate) struct SvmState {
+    pub(crate) tree: RangeTree,
+    pub(crate) xnack: bool,
+    deferred: Vec<DeferredOp>,
+    /// Number of live user queues (switching XNACK needs none).
+    pub(crate) queues: usize,
+}
+
+impl SvmState {
+    /// A state with no range.
+    pub(crate) fn new(xnack: bool) -> Self {
+        SvmState {
+            tree: RangeTree::new(),
+            xnack,
+            deferred: Vec::new(),
+            queues: 0,
+        }
+    }
+
+    /// Runs the queued deferred work (`svm_range_deferred_list_work`).
+    pub(crate) fn flush_deferred(&mut self) {
+        for op in std::mem::take(&mut self.deferred) {
+            match op {
+                DeferredOp::Unmap { start, last } => {
+                    self.tree.remove_interval(start, last);
+                }
+            }
+        }
+    }
+}
+
+/// The shared core of an [`crate::Svm`]: GPUs, ranges, events.
+#[derive(Debug)]
+pub(crate) struct SvmInner {
+    pub(crate) gpus: Vec<GpuInfo>,
+    pub(crate) supported: GpuMask,
+    pub(crate) max_range_pages: u64,
+    pub(crate) default_granularity: u8,
+    pub(crate) state: Mutex<SvmState>,
+    pub(crate) devs: Arc<Devices>,
+    pub(crate) events: Arc<EventHub>,
+}
+
+impl SvmInner {
+    /// The index of a GPU id, if it belongs to this instance.
+    pub(crate) fn gpu_idx(&self, id: u32) -> Option<usize> {
+        self.gpus.iter().position(|g| g.id.0 == id)
+    }
+
+    /// The index of a GPU, or EINVAL.
+    pub(crate) fn gpu(&self, g: GpuId) -> Result<usize> {
+        self.gpu_idx(g.0)
+            .filter(|&i| self.supported.contains(i))
+            .ok_or(Error::UnknownGpu(g.0))
+    }
+
+    /// `svm_range_check_attr`: every attribute valid, GPU ids resolved to indices.
+    fn check_attrs(&self, attrs: &[Attr]) -> Result<Vec<AttrOp>> {
+        let loc = |l: Location| -> Result<Location> {
+            match l {
+                Location::Gpu(g) => self.gpu(g).map(|_| l),
+                _ => Ok(l),
+            }
+        };
+        attrs
+            .iter()
+            .map(|a| {
+                Ok(match *a {
+                    Attr::PreferredLoc(l) => AttrOp::Preferred(loc(l)?),
+                    Attr::PrefetchLoc(Location::Undefined) => return Err(Error::UndefinedPrefetch),
+                    Attr::PrefetchLoc(l) => AttrOp::Prefetch(loc(l)?),
+                    Attr::Access(g) => AttrOp::Access(self.gpu(g)?),
+                    Attr::AccessInPlace(g) => AttrOp::AccessInPlace(self.gpu(g)?),
+                    Attr::NoAccess(g) => AttrOp::NoAccess(self.gpu(g)?),
+                    Attr::SetFlags(f) => AttrOp::SetFlags(f),
+                    Attr::ClrFlags(f) => AttrOp::ClrFlags(f),
+                    Attr::Granularity(v) => AttrOp::Granularity(v),
+                })
+            })
+            .collect()
+    }
+
+    /// Attributes of a range created now (`svm_range_set_default_attributes`).
+    pub(crate) fn new_range_attrs(&self, xnack: bool) -> RangeAttrs {
+        let access = if xnack {
+            self.supported
+        } else {
+            GpuMask::EMPTY
+        };
+        RangeAttrs::new_default(self.default_granularity, access)
+    }
+
+    /// The GPU index holding a range's VRAM, if any.
+    fn actual_gpu(&self, r: &SvmRange) -> Option<usize> {
+        r.actual_loc.gpu().and_then(|g| self.gpu_idx(g.0))
+    }
+
+    /// `svm_range_set_attr` after the entry checks.
+    pub(crate) fn set_attr(&self, start: PageNo, last: PageNo, attrs: &[Attr]) -> Result<()> {
+        let ops = self.check_attrs(attrs)?;
+        let mut st = self.state.lock();
+        st.flush_deferred();
+        check_mapped(start, last)?;
+        let xnack = st.xnack;
+        let defaults = self.new_range_attrs(xnack);
+        let out = st
+            .tree
+            .add(start, last, &ops, &defaults, self.max_range_pages);
+        let update_mapping = policy::ops_update_mapping(&ops, xnack, !out.remap.is_empty());
+        // Per range, the last error wins and does not stop the others (section 1.7).
+        let mut result = Ok(());
+        // Step 9: ranges that got the new attributes are mapped when the mapping changed.
+        // (Step 9a, the migration a PREFETCH_LOC asks for, belongs to the migration engine.)
+        if update_mapping {
+            for s in &out.updated {
+                if let Err(e) = self.map_range(&mut st, *s, xnack) {
+                    result = Err(e);
+                }
+            }
+        }
+        // Step 10: pieces split off at a boundary that is not granule aligned.
+        for s in &out.remap {
+            if let Err(e) = self.map_range(&mut st, *s, xnack) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Validates and maps the whole range starting at `s` on its GPU set (section 7.1).
+    fn map_range(&self, st: &mut SvmState, s: PageNo, xnack: bool) -> Result<()> {
+        let Some(r) = st.tree.get_mut(s) else {
+            return Ok(());
+        };
+        let actual = r
+            .actual_loc
+            .gpu()
+            .and_then(|g| self.gpus.iter().position(|x| x.id == g));
+        let gpus = policy::gpus_to_map(&r.attrs, actual, r.mapped_to_gpu, xnack);
+        let (first, last) = (r.start, r.last);
+        map::validate_and_map(&self.devs, r, gpus, first, last)
+    }
+
+    /// `svm_range_get_attr` after the entry checks.
+    pub(crate) fn get_attr(
+        &self,
+        start: PageNo,
+        last: PageNo,
+        attrs: &mut [RawAttr],
+    ) -> Result<()> {
+        let mut st = self.state.lock();
+        st.flush_deferred();
+        check_mapped(start, last)?;
+        for a in attrs.iter() {
+            match a.ty {
+                uapi::KFD_IOCTL_SVM_ATTR_PREFERRED_LOC
+                | uapi::KFD_IOCTL_SVM_ATTR_PREFETCH_LOC
+                | uapi::KFD_IOCTL_SVM_ATTR_ACCESS
+                | uapi::KFD_IOCTL_SVM_ATTR_SET_FLAGS
+                | uapi::KFD_IOCTL_SVM_ATTR_CLR_FLAGS
+                | uapi::KFD_IOCTL_SVM_ATTR_GRANULARITY => {}
+                uapi::KFD_IOCTL_SVM_ATTR_ACCESS_IN_PLACE | uapi::KFD_IOCTL_SVM_ATTR_NO_ACCESS => {
+                    return Err(Error::BadQueryType(a.ty));
+                }
+                ty => return Err(Error::UnknownAttrType(ty)),
+            }
+        }
+        let agg = st
+            .tree
+            .aggregate(start, last, self.supported)
+            .unwrap_or_else(|| {
+                // Nothing overlaps: the attributes a new range would get.
+                let d = self.new_range_attrs(st.xnack);
+                Aggregate {
+                    preferred_loc: d.preferred_loc,
+                    prefetch_loc: d.prefetch_loc,
+                    flags_and: d.flags,
+                    flags_or: d.flags,
+                    granularity: d.granularity,
+                    access: d.access,
+                    access_in_place: GpuMask::EMPTY,
+                }
+            });
+        drop(st);
+        for a in attrs.iter_mut() {
+            match a.ty {
+                uapi::KFD_IOCTL_SVM_ATTR_PREFERRED_LOC => a.value = agg.preferred_loc.to_raw(),
+                uapi::KFD_IOCTL_SVM_ATTR_PREFETCH_LOC => a.value = agg.prefetch_loc.to_raw(),
+                uapi::KFD_IOCTL_SVM_ATTR_ACCESS => {
+                    let idx = self.gpu_idx(a.value).ok_or(Error::UnknownGpu(a.value))?;
+                    a.ty = if agg.access.contains(idx) {
+                        uapi::KFD_IOCTL_SVM_ATTR_ACCESS
+                    } else if agg.access_in_place.contains(idx) {
+                        uapi::KFD_IOCTL_SVM_ATTR_ACCESS_IN_PLACE
+                    } else {
+                        uapi::KFD_IOCTL_SVM_ATTR_NO_ACCESS
+                    };
+                }
+                uapi::KFD_IOCTL_SVM_ATTR_SET_FLAGS => a.value = agg.flags_and.bits(),
+                uapi::KFD_IOCTL_SVM_ATTR_CLR_FLAGS => a.value = !agg.flags_or.bits(),
+                uapi::KFD_IOCTL_SVM_ATTR_GRANULARITY => a.value = u32::from(agg.granularity),
+                _ => unreachable!("query types were checked"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The munmap notifier for `[addr, addr + len)` (`svm_range_unmap_from_cpu`): clears the
+    /// GPU mappings of the pages now (UNMAP_FROM_GPU, trigger 2) and queues the range
+    /// bookkeeping as deferred work.
+    pub(crate) fn notify_unmap(&self, addr: usize, len: usize) {
+        let start = (addr >> PAGE_SHIFT) as PageNo;
+        let last = ((addr + len) >> PAGE_SHIFT) as PageNo - 1;
+        let mut st = self.state.lock();
+        let keys: Vec<PageNo> = st.tree.overlapping(start, last).map(|r| r.start).collect();
+        for k in keys {
+            if let Some(r) = st.tree.get_mut(k) {
+                map::unmap_from_gpus(&self.devs, r, start, last, UnmapTrigger::UnmapFromCpu);
+            }
+        }
+        st.deferred.push(DeferredOp::Unmap { start, last });
+    }
+
+    /// A fatal GPU VM fault: VMFAULT event and EFAULT.
+    fn fatal_fault(&self, gpu: usize, addr: usize, write: bool) -> Error {
+        let id = self.gpus[gpu].id;
+        self.events.emit(|| EventKind::VmFault {
+            gpu: id,
+            task: sys::process_name(),
+        });
+        Error::GpuVmFault {
+            gpu: id.0,
+            addr: addr as u64,
+            write,
+        }
+    }
+
+    /// Creates a range for a GPU fault on an address no range covers
+    /// (`svm_range_create_unregistered_range`): the default granule around the page,
+    /// inside its mapping, clipped by the neighbouring ranges. The initial heap and stack
+    /// get PREFERRED_LOC = system memory. `None` when no mapping holds the page.
+    fn create_unregistered(&self, st: &mut SvmState, page: PageNo) -> Option<PageNo> {
+        let v = vma::lookup((page << PAGE_SHIFT) as usize, false)
+            .ok()
+            .flatten()?;
+        let vs = (v.start >> PAGE_SHIFT) as PageNo;
+        let vl = (v.end >> PAGE_SHIFT) as PageNo - 1;
+        let (mut s, mut l) = policy::granule_extent(page, self.default_granularity, vs, vl);
+        if let Some(prev) = st.tree.prev(page) {
+            s = s.max(prev.last + 1);
+        }
+        if let Some(next) = st.tree.next(page) {
+            l = l.min(next.start - 1);
+        }
+        let mut attrs = self.new_range_attrs(st.xnack);
+        if matches!(v.kind, vma::VmaKind::Heap | vma::VmaKind::Stack) {
+            attrs.preferred_loc = Location::Sysmem;
+        }
+        st.tree.insert(SvmRange::new(s, l, attrs));
+        Some(s)
+    }
+
+    /// `svm_range_restore_pages`: a GPU retry fault under XNACK on (section 5).
+    fn restore_pages(&self, gpu: usize, addr: usize, write: bool) -> Result<()> {
+        let entry_ns = sys::boottime_ns();
+        let page = (addr >> PAGE_SHIFT) as PageNo;
+        let mut st = self.state.lock();
+        st.flush_deferred();
+        let key = match st.tree.find(page).map(|r| r.start) {
+            Some(k) => k,
+            None => match self.create_unregistered(&mut st, page) {
+                Some(k) => k,
+                None => return Err(self.fatal_fault(gpu, addr, write)),
+            },
+        };
+        // From here on every outcome counts as a processed fault (section 5.4 step 6).
+        self.events.count(gpu, Counter::Faults, 1);
+        let r = st.tree.get_mut(key).expect("range just found");
+        if r.validate_timestamp
+            .is_some_and(|t| t.elapsed() < RETRY_FAULT_PENDING)
+        {
+            return Ok(()); // a duplicate of a fault just handled: let the access retry
+        }
+        let Ok(Some(v)) = vma::lookup(addr, false) else {
+            return Ok(()); // racing munmap: nothing to map, the access will fault again
+        };
+        if !v.read || (write && !v.write) {
+            return Err(self.fatal_fault(gpu, addr, write)); // EPERM in the kernel
+        }
+        let preferred = match r.attrs.preferred_loc {
+            Location::Undefined => None,
+            Location::Sysmem => Some(None),
+            Location::Gpu(g) => self.gpu_idx(g.0).map(Some),
+        };
+        let actual = self.actual_gpu(r);
+        let best = policy::best_restore_location(&r.attrs, preferred, actual, gpu, |a, b| a == b);
+        if best == RestoreLocation::NoAccess {
+            return Err(self.fatal_fault(gpu, addr, write)); // EACCES in the kernel
+        }
+        let id = self.gpus[gpu].id;
+        if self.events.listening() {
+            let ev = crate::events::Event {
+                ns: entry_ns,
+                pid: self.events.pid(),
+                kind: EventKind::PageFaultStart {
+                    addr: page,
+                    gpu: id,
+                    write,
+                },
+            };
+            self.events.emit_event(ev);
+        }
+        let (first, last) = policy::granule_extent(page, r.attrs.granularity, r.start, r.last);
+        // Every page is in system memory until the migration engine moves data: the data
+        // is mapped where it is, on the faulting GPU only.
+        let mut one = GpuMask::EMPTY;
+        one.insert(gpu);
+        let r2 = map::validate_and_map(&self.devs, r, one, first, last);
+        self.events.emit(|| EventKind::PageFaultEnd {
+            addr: page,
+            gpu: id,
+            migrated: false,
+        });
+        r2
+    }
+}
+
+impl GpuFaultHandler for SvmInner {
+    fn gpu_fault(&self, gpu: usize, addr: usize, write: bool) -> Result<()> {
+        let xnack = self.state.lock().xnack;
+        if !xnack {
+            return Err(self.fatal_fault(gpu, addr, write));
+        }
+        self.restore_pages(gpu, addr, write)
+    }
+}
+
+/// `svm_range_is_valid`: every page of `[start, last]` must lie in an ordinary mapping of
+/// the process, with no hole and no device (I/O, PFN) mapping, else EFAULT.
+fn check_mapped(start: PageNo, last: PageNo) -> Result<()> {
+    let mut addr = (start << PAGE_SHIFT) as usize;
+    let end = ((last + 1) << PAGE_SHIFT) as usize;
+    while addr < end {
+        let v = vma::lookup(addr, false)
+            .map_err(|errno| Error::Sys {
+                call: "PROCMAP_QUERY",
+                errno,
+            })?
+            .ok_or(Error::NotMapped { addr: addr as u64 })?;
+        if v.kind == vma::VmaKind::Device {
+            return Err(Error::DeviceMapping {
+                addr: v.start as u64,
+                name: "I/O or PFN mapping".into(),
+            });
+        }
+        addr = v.end;
+    }
+    Ok(())
+}
+
+/// Entry checks of the SVM ioctl: start and size non-zero, 4 KiB aligned, and
+/// `start + size` without overflow. Returns the inclusive page interval.
+pub(crate) fn check_interval(start: u64, size: u64) -> Result<(PageNo, PageNo)> {
+    let page = PAGE_SIZE as u64 - 1;
+    let bad = Error::BadInterval { start, size };
+    if start & page != 0 || size & page != 0 || start == 0 || size == 0 {
+        return Err(bad);
+    }
+    let end = start
+        .checked_add(size)
+        .filter(|&e| e <= usize::MAX as u64)
+        .ok_or(bad)?;
+    Ok((start >> PAGE_SHIFT, (end >> PAGE_SHIFT) - 1))
+}

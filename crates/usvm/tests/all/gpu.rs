@@ -1,0 +1,353 @@
+//! The emulated GPUs through the public API: device accesses, mappings made by SET_ATTR,
+//! fatal faults, queues, suspension, events and counters.
+
+use crate::util::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use usvm::{Attr, Error, Event, SvmFlags};
+
+fn drain(ev: &usvm::EventStream) -> Vec<Event> {
+    ev.try_iter().collect()
+}
+
+/// XNACK off: SET_ATTR(ACCESS) maps the range; the GPU reads what the CPU wrote and the
+/// CPU sees what the GPU wrote, through the same virtual addresses.
+#[test]
+fn xnack_off_access_maps_and_data_is_shared() {
+    let svm = svm2(false);
+    let [g1, g2] = svm.gpu_ids()[..] else {
+        panic!()
+    };
+    let buf = svm.alloc(4 * MIB).unwrap();
+    let pattern: Vec<u8> = (0..4 * MIB).map(|i| (i % 253) as u8).collect();
+    buf.write_at(0, &pattern);
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::Access(g1)])
+        .unwrap();
+    assert!(svm.ranges()[0].mapped_to_gpu);
+    let mut back = vec![0u8; 4 * MIB];
+    svm.gpu_read(g1, buf.addr(), &mut back).unwrap();
+    assert_eq!(back, pattern);
+    svm.gpu_write(g1, buf.addr() + MIB + 3, b"written by the GPU")
+        .unwrap();
+    let mut cpu = [0u8; 18];
+    buf.read_at(MIB + 3, &mut cpu);
+    assert_eq!(&cpu, b"written by the GPU");
+    // GPU 2 has no access: a fatal fault, not a hang.
+    let e = svm.gpu_read(g2, buf.addr(), &mut back[..8]).unwrap_err();
+    assert_eq!(e.errno(), libc::EFAULT);
+    assert_eq!(svm.smi()[0].mapped_pages, 1024);
+    assert_eq!(svm.smi()[1].mapped_pages, 0);
+}
+
+/// XNACK off: an access to a page that is not mapped is a fatal VM fault with a VMFAULT
+/// event in the KFD text format.
+#[test]
+fn xnack_off_unmapped_access_is_fatal_with_vmfault_event() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let buf = svm.alloc(2 * MIB).unwrap();
+    let ev = svm.subscribe();
+    let mut b = [0u8; 16];
+    let e = svm.gpu_read(g1, buf.addr(), &mut b).unwrap_err();
+    assert_eq!(
+        e,
+        Error::GpuVmFault {
+            gpu: g1.0,
+            addr: buf.addr() as u64,
+            write: false
+        }
+    );
+    assert_eq!(e.errno(), libc::EFAULT);
+    let evs = drain(&ev);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    let text = evs[0].to_string();
+    let name = std::fs::read_to_string("/proc/self/comm").unwrap();
+    assert_eq!(
+        text,
+        format!("1 {:x}:{}", std::process::id(), name.trim_end())
+    );
+    // An unknown GPU id is EINVAL, not a fault.
+    assert_eq!(
+        svm.gpu_read(usvm::GpuId(0xdead), buf.addr(), &mut b)
+            .unwrap_err()
+            .errno(),
+        libc::EINVAL
+    );
+}
+
+/// GPU_RO and read-only VMAs give read-only mappings; writing through them is fatal.
+/// PROT_NONE memory is unmapped instead of mapped (T23).
+#[test]
+fn read_only_and_prot_none_mappings() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let buf = svm.alloc(6 * MIB).unwrap();
+    svm.set_attr(
+        buf.addr(),
+        2 * MIB,
+        &[Attr::Access(g1), Attr::SetFlags(SvmFlags::GPU_RO)],
+    )
+    .unwrap();
+    let mut b = [0u8; 8];
+    svm.gpu_read(g1, buf.addr(), &mut b).unwrap();
+    assert_eq!(
+        svm.gpu_write(g1, buf.addr(), &b).unwrap_err().errno(),
+        libc::EFAULT
+    );
+    // Clearing GPU_RO remaps writable.
+    svm.set_attr(buf.addr(), 2 * MIB, &[Attr::ClrFlags(SvmFlags::GPU_RO)])
+        .unwrap();
+    svm.gpu_write(g1, buf.addr(), &[9; 8]).unwrap();
+    // A read-only VMA.
+    let ro = buf.addr() + 2 * MIB;
+    mprotect(ro, 2 * MIB, libc::PROT_READ);
+    svm.set_attr(ro, 2 * MIB, &[Attr::Access(g1)]).unwrap();
+    svm.gpu_read(g1, ro, &mut b).unwrap();
+    assert_eq!(svm.gpu_write(g1, ro, &b).unwrap_err().errno(), libc::EFAULT);
+    // PROT_NONE: SET succeeds, nothing is mapped, and an access is fatal.
+    let none = buf.addr() + 4 * MIB;
+    mprotect(none, 2 * MIB, libc::PROT_NONE);
+    svm.set_attr(none, 2 * MIB, &[Attr::Access(g1)]).unwrap();
+    assert_eq!(
+        svm.gpu_read(g1, none, &mut b).unwrap_err().errno(),
+        libc::EFAULT
+    );
+    let r = svm.ranges();
+    assert!(!r.iter().find(|r| r.start == none).unwrap().mapped_to_gpu);
+}
+
+/// Dropping a buffer unmaps its pages from the GPUs at once (UNMAP_FROM_GPU, trigger 2).
+#[test]
+fn munmap_unmaps_from_gpus() {
+    let svm = svm2(false);
+    let [g1, g2] = svm.gpu_ids()[..] else {
+        panic!()
+    };
+    let buf = svm.alloc(2 * MIB).unwrap();
+    svm.set_attr(
+        buf.addr(),
+        2 * MIB,
+        &[Attr::Access(g1), Attr::AccessInPlace(g2)],
+    )
+    .unwrap();
+    assert_eq!(svm.smi()[1].mapped_pages, 512);
+    let ev = svm.subscribe();
+    let page = buf.addr() >> 12;
+    drop(buf);
+    let texts: Vec<String> = drain(&ev).iter().map(|e| e.to_string()).collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    for (t, g) in texts.iter().zip([g1, g2]) {
+        assert!(t.starts_with("b "), "{t}");
+        assert!(t.ends_with(&format!("@{page:x}(200) {:x} 2", g.0)), "{t}");
+    }
+    assert!(svm.smi().iter().all(|s| s.mapped_pages == 0));
+    assert_eq!(svm.range_count(), 0);
+}
+
+/// Many kernels at once on several queues of two GPUs; results through fences.
+#[test]
+fn many_kernels_on_many_queues() {
+    let svm = svm2(false);
+    let [g1, g2] = svm.gpu_ids()[..] else {
+        panic!()
+    };
+    let buf = svm.alloc(8 * MIB).unwrap();
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::Access(g1), Attr::Access(g2)])
+        .unwrap();
+    let queues: Vec<usvm::Queue> = (0..4)
+        .map(|i| svm.create_queue(if i % 2 == 0 { g1 } else { g2 }).unwrap())
+        .collect();
+    let base = buf.addr();
+    let mut fences = Vec::new();
+    for k in 0..64usize {
+        let q = &queues[k % 4];
+        fences.push(q.submit(move |ctx| {
+            // Each kernel owns 128 KiB and writes its index into every u64 of it.
+            let start = base + k * (128 << 10);
+            for i in 0..(128 << 10) / 8 {
+                ctx.write_u64(start + i * 8, (k as u64) << 32 | i as u64)?;
+            }
+            Ok(())
+        }));
+    }
+    for f in &fences {
+        f.wait().unwrap();
+    }
+    let mut v = [0u8; 8];
+    for k in 0..64usize {
+        for i in [0usize, 777, (128 << 10) / 8 - 1] {
+            buf.read_at(k * (128 << 10) + i * 8, &mut v);
+            assert_eq!(u64::from_le_bytes(v), (k as u64) << 32 | i as u64);
+        }
+    }
+    // A kernel's error and a kernel's panic come back through its fence.
+    let bad = queues[0].submit(move |ctx| ctx.read_u64(16).map(|_| ()));
+    assert_eq!(bad.wait().unwrap_err().errno(), libc::EFAULT);
+    let boom = queues[1].submit(|_| panic!("kernel bug"));
+    assert_eq!(
+        boom.wait().unwrap_err(),
+        Error::KernelPanic("kernel bug".into())
+    );
+    // The queue still works after a panic.
+    queues[1]
+        .submit(move |ctx| ctx.write_u64(base, 5))
+        .wait()
+        .unwrap();
+}
+
+/// Suspending the queues pauses a kernel between two memory accesses; resuming lets it
+/// finish. Suspension is reference counted and evented.
+#[test]
+fn suspension_pauses_kernels_mid_way() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let buf = svm.alloc(2 * MIB).unwrap();
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::Access(g1)])
+        .unwrap();
+    let q = svm.create_queue(g1).unwrap();
+    let progress = Arc::new(AtomicU64::new(0));
+    let p = progress.clone();
+    let base = buf.addr();
+    let f = q.submit(move |ctx| {
+        for i in 0..200_000u64 {
+            ctx.write_u64(base + (i as usize % 1000) * 8, i)?;
+            p.store(i + 1, Ordering::Release);
+        }
+        Ok(())
+    });
+    while progress.load(Ordering::Acquire) < 100 {
+        std::thread::yield_now();
+    }
+    let ev = svm.subscribe();
+    svm.suspend_queues(g1).unwrap();
+    svm.suspend_queues(g1).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let stopped_at = progress.load(Ordering::Acquire);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        progress.load(Ordering::Acquire) <= stopped_at + 1,
+        "kernel ran while suspended"
+    );
+    assert!(!f.is_signaled());
+    assert!(svm.smi()[0].queues_suspended);
+    // A device access waits too.
+    let mut b = [0u8; 8];
+    std::thread::scope(|s| {
+        let t = s.spawn(|| svm.gpu_read(g1, base, &mut b));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!t.is_finished());
+        svm.resume_queues(g1).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!t.is_finished(), "one resume of two suspensions");
+        svm.resume_queues(g1).unwrap();
+        t.join().unwrap().unwrap();
+    });
+    f.wait().unwrap();
+    assert_eq!(progress.load(Ordering::Acquire), 200_000);
+    assert_eq!(svm.resume_queues(g1).unwrap_err().errno(), libc::EINVAL);
+    let texts: Vec<String> = drain(&ev).iter().map(|e| e.to_string()).collect();
+    let kinds: Vec<&str> = texts.iter().map(|t| &t[..1]).collect();
+    assert_eq!(kinds, ["9", "9", "a", "a"]);
+    assert!(texts[0].ends_with(&format!("{:x} 3", g1.0)), "{}", texts[0]);
+    assert!(texts[2].ends_with(&format!("{:x} 0", g1.0)), "{}", texts[2]);
+}
+
+/// XNACK cannot change while queues exist.
+#[test]
+fn set_xnack_is_ebusy_with_queues() {
+    let svm = svm2(false);
+    let q = svm.create_queue(svm.gpu_ids()[1]).unwrap();
+    assert_eq!(svm.set_xnack(true).unwrap_err().errno(), libc::EBUSY);
+    assert!(!svm.xnack());
+    drop(q);
+    svm.set_xnack(true).unwrap();
+    assert!(svm.xnack());
+}
+
+/// XNACK on, first GPU touch of memory with no range (T19, data in system memory): a range
+/// is created around the page, the granule is mapped on the faulting GPU only, the fault is
+/// evented and counted, and never-written memory reads as zero.
+#[test]
+fn xnack_on_first_touch_creates_range_and_maps_granule() {
+    let svm = svm2(true);
+    let [g1, g2] = svm.gpu_ids()[..] else {
+        panic!()
+    };
+    let a = Mapping::anon(16 * MIB, 32 * MIB);
+    let ev = svm.subscribe();
+    let mut b = vec![1u8; 4096];
+    svm.gpu_read(g1, a.addr + 5 * MIB, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0));
+    let r = svm.ranges();
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].start, r[0].size), (a.addr + 4 * MIB, 2 * MIB));
+    assert_eq!(r[0].access, vec![g1, g2]);
+    let page = (a.addr + 5 * MIB) >> 12;
+    let texts: Vec<String> = drain(&ev).iter().map(|e| e.to_string()).collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(
+        texts[0].starts_with("7 ") && texts[0].ends_with(&format!("@{page:x}({:x}) R", g1.0)),
+        "{texts:?}"
+    );
+    assert!(
+        texts[1].starts_with("8 ") && texts[1].ends_with(&format!("@{page:x}({:x}) U", g1.0)),
+        "{texts:?}"
+    );
+    assert_eq!(svm.counters(g1).faults, 1);
+    assert_eq!(svm.counters(g2).faults, 0);
+    assert_eq!(svm.smi()[0].mapped_pages, 512);
+    assert_eq!(svm.smi()[1].mapped_pages, 0);
+    // Mapped now: more accesses in the granule do not fault.
+    svm.gpu_write(g1, a.addr + 4 * MIB, &[7; 4096]).unwrap();
+    assert_eq!(svm.counters(g1).faults, 1);
+}
+
+/// XNACK on: NO_ACCESS makes a GPU touch fatal, with a VMFAULT and no PAGE_FAULT_START
+/// (T22); a write to a read-only VMA is fatal (T23).
+#[test]
+fn xnack_on_fatal_faults() {
+    let svm = svm2(true);
+    let g1 = svm.gpu_ids()[0];
+    let a = Mapping::anon(4 * MIB, 2 * MIB);
+    svm.set_attr(a.addr, 2 * MIB, &[Attr::NoAccess(g1)])
+        .unwrap();
+    let ev = svm.subscribe();
+    let mut b = [0u8; 8];
+    assert_eq!(
+        svm.gpu_read(g1, a.addr, &mut b).unwrap_err().errno(),
+        libc::EFAULT
+    );
+    let kinds: Vec<u32> = drain(&ev).iter().map(|e| e.kind.id()).collect();
+    assert_eq!(kinds, [1]);
+    mprotect(a.addr + 2 * MIB, 2 * MIB, libc::PROT_READ);
+    svm.gpu_read(g1, a.addr + 2 * MIB, &mut b).unwrap();
+    assert_eq!(
+        svm.gpu_write(g1, a.addr + 2 * MIB, &b).unwrap_err().errno(),
+        libc::EFAULT
+    );
+    // No mapping at all: fatal.
+    assert_eq!(
+        svm.gpu_read(g1, 4096, &mut b).unwrap_err().errno(),
+        libc::EFAULT
+    );
+}
+
+/// XNACK on: a second fault on the same range within 2 ms of its validation is ignored
+/// (counted, no events) and resolves on a later retry (T24).
+#[test]
+fn xnack_on_fault_dedup_window() {
+    let svm = svm2(true);
+    let g1 = svm.gpu_ids()[0];
+    let a = Mapping::anon(4 * MIB, 2 * MIB);
+    svm.set_attr(a.addr, 4 * MIB, &[]).unwrap(); // one range, two granules, not mapped
+    assert_eq!(svm.range_count(), 1);
+    let ev = svm.subscribe();
+    let mut b = [0u8; 8];
+    svm.gpu_read(g1, a.addr, &mut b).unwrap();
+    svm.gpu_read(g1, a.addr + 3 * MIB, &mut b).unwrap();
+    let kinds: Vec<u32> = drain(&ev).iter().map(|e| e.kind.id()).collect();
+    assert_eq!(kinds, [7, 8, 7, 8], "one start/end pair per handled fault");
+    // The second access was usually deduplicated at least once (counted, no events).
+    assert!(svm.counters(g1).faults >= 2);
+}
