@@ -25,17 +25,12 @@ pub struct BenchLine {
 type BenchFn = fn(bool) -> Result<BenchLine>;
 
 /// Every benchmark, by name.
-const BENCHES: &[(&str, BenchFn)] = &[
-    ("copy_engine", copy_engine),
-    ("set_attr_1e6_vs_1e3", set_attr_scaling),
-];
+const BENCHES: &[(&str, BenchFn)] =
+    &[("copy_engine", copy_engine), ("set_attr_1e6_vs_1e3", set_attr_scaling)];
 
 /// Runs the benchmarks and prints them.
 pub fn run(quick: bool, json: bool, filter: Option<&str>) -> Result<()> {
-    let chosen: Vec<_> = BENCHES
-        .iter()
-        .filter(|(n, _)| filter.is_none_or(|f| n.contains(f)))
-        .collect();
+    let chosen: Vec<_> = BENCHES.iter().filter(|(n, _)| filter.is_none_or(|f| n.contains(f))).collect();
     if chosen.is_empty() {
         bail!(
             "no benchmark matches {:?}; known: {}",
@@ -108,21 +103,14 @@ fn set_attr_scaling(quick: bool) -> Result<BenchLine> {
         let (svm, _bufs, addr) = instance_with_ranges(n / 2)?;
         let ns = median_ns_per_call(batches, calls, |i| {
             let g = 3 + (i % 2) as u32; // alternate, so every call changes the range
-            svm.set_attr(addr, 2 << 20, &[Attr::Granularity(g)])
-                .expect("set_attr");
+            svm.set_attr(addr, 2 << 20, &[Attr::Granularity(g)]).expect("set_attr");
         });
         std::thread::sleep(Duration::from_millis(1));
         Ok(ns)
     };
     let floor = measure(1_000)?;
     let value = measure(1_000_000)?;
-    Ok(BenchLine {
-        name: "set_attr_1e6_vs_1e3",
-        value,
-        unit: "ns/call",
-        floor,
-        ratio: value / floor,
-    })
+    Ok(BenchLine { name: "set_attr_1e6_vs_1e3", value, unit: "ns/call", floor, ratio: value / floor })
 }
 
 /// `copy_engine`: 256 MiB system memory -> VRAM through the copy engine, against a

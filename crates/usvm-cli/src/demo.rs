@@ -21,10 +21,7 @@ fn show_ranges(svm: &Svm, base: usize) {
         if v.is_empty() {
             "-".to_string()
         } else {
-            v.iter()
-                .map(|g| g.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
+            v.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
         }
     };
     for r in svm.ranges() {
@@ -63,9 +60,7 @@ fn step(n: u32, what: &str) {
 pub fn run() -> Result<()> {
     const MIB: usize = 1 << 20;
     let svm = Svm::builder().gpus(2).vram_bytes(256 << 20).build()?;
-    let [g1, g2] = svm.gpu_ids()[..] else {
-        unreachable!("two GPUs were asked for")
-    };
+    let [g1, g2] = svm.gpu_ids()[..] else { unreachable!("two GPUs were asked for") };
     println!("usvm demo: shared virtual memory with KFD SVM semantics, in user space");
     println!(
         "instance: 2 emulated GPUs ({g1}, {g2}), {} of VRAM each, XNACK {}; new ranges are at most {}",
@@ -84,48 +79,22 @@ pub fn run() -> Result<()> {
         svm.range_count()
     );
 
-    step(
-        2,
-        "SET_ATTR over the whole buffer: ACCESS for both GPUs, PREFERRED_LOC = GPU 1111",
-    );
+    step(2, "SET_ATTR over the whole buffer: ACCESS for both GPUs, PREFERRED_LOC = GPU 1111");
     svm.set_attr(
         base,
         buf.len(),
-        &[
-            Attr::Access(g1),
-            Attr::Access(g2),
-            Attr::PreferredLoc(Location::Gpu(g1)),
-        ],
+        &[Attr::Access(g1), Attr::Access(g2), Attr::PreferredLoc(Location::Gpu(g1))],
     )?;
-    println!(
-        "the buffer is cut into ranges of at most {} (VRAM / 32):",
-        bytes(svm.max_range_bytes())
-    );
+    println!("the buffer is cut into ranges of at most {} (VRAM / 32):", bytes(svm.max_range_bytes()));
     show_ranges(&svm, base);
 
-    step(
-        3,
-        "SET_ATTR on 4 MiB in the middle: granularity 0 (4 KiB migrations), GPU read-only",
-    );
-    svm.set_attr(
-        base + 6 * MIB,
-        4 * MIB,
-        &[Attr::Granularity(0), Attr::SetFlags(SvmFlags::GPU_RO)],
-    )?;
-    println!(
-        "ranges that stick out are split; the covered parts change, the rest keeps its attributes:"
-    );
+    step(3, "SET_ATTR on 4 MiB in the middle: granularity 0 (4 KiB migrations), GPU read-only");
+    svm.set_attr(base + 6 * MIB, 4 * MIB, &[Attr::Granularity(0), Attr::SetFlags(SvmFlags::GPU_RO)])?;
+    println!("ranges that stick out are split; the covered parts change, the rest keeps its attributes:");
     show_ranges(&svm, base);
 
-    step(
-        4,
-        "SET_ATTR on the last 2 MiB: GPU 2222 only in place, prefetch to system memory",
-    );
-    svm.set_attr(
-        base + 14 * MIB,
-        2 * MIB,
-        &[Attr::AccessInPlace(g2), Attr::PrefetchLoc(Location::Sysmem)],
-    )?;
+    step(4, "SET_ATTR on the last 2 MiB: GPU 2222 only in place, prefetch to system memory");
+    svm.set_attr(base + 14 * MIB, 2 * MIB, &[Attr::AccessInPlace(g2), Attr::PrefetchLoc(Location::Sysmem)])?;
     show_ranges(&svm, base);
 
     step(5, "GET_ATTR aggregates over several ranges");
@@ -139,13 +108,9 @@ pub fn run() -> Result<()> {
         "gpu 1111",
         "gpu 2222",
     ]);
-    for (off, len) in [
-        (0, 16 * MIB),
-        (0, 6 * MIB),
-        (6 * MIB, 4 * MIB),
-        (14 * MIB, 2 * MIB),
-        (12 * MIB, 4 * MIB),
-    ] {
+    for (off, len) in
+        [(0, 16 * MIB), (0, 6 * MIB), (6 * MIB, 4 * MIB), (14 * MIB, 2 * MIB), (12 * MIB, 4 * MIB)]
+    {
         let mut q = [
             Attr::PreferredLoc(Location::Undefined),
             Attr::PrefetchLoc(Location::Undefined),
@@ -164,32 +129,20 @@ pub fn run() -> Result<()> {
             Attr::AccessInPlace(_) => "in place".into(),
             Attr::NoAccess(_) => "no access".into(),
         };
-        let mut row =
-            vec![format!("[base+{}, +{})", bytes(off), bytes(len)).replace("base+0 B", "base")];
+        let mut row = vec![format!("[base+{}, +{})", bytes(off), bytes(len)).replace("base+0 B", "base")];
         row.extend(q.iter().map(show));
         t.row(row);
     }
     print!("{}", t.render());
-    println!(
-        "(a location differs between ranges -> undefined; set flags = AND, clr flags = NOT of OR;"
-    );
+    println!("(a location differs between ranges -> undefined; set flags = AND, clr flags = NOT of OR;");
     println!(" granularity = minimum; access = the kinds every range grants)");
 
-    step(
-        6,
-        "bad input is refused with the kernel's errno and changes nothing",
-    );
+    step(6, "bad input is refused with the kernel's errno and changes nothing");
     let before = svm.ranges().len();
     for (what, r) in [
         ("unaligned start", svm.set_attr(base + 1, 4096, &[])),
-        (
-            "PREFETCH_LOC = UNDEFINED",
-            svm.set_attr(base, 4096, &[Attr::PrefetchLoc(Location::Undefined)]),
-        ),
-        (
-            "unknown GPU 0xdead",
-            svm.set_attr(base, 4096, &[Attr::Access(usvm::GpuId(0xdead))]),
-        ),
+        ("PREFETCH_LOC = UNDEFINED", svm.set_attr(base, 4096, &[Attr::PrefetchLoc(Location::Undefined)])),
+        ("unknown GPU 0xdead", svm.set_attr(base, 4096, &[Attr::Access(usvm::GpuId(0xdead))])),
         ("memory that is not mapped", svm.set_attr(4096, 4096, &[])),
     ] {
         let e = r.expect_err("bad input must be refused");
@@ -198,12 +151,7 @@ pub fn run() -> Result<()> {
     assert_eq!(before, svm.ranges().len());
     let mut check = [0u8; 4];
     buf.read_at(9 * MIB, &mut check);
-    println!(
-        "\nthe CPU's data is untouched: {check:02x?}; {} ranges in all",
-        svm.range_count()
-    );
-    println!(
-        "next steps of usvm (see the issues): emulated GPUs, migration to VRAM, CPU and GPU faults"
-    );
+    println!("\nthe CPU's data is untouched: {check:02x?}; {} ranges in all", svm.range_count());
+    println!("next steps of usvm (see the issues): emulated GPUs, migration to VRAM, CPU and GPU faults");
     Ok(())
 }

@@ -12,11 +12,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "usvm",
-    version,
-    about = "User-space shared virtual memory between CPUs and emulated GPUs"
-)]
+#[command(name = "usvm", version, about = "User-space shared virtual memory between CPUs and emulated GPUs")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -44,11 +40,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Demo => demo::run(),
-        Cmd::Bench {
-            quick,
-            json,
-            filter,
-        } => bench::run(quick, json, filter.as_deref()),
+        Cmd::Bench { quick, json, filter } => bench::run(quick, json, filter.as_deref()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

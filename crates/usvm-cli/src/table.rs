@@ -9,10 +9,7 @@ pub struct Table {
 impl Table {
     /// A table with these column titles.
     pub fn new(header: &[&str]) -> Self {
-        Table {
-            header: header.iter().map(|s| s.to_string()).collect(),
-            rows: Vec::new(),
-        }
+        Table { header: header.iter().map(|s| s.to_string()).collect(), rows: Vec::new() }
     }
 
     /// Adds a row (as many cells as titles).
@@ -25,14 +22,7 @@ impl Table {
     pub fn render(&self) -> String {
         let n = self.header.len();
         let width: Vec<usize> = (0..n)
-            .map(|c| {
-                self.rows
-                    .iter()
-                    .map(|r| r[c].len())
-                    .chain([self.header[c].len()])
-                    .max()
-                    .unwrap_or(0)
-            })
+            .map(|c| self.rows.iter().map(|r| r[c].len()).chain([self.header[c].len()]).max().unwrap_or(0))
             .collect();
         let line = |cells: &[String]| {
             let mut s = String::new();

@@ -186,10 +186,7 @@ mod tests {
             let raw = a.to_raw();
             assert_eq!(Attr::from_raw(raw).unwrap(), a, "entry {i}");
         }
-        assert_eq!(
-            Attr::from_raw(RawAttr::new(8, 0)).unwrap_err().errno(),
-            libc::EINVAL
-        );
+        assert_eq!(Attr::from_raw(RawAttr::new(8, 0)).unwrap_err().errno(), libc::EINVAL);
     }
 
     #[test]

@@ -59,8 +59,5 @@ pub fn copy_engine(bytes: usize, reps: usize) -> Result<Ratio> {
     drop(bo);
     sys::mmap::unmap(src, bytes)?;
     sys::mmap::unmap(dst, bytes)?;
-    Ok(Ratio {
-        value: median(eng),
-        floor: median(cpy),
-    })
+    Ok(Ratio { value: median(eng), floor: median(cpy) })
 }

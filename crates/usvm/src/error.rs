@@ -98,6 +98,9 @@ pub enum Error {
     /// The queue no longer accepts work.
     #[error("queue is gone")]
     QueueGone,
+    /// VRAM -> VRAM could not empty the source GPU (section 4.7).
+    #[error("could not move the range out of its GPU's VRAM")]
+    Deadlock,
     /// A system call failed.
     #[error("{call} failed: {}", std::io::Error::from_raw_os_error(*errno))]
     Sys {
@@ -129,6 +132,7 @@ impl Error {
             Error::GpuVmFault { .. } => libc::EFAULT,
             Error::KernelPanic(_) => libc::EIO,
             Error::QueueGone => libc::ENODEV,
+            Error::Deadlock => libc::EDEADLK,
             Error::Sys { errno, .. } => *errno,
         }
     }

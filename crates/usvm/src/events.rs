@@ -228,76 +228,30 @@ impl fmt::Display for Event {
         write!(f, "{:x} ", self.kind.id())?;
         match &self.kind {
             EventKind::VmFault { task, .. } => write!(f, "{pid:x}:{task}"),
-            EventKind::MigrateStart {
-                start,
-                npages,
-                from,
-                to,
-                prefetch_loc,
-                preferred_loc,
-                trigger,
-            } => write!(
-                f,
-                "{ns} -{pid} @{start:x}({npages:x}) {from:x}->{to:x} {prefetch_loc:x}:{preferred_loc:x} {}",
-                trigger.code()
-            ),
-            EventKind::MigrateEnd {
-                start,
-                npages,
-                from,
-                to,
-                trigger,
-                error,
-            } => {
+            EventKind::MigrateStart { start, npages, from, to, prefetch_loc, preferred_loc, trigger } => {
                 write!(
                     f,
-                    "{ns} -{pid} @{start:x}({npages:x}) {from:x}->{to:x} {} {error}",
+                    "{ns} -{pid} @{start:x}({npages:x}) {from:x}->{to:x} {prefetch_loc:x}:{preferred_loc:x} {}",
                     trigger.code()
                 )
             }
-            EventKind::PageFaultStart { addr, gpu, write } => {
-                write!(
-                    f,
-                    "{ns} -{pid} @{addr:x}({:x}) {}",
-                    gpu.0,
-                    if *write { 'W' } else { 'R' }
-                )
+            EventKind::MigrateEnd { start, npages, from, to, trigger, error } => {
+                write!(f, "{ns} -{pid} @{start:x}({npages:x}) {from:x}->{to:x} {} {error}", trigger.code())
             }
-            EventKind::PageFaultEnd {
-                addr,
-                gpu,
-                migrated,
-            } => {
-                write!(
-                    f,
-                    "{ns} -{pid} @{addr:x}({:x}) {}",
-                    gpu.0,
-                    if *migrated { 'M' } else { 'U' }
-                )
+            EventKind::PageFaultStart { addr, gpu, write } => {
+                write!(f, "{ns} -{pid} @{addr:x}({:x}) {}", gpu.0, if *write { 'W' } else { 'R' })
+            }
+            EventKind::PageFaultEnd { addr, gpu, migrated } => {
+                write!(f, "{ns} -{pid} @{addr:x}({:x}) {}", gpu.0, if *migrated { 'M' } else { 'U' })
             }
             EventKind::QueueEviction { gpu, trigger } => {
                 write!(f, "{ns} -{pid} {:x} {}", gpu.0, trigger.code())
             }
             EventKind::QueueRestore { gpu, rescheduled } => {
-                write!(
-                    f,
-                    "{ns} -{pid} {:x} {}",
-                    gpu.0,
-                    if *rescheduled { 'R' } else { '0' }
-                )
+                write!(f, "{ns} -{pid} {:x} {}", gpu.0, if *rescheduled { 'R' } else { '0' })
             }
-            EventKind::UnmapFromGpu {
-                start,
-                npages,
-                gpu,
-                trigger,
-            } => {
-                write!(
-                    f,
-                    "{ns} -{pid} @{start:x}({npages:x}) {:x} {}",
-                    gpu.0,
-                    trigger.code()
-                )
+            EventKind::UnmapFromGpu { start, npages, gpu, trigger } => {
+                write!(f, "{ns} -{pid} @{start:x}({npages:x}) {:x} {}", gpu.0, trigger.code())
             }
         }
     }
@@ -354,16 +308,8 @@ pub enum Counter {
     /// GPU retry faults.
     Faults,
     /// Pages into VRAM.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "counted by the migration engine (seed issue)")
-    )]
     PageIn,
     /// Pages out of VRAM.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "counted by the migration engine (seed issue)")
-    )]
     PageOut,
 }
 
@@ -397,11 +343,7 @@ impl EventHub {
         if !self.listening() {
             return;
         }
-        let ev = Event {
-            ns: crate::sys::boottime_ns(),
-            pid: self.pid,
-            kind: f(),
-        };
+        let ev = Event { ns: crate::sys::boottime_ns(), pid: self.pid, kind: f() };
         self.emit_event(ev);
     }
 
@@ -444,25 +386,14 @@ mod tests {
     use super::*;
 
     fn ev(kind: EventKind) -> String {
-        Event {
-            ns: 123456789,
-            pid: 4242,
-            kind,
-        }
-        .to_string()
+        Event { ns: 123456789, pid: 4242, kind }.to_string()
     }
 
     /// The texts of kfd-svm-semantics.md section 9 / `KFD_EVENT_FMT_*`.
     #[test]
     fn kfd_smi_texts() {
         let g = GpuId(0x1111);
-        assert_eq!(
-            ev(EventKind::VmFault {
-                gpu: g,
-                task: "app".into()
-            }),
-            "1 1092:app"
-        );
+        assert_eq!(ev(EventKind::VmFault { gpu: g, task: "app".into() }), "1 1092:app");
         assert_eq!(
             ev(EventKind::MigrateStart {
                 start: 0x7f0000000,
@@ -487,58 +418,27 @@ mod tests {
             "6 123456789 -4242 @7f0000200(200) 1111->0 2 -14"
         );
         assert_eq!(
-            ev(EventKind::PageFaultStart {
-                addr: 0xabc,
-                gpu: g,
-                write: false
-            }),
+            ev(EventKind::PageFaultStart { addr: 0xabc, gpu: g, write: false }),
             "7 123456789 -4242 @abc(1111) R"
         );
         assert_eq!(
-            ev(EventKind::PageFaultStart {
-                addr: 0xabc,
-                gpu: g,
-                write: true
-            }),
+            ev(EventKind::PageFaultStart { addr: 0xabc, gpu: g, write: true }),
             "7 123456789 -4242 @abc(1111) W"
         );
         assert_eq!(
-            ev(EventKind::PageFaultEnd {
-                addr: 0xabc,
-                gpu: g,
-                migrated: true
-            }),
+            ev(EventKind::PageFaultEnd { addr: 0xabc, gpu: g, migrated: true }),
             "8 123456789 -4242 @abc(1111) M"
         );
         assert_eq!(
-            ev(EventKind::PageFaultEnd {
-                addr: 0xabc,
-                gpu: g,
-                migrated: false
-            }),
+            ev(EventKind::PageFaultEnd { addr: 0xabc, gpu: g, migrated: false }),
             "8 123456789 -4242 @abc(1111) U"
         );
         assert_eq!(
-            ev(EventKind::QueueEviction {
-                gpu: g,
-                trigger: EvictTrigger::Svm
-            }),
+            ev(EventKind::QueueEviction { gpu: g, trigger: EvictTrigger::Svm }),
             "9 123456789 -4242 1111 0"
         );
-        assert_eq!(
-            ev(EventKind::QueueRestore {
-                gpu: g,
-                rescheduled: false
-            }),
-            "a 123456789 -4242 1111 0"
-        );
-        assert_eq!(
-            ev(EventKind::QueueRestore {
-                gpu: g,
-                rescheduled: true
-            }),
-            "a 123456789 -4242 1111 R"
-        );
+        assert_eq!(ev(EventKind::QueueRestore { gpu: g, rescheduled: false }), "a 123456789 -4242 1111 0");
+        assert_eq!(ev(EventKind::QueueRestore { gpu: g, rescheduled: true }), "a 123456789 -4242 1111 R");
         assert_eq!(
             ev(EventKind::UnmapFromGpu {
                 start: 0x10,
@@ -566,43 +466,19 @@ mod tests {
         let hub = EventHub::new(vec![GpuId(0x1111), GpuId(0x2222)]);
         hub.emit(|| panic!("not built without subscribers"));
         let s = hub.subscribe();
-        hub.emit(|| EventKind::QueueEviction {
-            gpu: GpuId(0x2222),
-            trigger: EvictTrigger::Svm,
-        });
+        hub.emit(|| EventKind::QueueEviction { gpu: GpuId(0x2222), trigger: EvictTrigger::Svm });
         let got: Vec<Event> = s.try_iter().collect();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].kind.gpu(), Some(GpuId(0x2222)));
         let late = hub.subscribe();
         assert_eq!(late.try_iter().count(), 0);
         drop(s);
-        hub.emit(|| EventKind::QueueRestore {
-            gpu: GpuId(0x2222),
-            rescheduled: false,
-        });
-        assert_eq!(
-            late.recv_timeout(Duration::from_secs(1))
-                .map(|e| e.kind.id()),
-            Some(10)
-        );
+        hub.emit(|| EventKind::QueueRestore { gpu: GpuId(0x2222), rescheduled: false });
+        assert_eq!(late.recv_timeout(Duration::from_secs(1)).map(|e| e.kind.id()), Some(10));
         hub.count(1, Counter::PageIn, 512);
         hub.count(1, Counter::PageOut, 3);
         hub.count(0, Counter::Faults, 1);
-        assert_eq!(
-            hub.counters(1),
-            Counters {
-                faults: 0,
-                page_in: 512,
-                page_out: 3
-            }
-        );
-        assert_eq!(
-            hub.counters(0),
-            Counters {
-                faults: 1,
-                page_in: 0,
-                page_out: 0
-            }
-        );
+        assert_eq!(hub.counters(1), Counters { faults: 0, page_in: 512, page_out: 3 });
+        assert_eq!(hub.counters(0), Counters { faults: 1, page_in: 0, page_out: 0 });
     }
 }

@@ -25,8 +25,10 @@ mod attr;
 pub mod bench;
 mod error;
 mod events;
+mod fault;
 mod gpu;
 mod map;
+mod migrate;
 mod policy;
 mod range;
 mod svm;
@@ -36,13 +38,11 @@ pub mod uapi;
 
 pub use attr::{Attr, GpuId, Location, SvmFlags};
 pub use error::{Error, Result};
-pub use events::{
-    Counters, Event, EventKind, EventStream, EvictTrigger, MigrateTrigger, UnmapTrigger,
-};
+pub use events::{Counters, Event, EventKind, EventStream, EvictTrigger, MigrateTrigger, UnmapTrigger};
 pub use gpu::fence::Fence;
 pub use gpu::queue::{KernelCtx, Queue};
 pub use svm::{
-    ALLOC_ALIGN, DEFAULT_GPUS, DEFAULT_GRANULARITY, DEFAULT_VRAM_BYTES, GpuSnapshot, MAX_GPUS,
-    RangeInfo, Svm, SvmBuffer, SvmBuilder,
+    ALLOC_ALIGN, DEFAULT_GPUS, DEFAULT_GRANULARITY, DEFAULT_VRAM_BYTES, GpuSnapshot, MAX_GPUS, RangeInfo,
+    Residency, Svm, SvmBuffer, SvmBuilder,
 };
 pub use uapi::RawAttr;

@@ -43,10 +43,7 @@ pub fn validate_and_map(
     while page <= last {
         let addr = (page << PAGE_SHIFT) as usize;
         let v = vma::lookup(addr, false)
-            .map_err(|errno| Error::Sys {
-                call: "PROCMAP_QUERY",
-                errno,
-            })?
+            .map_err(|errno| Error::Sys { call: "PROCMAP_QUERY", errno })?
             .ok_or(Error::NotMapped { addr: addr as u64 })?;
         let end = ((v.end >> PAGE_SHIFT) as PageNo - 1).min(last);
         if !v.read {
@@ -54,12 +51,23 @@ pub fn validate_and_map(
             mapped_last_piece = false;
         } else {
             let flags = pte_flags(r, &v);
-            for g in gpus.iter() {
-                devs.gpus[g]
-                    .pt
-                    .map(page, end - page + 1, |_| Pte::system(flags));
+            // VRAM is never mapped across PCIe peers: a GPU that cannot reach the BO's
+            // VRAM (another GPU, not in its hive) is skipped.
+            let owner = r.vram.as_ref().map(|b| b.bo.gpu());
+            let reach = |g: usize| owner.is_none_or(|o| devs.same_hive(o, g));
+            for g in gpus.iter().filter(|&g| reach(g)) {
+                let (start, vram) = (r.start, r.vram.as_ref());
+                devs.gpus[g].pt.map(page, end - page + 1, |i| {
+                    let p = page + i;
+                    match vram {
+                        Some(b) if r.in_vram.get(p - start) => {
+                            Pte::vram(b.bo.gpu(), b.bo.vram_page(b.offset + (p - start)), flags)
+                        }
+                        _ => Pte::system(flags),
+                    }
+                });
+                r.mapped_gpus.insert(g);
             }
-            r.mapped_gpus = r.mapped_gpus | gpus;
             mapped_last_piece = true;
         }
         page = end + 1;
@@ -77,13 +85,7 @@ pub fn validate_and_map(
 /// KFD unmaps from the ACCESS and IN_PLACE GPUs; usvm also clears the GPUs that lost access
 /// since they mapped the range (KFD keeps such stale entries until the next invalidation;
 /// here a stale entry could outlive the memory it points at).
-pub fn unmap_from_gpus(
-    devs: &Devices,
-    r: &mut SvmRange,
-    first: PageNo,
-    last: PageNo,
-    trigger: UnmapTrigger,
-) {
+pub fn unmap_from_gpus(devs: &Devices, r: &mut SvmRange, first: PageNo, last: PageNo, trigger: UnmapTrigger) {
     if r.mapped_gpus == GpuMask::EMPTY {
         return;
     }

@@ -3,7 +3,7 @@
 //! This is the home of the kernel's heuristics (`svm_range_set_max_pages`, and later the
 //! best prefetch and restore locations). Everything here is deterministic and unit tested.
 
-use crate::attr::SvmFlags;
+use crate::attr::{Location, SvmFlags};
 use crate::range::{AttrOp, GpuMask, PageNo, RangeAttrs};
 
 /// Smallest maximum range size, in pages (2 MiB).
@@ -57,8 +57,7 @@ pub fn gpus_to_map(
     if let Some(g) = actual_gpu.filter(|&g| attrs.access.contains(g)) {
         set.insert(g);
     }
-    if set == GpuMask::EMPTY && (mapped_to_gpu || attrs.flags.contains(SvmFlags::GPU_ALWAYS_MAPPED))
-    {
+    if set == GpuMask::EMPTY && (mapped_to_gpu || attrs.flags.contains(SvmFlags::GPU_ALWAYS_MAPPED)) {
         set = attrs.access;
     }
     set
@@ -74,6 +73,24 @@ pub fn ops_update_mapping(ops: &[AttrOp], xnack: bool, remap_pending: bool) -> b
             AttrOp::Access(_) | AttrOp::AccessInPlace(_) | AttrOp::NoAccess(_) => !xnack,
             _ => false,
         })
+}
+
+/// Where a prefetch to GPU `target` really goes (`svm_range_best_prefetch_location`):
+/// system memory when a GPU that maps the range (XNACK off: ACCESS or IN_PLACE; on:
+/// IN_PLACE) is outside the target's hive, since it could not reach the target's VRAM;
+/// otherwise the range's PREFETCH_LOC.
+pub fn best_prefetch_location(
+    attrs: &RangeAttrs,
+    target: usize,
+    xnack: bool,
+    same_hive: impl Fn(usize, usize) -> bool,
+) -> Location {
+    let candidates = if xnack { attrs.access_in_place } else { attrs.access | attrs.access_in_place };
+    if candidates.iter().any(|c| c != target && !same_hive(target, c)) {
+        Location::Sysmem
+    } else {
+        attrs.prefetch_loc
+    }
 }
 
 /// Where a GPU retry fault puts the data (`svm_range_best_restore_location`, section 5.3).
@@ -148,45 +165,18 @@ mod placement_tests {
         let hive = |_: usize, _: usize| true;
         let a = attrs(0b11, 0);
         // Preferred location first.
-        assert_eq!(
-            best_restore_location(&a, Some(Some(0)), None, 0, no_hive),
-            RestoreLocation::Gpu(0)
-        );
-        assert_eq!(
-            best_restore_location(&a, Some(None), None, 0, no_hive),
-            RestoreLocation::Sysmem
-        );
-        assert_eq!(
-            best_restore_location(&a, Some(Some(1)), None, 0, hive),
-            RestoreLocation::Gpu(1)
-        );
+        assert_eq!(best_restore_location(&a, Some(Some(0)), None, 0, no_hive), RestoreLocation::Gpu(0));
+        assert_eq!(best_restore_location(&a, Some(None), None, 0, no_hive), RestoreLocation::Sysmem);
+        assert_eq!(best_restore_location(&a, Some(Some(1)), None, 0, hive), RestoreLocation::Gpu(1));
         // Preferred on a non-hive GPU falls through to ACCESS.
-        assert_eq!(
-            best_restore_location(&a, Some(Some(1)), None, 0, no_hive),
-            RestoreLocation::Gpu(0)
-        );
+        assert_eq!(best_restore_location(&a, Some(Some(1)), None, 0, no_hive), RestoreLocation::Gpu(0));
         // IN_PLACE: where the data is when reachable, else system memory.
         let b = attrs(0, 0b01);
-        assert_eq!(
-            best_restore_location(&b, None, None, 0, no_hive),
-            RestoreLocation::Sysmem
-        );
-        assert_eq!(
-            best_restore_location(&b, None, Some(0), 0, no_hive),
-            RestoreLocation::Gpu(0)
-        );
-        assert_eq!(
-            best_restore_location(&b, None, Some(1), 0, no_hive),
-            RestoreLocation::Sysmem
-        );
-        assert_eq!(
-            best_restore_location(&b, None, Some(1), 0, hive),
-            RestoreLocation::Gpu(1)
-        );
-        assert_eq!(
-            best_restore_location(&attrs(0, 0), None, None, 0, no_hive),
-            RestoreLocation::NoAccess
-        );
+        assert_eq!(best_restore_location(&b, None, None, 0, no_hive), RestoreLocation::Sysmem);
+        assert_eq!(best_restore_location(&b, None, Some(0), 0, no_hive), RestoreLocation::Gpu(0));
+        assert_eq!(best_restore_location(&b, None, Some(1), 0, no_hive), RestoreLocation::Sysmem);
+        assert_eq!(best_restore_location(&b, None, Some(1), 0, hive), RestoreLocation::Gpu(1));
+        assert_eq!(best_restore_location(&attrs(0, 0), None, None, 0, no_hive), RestoreLocation::NoAccess);
     }
 
     #[test]

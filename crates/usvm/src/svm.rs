@@ -4,8 +4,10 @@
 use crate::attr::{Attr, GpuId, Location, SvmFlags};
 use crate::error::{Error, Result};
 use crate::events::{Counters, EventHub, EventStream, EvictTrigger};
+use crate::fault::cpu::CpuFaultHandler;
 use crate::gpu::queue::Queue;
 use crate::gpu::{Access, Devices, GpuFaultHandler};
+use crate::migrate::Engine;
 use crate::policy;
 use crate::range::GpuMask;
 use crate::svms::{GpuInfo, SvmInner, SvmState, check_interval};
@@ -40,6 +42,7 @@ pub struct SvmBuilder {
     vram_bytes: u64,
     xnack: bool,
     default_granularity: u8,
+    migrate_on_preferred_loc: bool,
 }
 
 impl Default for SvmBuilder {
@@ -49,6 +52,7 @@ impl Default for SvmBuilder {
             vram_bytes: DEFAULT_VRAM_BYTES,
             xnack: false,
             default_granularity: DEFAULT_GRANULARITY,
+            migrate_on_preferred_loc: true,
         }
     }
 }
@@ -79,13 +83,18 @@ impl SvmBuilder {
         self
     }
 
+    /// Whether a SET_ATTR that changes PREFERRED_LOC between system memory (or undefined)
+    /// and a GPU migrates the range, as the seed does (default true). `false` gives
+    /// today's kernel, where only PREFETCH_LOC and faults migrate.
+    pub fn migrate_on_preferred_loc(mut self, on: bool) -> Self {
+        self.migrate_on_preferred_loc = on;
+        self
+    }
+
     /// Creates the instance.
     pub fn build(self) -> Result<Svm> {
         if self.gpus == 0 || self.gpus > MAX_GPUS {
-            return Err(Error::InvalidConfig(format!(
-                "gpus must be 1..={MAX_GPUS}, got {}",
-                self.gpus
-            )));
+            return Err(Error::InvalidConfig(format!("gpus must be 1..={MAX_GPUS}, got {}", self.gpus)));
         }
         let vram = self.vram_bytes & !(PAGE_SIZE as u64 - 1);
         if vram == 0 {
@@ -100,12 +109,8 @@ impl SvmBuilder {
                 self.default_granularity
             )));
         }
-        let gpus: Vec<GpuInfo> = (0..self.gpus)
-            .map(|i| GpuInfo {
-                id: gpu_id_for(i),
-                vram_bytes: vram,
-            })
-            .collect();
+        let gpus: Vec<GpuInfo> =
+            (0..self.gpus).map(|i| GpuInfo { id: gpu_id_for(i), vram_bytes: vram }).collect();
         let max_range_pages = policy::max_range_pages(gpus.iter().map(|g| g.vram_bytes));
         let ids: Vec<GpuId> = gpus.iter().map(|g| g.id).collect();
         let events = Arc::new(EventHub::new(ids.clone()));
@@ -118,10 +123,14 @@ impl SvmBuilder {
             state: Mutex::new(SvmState::new(self.xnack)),
             devs,
             events,
+            engine: Engine::new()?,
+            migrate_on_preferred_loc: self.migrate_on_preferred_loc,
         });
         let handler: Arc<dyn GpuFaultHandler> = inner.clone();
         inner.devs.set_fault_handler(Arc::downgrade(&handler));
-        Ok(Svm { inner })
+        let cpu = CpuFaultHandler::start(Arc::downgrade(&inner), inner.engine.uffd.clone())
+            .map_err(|e| Error::Sys { call: "spawn", errno: e.raw_os_error().unwrap_or(libc::EAGAIN) })?;
+        Ok(Svm { inner, _cpu_faults: cpu })
     }
 }
 
@@ -132,6 +141,27 @@ impl SvmBuilder {
 #[derive(Debug)]
 pub struct Svm {
     inner: Arc<SvmInner>,
+    /// Declared after `inner`, dropped after the evacuation in `Drop`.
+    _cpu_faults: CpuFaultHandler,
+}
+
+impl Drop for Svm {
+    /// Migrates everything the instance holds back to RAM and releases its VRAM; the fault
+    /// threads stop afterwards.
+    fn drop(&mut self) {
+        self.inner.evacuate();
+    }
+}
+
+/// Where one page's data is ([`Svm::residency`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Residency {
+    /// In no memory yet (never touched, or dropped).
+    Unpopulated,
+    /// In system memory.
+    Sysmem,
+    /// In the VRAM of this GPU.
+    Vram(GpuId),
 }
 
 /// What [`Svm::smi`] reports for one GPU.
@@ -197,11 +227,7 @@ impl Svm {
 
     /// VRAM per GPU in bytes.
     pub fn vram_bytes(&self, gpu: GpuId) -> Option<u64> {
-        self.inner
-            .gpus
-            .iter()
-            .find(|g| g.id == gpu)
-            .map(|g| g.vram_bytes)
+        self.inner.gpus.iter().find(|g| g.id == gpu).map(|g| g.vram_bytes)
     }
 
     /// The largest range SET_ATTR creates in a gap, in bytes (1/32 of the smallest VRAM,
@@ -216,16 +242,13 @@ impl Svm {
         if len == 0 {
             return Err(Error::InvalidConfig("cannot allocate 0 bytes".into()));
         }
-        let len = len.checked_next_multiple_of(PAGE_SIZE).ok_or(Error::Sys {
-            call: "mmap",
-            errno: libc::ENOMEM,
-        })?;
+        let len = len
+            .checked_next_multiple_of(PAGE_SIZE)
+            .ok_or(Error::Sys { call: "mmap", errno: libc::ENOMEM })?;
         let addr = sys::mmap::map_anon_aligned(len, ALLOC_ALIGN)?;
-        Ok(SvmBuffer {
-            addr,
-            len,
-            owner: Arc::downgrade(&self.inner),
-        })
+        // Huge pages let migrations move 2 MiB page-table entries at once.
+        sys::mmap::advise_hugepages(addr, len);
+        Ok(SvmBuffer { addr, len, owner: Arc::downgrade(&self.inner) })
     }
 
     /// KFD SET_ATTR: applies `attrs`, in order, to every page of `[addr, addr + size)`.
@@ -243,12 +266,7 @@ impl Svm {
     /// `AccessInPlace(g)` or `NoAccess(g)`.
     pub fn get_attr(&self, addr: usize, size: usize, attrs: &mut [Attr]) -> Result<()> {
         let mut raw: Vec<RawAttr> = attrs.iter().map(|a| a.to_raw()).collect();
-        let r = self.svm_ioctl(
-            uapi::KFD_IOCTL_SVM_OP_GET_ATTR,
-            addr as u64,
-            size as u64,
-            &mut raw,
-        );
+        let r = self.svm_ioctl(uapi::KFD_IOCTL_SVM_OP_GET_ATTR, addr as u64, size as u64, &mut raw);
         // As the kernel copies results out even on failure, entries already filled stay.
         for (a, r) in attrs.iter_mut().zip(&raw) {
             *a = Attr::from_raw(*r).expect("GET_ATTR writes only known types");
@@ -262,10 +280,7 @@ impl Svm {
         let (first, last) = check_interval(start, size)?;
         match op {
             uapi::KFD_IOCTL_SVM_OP_SET_ATTR => {
-                let decoded = attrs
-                    .iter()
-                    .map(|r| Attr::from_raw(*r))
-                    .collect::<Result<Vec<_>>>()?;
+                let decoded = attrs.iter().map(|r| Attr::from_raw(*r)).collect::<Result<Vec<_>>>()?;
                 self.inner.set_attr(first, last, &decoded)
             }
             uapi::KFD_IOCTL_SVM_OP_GET_ATTR => self.inner.get_attr(first, last, attrs),
@@ -302,7 +317,7 @@ impl Svm {
                 preferred_loc: r.attrs.preferred_loc,
                 prefetch_loc: r.attrs.prefetch_loc,
                 actual_loc: r.actual_loc,
-                vram_pages: r.vram_pages as usize,
+                vram_pages: r.vram_pages() as usize,
                 granularity: u32::from(r.attrs.granularity),
                 flags: r.attrs.flags,
                 access: ids(r.attrs.access),
@@ -363,9 +378,7 @@ impl Svm {
     pub fn resume_queues(&self, g: GpuId) -> Result<()> {
         let idx = self.inner.gpu(g)?;
         if !self.inner.devs.queues_evicted(idx) {
-            return Err(Error::InvalidConfig(format!(
-                "GPU {g}: queues are not suspended"
-            )));
+            return Err(Error::InvalidConfig(format!("GPU {g}: queues are not suspended")));
         }
         self.inner.devs.restore_queues(idx, false);
         Ok(())
@@ -403,10 +416,28 @@ impl Svm {
     /// The counters of GPU `g` (KFD's sysfs `faults`, `page_in`, `page_out`); zeros for a
     /// GPU that is not this instance's.
     pub fn counters(&self, g: GpuId) -> Counters {
-        self.inner
-            .gpu(g)
-            .map(|i| self.inner.events.counters(i))
-            .unwrap_or_default()
+        self.inner.gpu(g).map(|i| self.inner.events.counters(i)).unwrap_or_default()
+    }
+
+    /// Where each of `npages` pages from `addr` (rounded down to a page) lives.
+    pub fn residency(&self, addr: usize, npages: usize) -> Vec<Residency> {
+        self.inner.residency((addr >> PAGE_SHIFT) as u64, npages)
+    }
+
+    /// Fault injection for tests: the next `n` page collections of migrations to VRAM fail
+    /// as if the pages were busy (pinned or shared), exercising retries and partial
+    /// migration.
+    #[doc(hidden)]
+    pub fn inject_busy_pages(&self, n: u64) {
+        self.inner.engine.inject_busy.store(n, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Fault injection for tests: the `n`-th copy chunk from now on GPU `g` fails.
+    #[doc(hidden)]
+    pub fn inject_copy_failure(&self, g: GpuId, n: u64) -> Result<()> {
+        let idx = self.inner.gpu(g)?;
+        self.inner.devs.gpus[idx].sdma.fail_chunk_in(n);
+        Ok(())
     }
 
     /// Number of SVM ranges (cheaper than `ranges().len()`).

@@ -18,14 +18,16 @@
 //!          aggregate; ACCESS of an unknown GPU ............... EINVAL (earlier entries written)
 //! ```
 
-use crate::attr::{Attr, GpuId, Location};
+use crate::attr::{Attr, GpuId, Location, SvmFlags};
 use crate::error::{Error, Result};
-use crate::events::{Counter, EventHub, EventKind, UnmapTrigger};
+use crate::events::{Counter, EventHub, EventKind, MigrateTrigger, UnmapTrigger};
 use crate::gpu::{Devices, GpuFaultHandler};
 use crate::map;
+use crate::migrate::{self, Engine};
 use crate::policy::{self, RestoreLocation};
 use crate::range::tree::{Aggregate, RangeTree};
 use crate::range::{AttrOp, GpuMask, PageNo, RangeAttrs, SvmRange};
+use crate::svm::Residency;
 use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE, vma};
 use crate::uapi::{self, RawAttr};
 use parking_lot::Mutex;
@@ -65,12 +67,7 @@ pub(crate) struct SvmState {
 impl SvmState {
     /// A state with no range.
     pub(crate) fn new(xnack: bool) -> Self {
-        SvmState {
-            tree: RangeTree::new(),
-            xnack,
-            deferred: Vec::new(),
-            queues: 0,
-        }
+        SvmState { tree: RangeTree::new(), xnack, deferred: Vec::new(), queues: 0 }
     }
 
     /// Runs the queued deferred work (`svm_range_deferred_list_work`).
@@ -95,6 +92,9 @@ pub(crate) struct SvmInner {
     pub(crate) state: Mutex<SvmState>,
     pub(crate) devs: Arc<Devices>,
     pub(crate) events: Arc<EventHub>,
+    pub(crate) engine: Engine,
+    /// The seed's migration on a PREFERRED_LOC change (on by default).
+    pub(crate) migrate_on_preferred_loc: bool,
 }
 
 impl SvmInner {
@@ -105,9 +105,7 @@ impl SvmInner {
 
     /// The index of a GPU, or EINVAL.
     pub(crate) fn gpu(&self, g: GpuId) -> Result<usize> {
-        self.gpu_idx(g.0)
-            .filter(|&i| self.supported.contains(i))
-            .ok_or(Error::UnknownGpu(g.0))
+        self.gpu_idx(g.0).filter(|&i| self.supported.contains(i)).ok_or(Error::UnknownGpu(g.0))
     }
 
     /// `svm_range_check_attr`: every attribute valid, GPU ids resolved to indices.
@@ -138,17 +136,8 @@ impl SvmInner {
 
     /// Attributes of a range created now (`svm_range_set_default_attributes`).
     pub(crate) fn new_range_attrs(&self, xnack: bool) -> RangeAttrs {
-        let access = if xnack {
-            self.supported
-        } else {
-            GpuMask::EMPTY
-        };
+        let access = if xnack { self.supported } else { GpuMask::EMPTY };
         RangeAttrs::new_default(self.default_granularity, access)
-    }
-
-    /// The GPU index holding a range's VRAM, if any.
-    fn actual_gpu(&self, r: &SvmRange) -> Option<usize> {
-        r.actual_loc.gpu().and_then(|g| self.gpu_idx(g.0))
     }
 
     /// `svm_range_set_attr` after the entry checks.
@@ -159,19 +148,31 @@ impl SvmInner {
         check_mapped(start, last)?;
         let xnack = st.xnack;
         let defaults = self.new_range_attrs(xnack);
-        let out = st
-            .tree
-            .add(start, last, &ops, &defaults, self.max_range_pages);
+        let out = st.tree.add(start, last, &ops, &defaults, self.max_range_pages);
         let update_mapping = policy::ops_update_mapping(&ops, xnack, !out.remap.is_empty());
+        let asks_prefetch = ops.iter().any(|o| matches!(o, AttrOp::Prefetch(_)));
         // Per range, the last error wins and does not stop the others (section 1.7).
         let mut result = Ok(());
-        // Step 9: ranges that got the new attributes are mapped when the mapping changed.
-        // (Step 9a, the migration a PREFETCH_LOC asks for, belongs to the migration engine.)
-        if update_mapping {
-            for s in &out.updated {
-                if let Err(e) = self.map_range(&mut st, *s, xnack) {
+        for (&s, &old_pref) in out.updated.iter().zip(&out.old_preferred) {
+            // Step 9a: the migration the range's (sticky) PREFETCH_LOC asks for, or the
+            // seed's migration on a PREFERRED_LOC change.
+            let migrated = match self.trigger_migration(&mut st, s, old_pref, asks_prefetch) {
+                Ok(m) => m,
+                Err(e) => {
                     result = Err(e);
+                    false
                 }
+            };
+            let Some(r) = st.tree.get_mut(s) else { continue };
+            let always = r.attrs.flags.contains(SvmFlags::GPU_ALWAYS_MAPPED);
+            if migrated && (!xnack || always) && r.mapped_to_gpu {
+                continue; // the migration's restore work remapped it
+            }
+            if !migrated && !update_mapping {
+                continue;
+            }
+            if let Err(e) = self.map_range(&mut st, s, xnack) {
+                result = Err(e);
             }
         }
         // Step 10: pieces split off at a boundary that is not granule aligned.
@@ -183,27 +184,72 @@ impl SvmInner {
         result
     }
 
+    /// `svm_range_trigger_migration` for the range starting at `s`, plus the seed's rule:
+    /// a PREFERRED_LOC change from system (or undefined) to a GPU migrates the range to
+    /// that GPU, from a GPU to system migrates it back (unless the call prefetches, or the
+    /// instance was built with `migrate_on_preferred_loc(false)`). Returns whether a
+    /// migration ran; errors going to system memory are returned, failures to VRAM are not.
+    fn trigger_migration(
+        &self,
+        st: &mut SvmState,
+        s: PageNo,
+        old_pref: Location,
+        asks_prefetch: bool,
+    ) -> Result<bool> {
+        let xnack = st.xnack;
+        let Some(r) = st.tree.get_mut(s) else { return Ok(false) };
+        let (first, last) = (r.start, r.last);
+        let best = match r.attrs.prefetch_loc {
+            Location::Gpu(g) => {
+                let target = self.gpu_idx(g.0).expect("checked GPU");
+                policy::best_prefetch_location(&r.attrs, target, xnack, |a, b| self.devs.same_hive(a, b))
+            }
+            other => other,
+        };
+        let new_pref = r.attrs.preferred_loc;
+        let seed = if self.migrate_on_preferred_loc && !asks_prefetch && new_pref != old_pref {
+            match (old_pref, new_pref) {
+                (Location::Sysmem | Location::Undefined, Location::Gpu(_)) => Some(new_pref),
+                (Location::Gpu(_), Location::Sysmem) => Some(Location::Sysmem),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let actual = r.actual_loc;
+        let target = match (best, seed) {
+            (Location::Undefined, None) => return Ok(false),
+            (Location::Undefined, Some(t)) => t,
+            (b, _) => b,
+        };
+        match target {
+            Location::Sysmem if actual == Location::Sysmem => Ok(false),
+            Location::Sysmem => {
+                migrate::to_ram(self, st, s, first, last, MigrateTrigger::Prefetch).map(|_| true)
+            }
+            Location::Gpu(g) => {
+                let idx = self.gpu_idx(g.0).expect("checked GPU");
+                // A failed migration to VRAM leaves the data in RAM, silently (section 4.2).
+                let _ = migrate::to_vram(self, st, s, first, last, idx, MigrateTrigger::Prefetch);
+                Ok(true)
+            }
+            Location::Undefined => Ok(false),
+        }
+    }
+
     /// Validates and maps the whole range starting at `s` on its GPU set (section 7.1).
     fn map_range(&self, st: &mut SvmState, s: PageNo, xnack: bool) -> Result<()> {
         let Some(r) = st.tree.get_mut(s) else {
             return Ok(());
         };
-        let actual = r
-            .actual_loc
-            .gpu()
-            .and_then(|g| self.gpus.iter().position(|x| x.id == g));
+        let actual = r.actual_loc.gpu().and_then(|g| self.gpus.iter().position(|x| x.id == g));
         let gpus = policy::gpus_to_map(&r.attrs, actual, r.mapped_to_gpu, xnack);
         let (first, last) = (r.start, r.last);
         map::validate_and_map(&self.devs, r, gpus, first, last)
     }
 
     /// `svm_range_get_attr` after the entry checks.
-    pub(crate) fn get_attr(
-        &self,
-        start: PageNo,
-        last: PageNo,
-        attrs: &mut [RawAttr],
-    ) -> Result<()> {
+    pub(crate) fn get_attr(&self, start: PageNo, last: PageNo, attrs: &mut [RawAttr]) -> Result<()> {
         let mut st = self.state.lock();
         st.flush_deferred();
         check_mapped(start, last)?;
@@ -221,22 +267,19 @@ impl SvmInner {
                 ty => return Err(Error::UnknownAttrType(ty)),
             }
         }
-        let agg = st
-            .tree
-            .aggregate(start, last, self.supported)
-            .unwrap_or_else(|| {
-                // Nothing overlaps: the attributes a new range would get.
-                let d = self.new_range_attrs(st.xnack);
-                Aggregate {
-                    preferred_loc: d.preferred_loc,
-                    prefetch_loc: d.prefetch_loc,
-                    flags_and: d.flags,
-                    flags_or: d.flags,
-                    granularity: d.granularity,
-                    access: d.access,
-                    access_in_place: GpuMask::EMPTY,
-                }
-            });
+        let agg = st.tree.aggregate(start, last, self.supported).unwrap_or_else(|| {
+            // Nothing overlaps: the attributes a new range would get.
+            let d = self.new_range_attrs(st.xnack);
+            Aggregate {
+                preferred_loc: d.preferred_loc,
+                prefetch_loc: d.prefetch_loc,
+                flags_and: d.flags,
+                flags_or: d.flags,
+                granularity: d.granularity,
+                access: d.access,
+                access_in_place: GpuMask::EMPTY,
+            }
+        });
         drop(st);
         for a in attrs.iter_mut() {
             match a.ty {
@@ -280,15 +323,8 @@ impl SvmInner {
     /// A fatal GPU VM fault: VMFAULT event and EFAULT.
     fn fatal_fault(&self, gpu: usize, addr: usize, write: bool) -> Error {
         let id = self.gpus[gpu].id;
-        self.events.emit(|| EventKind::VmFault {
-            gpu: id,
-            task: sys::process_name(),
-        });
-        Error::GpuVmFault {
-            gpu: id.0,
-            addr: addr as u64,
-            write,
-        }
+        self.events.emit(|| EventKind::VmFault { gpu: id, task: sys::process_name() });
+        Error::GpuVmFault { gpu: id.0, addr: addr as u64, write }
     }
 
     /// Creates a range for a GPU fault on an address no range covers
@@ -296,9 +332,7 @@ impl SvmInner {
     /// inside its mapping, clipped by the neighbouring ranges. The initial heap and stack
     /// get PREFERRED_LOC = system memory. `None` when no mapping holds the page.
     fn create_unregistered(&self, st: &mut SvmState, page: PageNo) -> Option<PageNo> {
-        let v = vma::lookup((page << PAGE_SHIFT) as usize, false)
-            .ok()
-            .flatten()?;
+        let v = vma::lookup((page << PAGE_SHIFT) as usize, false).ok().flatten()?;
         let vs = (v.start >> PAGE_SHIFT) as PageNo;
         let vl = (v.end >> PAGE_SHIFT) as PageNo - 1;
         let (mut s, mut l) = policy::granule_extent(page, self.default_granularity, vs, vl);
@@ -332,9 +366,7 @@ impl SvmInner {
         // From here on every outcome counts as a processed fault (section 5.4 step 6).
         self.events.count(gpu, Counter::Faults, 1);
         let r = st.tree.get_mut(key).expect("range just found");
-        if r.validate_timestamp
-            .is_some_and(|t| t.elapsed() < RETRY_FAULT_PENDING)
-        {
+        if r.validate_timestamp.is_some_and(|t| t.elapsed() < RETRY_FAULT_PENDING) {
             return Ok(()); // a duplicate of a fault just handled: let the access retry
         }
         let Ok(Some(v)) = vma::lookup(addr, false) else {
@@ -348,8 +380,9 @@ impl SvmInner {
             Location::Sysmem => Some(None),
             Location::Gpu(g) => self.gpu_idx(g.0).map(Some),
         };
-        let actual = self.actual_gpu(r);
-        let best = policy::best_restore_location(&r.attrs, preferred, actual, gpu, |a, b| a == b);
+        let actual = self.gpu_of(r.actual_loc);
+        let best =
+            policy::best_restore_location(&r.attrs, preferred, actual, gpu, |a, b| self.devs.same_hive(a, b));
         if best == RestoreLocation::NoAccess {
             return Err(self.fatal_fault(gpu, addr, write)); // EACCES in the kernel
         }
@@ -358,26 +391,102 @@ impl SvmInner {
             let ev = crate::events::Event {
                 ns: entry_ns,
                 pid: self.events.pid(),
-                kind: EventKind::PageFaultStart {
-                    addr: page,
-                    gpu: id,
-                    write,
-                },
+                kind: EventKind::PageFaultStart { addr: page, gpu: id, write },
             };
             self.events.emit_event(ev);
         }
         let (first, last) = policy::granule_extent(page, r.attrs.granularity, r.start, r.last);
-        // Every page is in system memory until the migration engine moves data: the data
-        // is mapped where it is, on the faulting GPU only.
-        let mut one = GpuMask::EMPTY;
-        one.insert(gpu);
-        let r2 = map::validate_and_map(&self.devs, r, one, first, last);
-        self.events.emit(|| EventKind::PageFaultEnd {
-            addr: page,
-            gpu: id,
-            migrated: false,
-        });
-        r2
+        let actual = r.actual_loc;
+        // Migrate the granule where it is best, or map the data in place (section 5.4).
+        let mut migrated = false;
+        let mut result = Ok(());
+        if actual != Location::Sysmem || best != RestoreLocation::Sysmem {
+            let r2 = match best {
+                RestoreLocation::Gpu(b) => {
+                    match migrate::to_vram(self, &mut st, key, first, last, b, MigrateTrigger::PagefaultGpu) {
+                        Ok(_) => Ok(()),
+                        // On another GPU and stuck there: bring the granule to RAM instead.
+                        Err(_) if self.gpu_of(actual).is_some_and(|a| a != b) => {
+                            migrate::to_ram(self, &mut st, key, first, last, MigrateTrigger::PagefaultGpu)
+                                .map(|_| ())
+                        }
+                        Err(_) => Ok(()), // map in place
+                    }
+                }
+                _ => {
+                    migrate::to_ram(self, &mut st, key, first, last, MigrateTrigger::PagefaultGpu).map(|_| ())
+                }
+            };
+            match r2 {
+                Ok(()) => migrated = true,
+                Err(e) => result = Err(e),
+            }
+        }
+        if result.is_ok() {
+            let mut one = GpuMask::EMPTY;
+            one.insert(gpu);
+            let r = st.tree.get_mut(key).expect("range");
+            result = map::validate_and_map(&self.devs, r, one, first, last);
+        }
+        self.events.emit(|| EventKind::PageFaultEnd { addr: page, gpu: id, migrated });
+        result
+    }
+
+    /// The GPU index of a location, if it is one of this instance's GPUs.
+    pub(crate) fn gpu_of(&self, l: Location) -> Option<usize> {
+        l.gpu().and_then(|g| self.gpu_idx(g.0))
+    }
+
+    /// A CPU fault on `page`, whose data is out of RAM (`svm_migrate_to_ram`): bring the
+    /// granule around it back to RAM; the move wakes the faulting threads. Called with the
+    /// state lock held.
+    pub(crate) fn cpu_fault(&self, st: &mut SvmState, page: PageNo) -> Result<()> {
+        let addr = (page << PAGE_SHIFT) as usize;
+        let Some(r) = st.tree.find(page) else {
+            // No range any more (unmapped meanwhile): nothing of ours to bring back.
+            return self.engine.uffd.wake(addr, PAGE_SIZE);
+        };
+        if !r.page_in_vram(page) {
+            // Resolved by someone else meanwhile: the page is present, wake the waiters.
+            if !self.engine.resolve_if_in_ram(page)? {
+                self.engine.uffd.wake(addr, PAGE_SIZE)?;
+            }
+            return Ok(());
+        }
+        let (key, g) = (r.start, r.attrs.granularity);
+        let (first, last) = policy::granule_extent(page, g, r.start, r.last);
+        migrate::to_ram(self, st, key, first, last, MigrateTrigger::PagefaultCpu)?;
+        self.engine.uffd.wake(addr, PAGE_SIZE)
+    }
+
+    /// Where each of `n` pages from `page` lives.
+    pub(crate) fn residency(&self, page: PageNo, n: usize) -> Vec<Residency> {
+        let st = self.state.lock();
+        let has =
+            sys::pagemap::has_memory((page << PAGE_SHIFT) as usize, n).unwrap_or_else(|_| vec![false; n]);
+        (0..n as u64)
+            .map(|i| {
+                let p = page + i;
+                match st.tree.find(p) {
+                    Some(r) if r.page_in_vram(p) => {
+                        Residency::Vram(r.actual_loc.gpu().expect("VRAM pages have a GPU"))
+                    }
+                    _ if has[i as usize] => Residency::Sysmem,
+                    _ => Residency::Unpopulated,
+                }
+            })
+            .collect()
+    }
+
+    /// Moves every page of the instance back to RAM (the instance is going away).
+    pub(crate) fn evacuate(&self) {
+        let mut st = self.state.lock();
+        st.flush_deferred();
+        let keys: Vec<(PageNo, PageNo)> =
+            st.tree.iter().filter(|r| r.vram_pages() > 0).map(|r| (r.start, r.last)).collect();
+        for (s, l) in keys {
+            let _ = migrate::to_ram(self, &mut st, s, s, l, MigrateTrigger::Prefetch);
+        }
     }
 }
 
@@ -398,16 +507,10 @@ fn check_mapped(start: PageNo, last: PageNo) -> Result<()> {
     let end = ((last + 1) << PAGE_SHIFT) as usize;
     while addr < end {
         let v = vma::lookup(addr, false)
-            .map_err(|errno| Error::Sys {
-                call: "PROCMAP_QUERY",
-                errno,
-            })?
+            .map_err(|errno| Error::Sys { call: "PROCMAP_QUERY", errno })?
             .ok_or(Error::NotMapped { addr: addr as u64 })?;
         if v.kind == vma::VmaKind::Device {
-            return Err(Error::DeviceMapping {
-                addr: v.start as u64,
-                name: "I/O or PFN mapping".into(),
-            });
+            return Err(Error::DeviceMapping { addr: v.start as u64, name: "I/O or PFN mapping".into() });
         }
         addr = v.end;
     }
@@ -422,9 +525,6 @@ pub(crate) fn check_interval(start: u64, size: u64) -> Result<(PageNo, PageNo)> 
     if start & page != 0 || size & page != 0 || start == 0 || size == 0 {
         return Err(bad);
     }
-    let end = start
-        .checked_add(size)
-        .filter(|&e| e <= usize::MAX as u64)
-        .ok_or(bad)?;
+    let end = start.checked_add(size).filter(|&e| e <= usize::MAX as u64).ok_or(bad)?;
     Ok((start >> PAGE_SHIFT, (end >> PAGE_SHIFT) - 1))
 }

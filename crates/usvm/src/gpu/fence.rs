@@ -22,12 +22,7 @@ pub struct Fence {
 impl Fence {
     /// An unsignalled fence.
     pub(crate) fn new() -> Self {
-        Fence {
-            state: Arc::new(FenceState {
-                result: Mutex::new(None),
-                cv: Condvar::new(),
-            }),
-        }
+        Fence { state: Arc::new(FenceState { result: Mutex::new(None), cv: Condvar::new() }) }
     }
 
     /// Signals the fence. A second signal is ignored (a fence signals once).

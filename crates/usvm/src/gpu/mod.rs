@@ -51,11 +51,14 @@ pub trait GpuFaultHandler: Send + Sync {
     fn gpu_fault(&self, gpu: usize, addr: usize, write: bool) -> Result<()>;
 }
 
-/// Queue scheduling state of one GPU: eviction is reference counted.
+/// Queue scheduling state of one GPU: eviction is reference counted, and evicting waits
+/// until no device access is in flight (as quiescing a real queue waits for its waves).
 #[derive(Debug, Default)]
 struct Sched {
     /// Mirror of `count` for the lock-free check on every access.
     evicted: AtomicU32,
+    /// Device accesses between `enter` and `leave`.
+    active: AtomicU32,
     count: Mutex<u32>,
     cv: Condvar,
 }
@@ -68,7 +71,6 @@ pub struct Device {
     /// Its VRAM.
     pub vram: vram::VramManager,
     /// Its copy engine.
-    #[expect(dead_code, reason = "used by the migration engine (seed issue)")]
     pub sdma: sdma::CopyEngine,
     /// Its page table.
     pub pt: PageTable,
@@ -114,17 +116,17 @@ impl Devices {
             });
         }
         let vram_base = gpus.iter().map(|g| g.vram.base()).collect();
-        Ok(Devices {
-            gpus,
-            vram_base,
-            events,
-            fault: Mutex::new(None),
-        })
+        Ok(Devices { gpus, vram_base, events, fault: Mutex::new(None) })
     }
 
     /// Installs the GPU fault handler (the SVM layer).
     pub fn set_fault_handler(&self, h: std::sync::Weak<dyn GpuFaultHandler>) {
         *self.fault.lock() = Some(h);
+    }
+
+    /// Whether GPU `b` can map GPU `a`'s VRAM (the same GPU; XGMI hives come later).
+    pub fn same_hive(&self, a: usize, b: usize) -> bool {
+        a == b
     }
 
     /// Host address of VRAM page `page` of GPU `gpu`.
@@ -133,31 +135,31 @@ impl Devices {
     }
 
     /// Evicts the queues of GPU `gpu` (reference counted): kernels pause before their next
-    /// memory access, device accesses wait. Emits QUEUE_EVICTION.
+    /// memory access, device accesses wait, and this call returns once no access of the
+    /// GPU is in flight. Emits QUEUE_EVICTION.
     pub fn evict_queues(&self, gpu: usize, trigger: EvictTrigger) {
         let d = &self.gpus[gpu];
-        self.events
-            .emit(|| EventKind::QueueEviction { gpu: d.id, trigger });
+        self.events.emit(|| EventKind::QueueEviction { gpu: d.id, trigger });
         let mut c = d.sched.count.lock();
         *c += 1;
-        d.sched.evicted.store(*c, Ordering::Release);
+        d.sched.evicted.store(*c, Ordering::SeqCst);
+        while d.sched.active.load(Ordering::SeqCst) > 0 {
+            d.sched.cv.wait(&mut c);
+        }
     }
 
     /// Restores the queues of GPU `gpu` once as many times as they were evicted; emits
     /// QUEUE_RESTORE (`R` when `rescheduled`: the queues stay evicted, a retry is coming).
     pub fn restore_queues(&self, gpu: usize, rescheduled: bool) {
         let d = &self.gpus[gpu];
-        self.events.emit(|| EventKind::QueueRestore {
-            gpu: d.id,
-            rescheduled,
-        });
+        self.events.emit(|| EventKind::QueueRestore { gpu: d.id, rescheduled });
         if rescheduled {
             return;
         }
         let mut c = d.sched.count.lock();
         debug_assert!(*c > 0, "restore without eviction");
         *c = c.saturating_sub(1);
-        d.sched.evicted.store(*c, Ordering::Release);
+        d.sched.evicted.store(*c, Ordering::SeqCst);
         if *c == 0 {
             d.sched.cv.notify_all();
         }
@@ -168,15 +170,29 @@ impl Devices {
         self.gpus[gpu].sched.evicted.load(Ordering::Acquire) > 0
     }
 
-    /// Waits until GPU `gpu`'s queues run.
-    fn wait_running(&self, gpu: usize) {
+    /// Marks a device access of GPU `gpu` in flight, first waiting while its queues are
+    /// evicted.
+    fn enter(&self, gpu: usize) {
         let s = &self.gpus[gpu].sched;
-        if s.evicted.load(Ordering::Acquire) == 0 {
-            return;
+        loop {
+            s.active.fetch_add(1, Ordering::SeqCst);
+            if s.evicted.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            self.leave(gpu);
+            let mut c = s.count.lock();
+            while *c > 0 {
+                s.cv.wait(&mut c);
+            }
         }
-        let mut c = s.count.lock();
-        while *c > 0 {
-            s.cv.wait(&mut c);
+    }
+
+    /// Ends a device access of GPU `gpu`; wakes an eviction waiting for it.
+    fn leave(&self, gpu: usize) {
+        let s = &self.gpus[gpu].sched;
+        if s.active.fetch_sub(1, Ordering::SeqCst) == 1 && s.evicted.load(Ordering::SeqCst) > 0 {
+            let _g = s.count.lock();
+            s.cv.notify_all();
         }
     }
 
@@ -186,23 +202,22 @@ impl Devices {
             Access::Read(b) => b.len(),
             Access::Write(b) => b.len(),
         };
-        addr.checked_add(len).ok_or(Error::BadInterval {
-            start: addr as u64,
-            size: len as u64,
-        })?;
+        addr.checked_add(len).ok_or(Error::BadInterval { start: addr as u64, size: len as u64 })?;
         let write = matches!(buf, Access::Write(_));
         let mut bounce = vec![0u8; len.min(ACCESS_CHUNK_BYTES)];
         let mut off = 0;
         let mut retries = 0;
         let mut first_fault = None;
         while off < len {
-            self.wait_running(gpu);
             let n = (len - off).min(ACCESS_CHUNK_BYTES);
             let b = &mut bounce[..n];
             if let Access::Write(src) = &buf {
                 b.copy_from_slice(&src[off..off + n]);
             }
-            if let Err(fault_addr) = self.copy_chunk(gpu, addr + off, b, write) {
+            self.enter(gpu);
+            let copied = self.copy_chunk(gpu, addr + off, b, write);
+            self.leave(gpu);
+            if let Err(fault_addr) = copied {
                 let since = *first_fault.get_or_insert_with(std::time::Instant::now);
                 let handler = self.fault.lock().as_ref().and_then(|w| w.upgrade());
                 match handler {
@@ -211,11 +226,7 @@ impl Devices {
                     }
                     _ => {
                         let id = self.gpus[gpu].id.0;
-                        return Err(Error::GpuVmFault {
-                            gpu: id,
-                            addr: fault_addr as u64,
-                            write,
-                        });
+                        return Err(Error::GpuVmFault { gpu: id, addr: fault_addr as u64, write });
                     }
                 }
                 retries += 1;
@@ -279,11 +290,7 @@ mod tests {
     use super::pagetable::{Pte, PteFlags};
     use super::*;
 
-    const RW: PteFlags = PteFlags {
-        writable: true,
-        exec: false,
-        coherent: true,
-    };
+    const RW: PteFlags = PteFlags { writable: true, exec: false, coherent: true };
 
     fn devices(n: usize) -> Devices {
         let ids: Vec<GpuId> = (0..n).map(|i| GpuId(0x1111 * (i as u32 + 1))).collect();
@@ -304,8 +311,7 @@ mod tests {
             _ => Pte::system(RW),
         });
         let data: Vec<u8> = (0..4 * PAGE_SIZE).map(|i| (i * 7 % 251) as u8).collect();
-        d.access(0, sys_mem + 100, Access::Write(&data[100..]))
-            .unwrap();
+        d.access(0, sys_mem + 100, Access::Write(&data[100..])).unwrap();
         let mut back = vec![0u8; 4 * PAGE_SIZE - 200];
         d.access(0, sys_mem + 150, Access::Read(&mut back)).unwrap();
         assert_eq!(back[..], data[150..4 * PAGE_SIZE - 50]);
@@ -324,27 +330,13 @@ mod tests {
         let d = devices(1);
         let m = sys::mmap::map_anon_aligned(2 * PAGE_SIZE, PAGE_SIZE).unwrap();
         let base = (m >> PAGE_SHIFT) as u64;
-        d.gpus[0].pt.map(base, 1, |_| {
-            Pte::system(PteFlags {
-                writable: false,
-                ..RW
-            })
-        });
+        d.gpus[0].pt.map(base, 1, |_| Pte::system(PteFlags { writable: false, ..RW }));
         let mut b = [0u8; 8];
         d.access(0, m, Access::Read(&mut b)).unwrap();
         let e = d.access(0, m, Access::Write(&b)).unwrap_err();
         assert_eq!(e.errno(), libc::EFAULT);
-        let e = d
-            .access(0, m + PAGE_SIZE - 4, Access::Read(&mut b))
-            .unwrap_err();
-        assert_eq!(
-            e,
-            Error::GpuVmFault {
-                gpu: 0x1111,
-                addr: (m + PAGE_SIZE) as u64,
-                write: false
-            }
-        );
+        let e = d.access(0, m + PAGE_SIZE - 4, Access::Read(&mut b)).unwrap_err();
+        assert_eq!(e, Error::GpuVmFault { gpu: 0x1111, addr: (m + PAGE_SIZE) as u64, write: false });
         sys::mmap::unmap(m, 2 * PAGE_SIZE).unwrap();
     }
 
@@ -352,9 +344,7 @@ mod tests {
     fn accesses_wait_while_queues_are_evicted() {
         let d = Arc::new(devices(1));
         let m = sys::mmap::map_anon_aligned(PAGE_SIZE, PAGE_SIZE).unwrap();
-        d.gpus[0]
-            .pt
-            .map((m >> PAGE_SHIFT) as u64, 1, |_| Pte::system(RW));
+        d.gpus[0].pt.map((m >> PAGE_SHIFT) as u64, 1, |_| Pte::system(RW));
         d.evict_queues(0, EvictTrigger::Svm);
         d.evict_queues(0, EvictTrigger::Svm);
         let d2 = d.clone();
@@ -363,10 +353,7 @@ mod tests {
         assert!(!t.is_finished(), "access ran while evicted");
         d.restore_queues(0, false);
         std::thread::sleep(std::time::Duration::from_millis(10));
-        assert!(
-            !t.is_finished(),
-            "one restore of two evictions resumed the queues"
-        );
+        assert!(!t.is_finished(), "one restore of two evictions resumed the queues");
         d.restore_queues(0, false);
         t.join().unwrap().unwrap();
         let mut b = [0u8; 3];

@@ -72,13 +72,6 @@ impl Pte {
     }
 
     /// A mapping of VRAM page `page` of GPU `gpu`.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "VRAM is mapped by the migration engine (seed issue)"
-        )
-    )]
     pub fn vram(gpu: usize, page: u64, f: PteFlags) -> Pte {
         debug_assert!(gpu < 256 && page < 1 << 48);
         Pte(VALID | VRAM | f.bits() | (gpu as u64) << 8 | page << 16)
@@ -96,11 +89,7 @@ impl Pte {
 
     /// The permission bits.
     pub fn flags(self) -> PteFlags {
-        PteFlags {
-            writable: self.0 & WRITE != 0,
-            exec: self.0 & EXEC != 0,
-            coherent: self.0 & COHERENT != 0,
-        }
+        PteFlags { writable: self.0 & WRITE != 0, exec: self.0 & EXEC != 0, coherent: self.0 & COHERENT != 0 }
     }
 
     /// Where the entry points (`None` when invalid).
@@ -108,10 +97,7 @@ impl Pte {
         if !self.valid() {
             None
         } else if self.0 & VRAM != 0 {
-            Some(Target::Vram {
-                gpu: ((self.0 >> 8) & 0xff) as usize,
-                page: self.0 >> 16,
-            })
+            Some(Target::Vram { gpu: ((self.0 >> 8) & 0xff) as usize, page: self.0 >> 16 })
         } else {
             Some(Target::System)
         }
@@ -184,12 +170,10 @@ impl Tables {
             }
             return;
         }
-        let l = self.dirs.entry(dir).or_insert_with(|| {
-            Box::new(Leaf {
-                ptes: [Pte::INVALID; LEAF_PAGES],
-                live: 0,
-            })
-        });
+        let l = self
+            .dirs
+            .entry(dir)
+            .or_insert_with(|| Box::new(Leaf { ptes: [Pte::INVALID; LEAF_PAGES], live: 0 }));
         if !l.ptes[i].valid() {
             l.live += 1;
             self.mapped += 1;
@@ -257,10 +241,7 @@ impl PageTable {
     }
 
     /// The entry of virtual page `page`.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "used by the migration engine (seed issue)")
-    )]
+    #[cfg(test)]
     pub fn get(&self, page: u64) -> Pte {
         self.t.read().get(page)
     }
@@ -275,29 +256,18 @@ impl PageTable {
 mod tests {
     use super::*;
 
-    const RW: PteFlags = PteFlags {
-        writable: true,
-        exec: false,
-        coherent: true,
-    };
+    const RW: PteFlags = PteFlags { writable: true, exec: false, coherent: true };
 
     #[test]
     fn map_translate_unmap() {
         let pt = PageTable::new();
         pt.map(1000, 600, |i| {
-            if i % 2 == 0 {
-                Pte::system(RW)
-            } else {
-                Pte::vram(1, 7 + i, PteFlags::default())
-            }
+            if i % 2 == 0 { Pte::system(RW) } else { Pte::vram(1, 7 + i, PteFlags::default()) }
         });
         assert_eq!(pt.mapped_pages(), 600);
         assert_eq!(pt.get(1000).target(), Some(Target::System));
         assert!(pt.get(1000).writable());
-        assert_eq!(
-            pt.get(1001).target(),
-            Some(Target::Vram { gpu: 1, page: 8 })
-        );
+        assert_eq!(pt.get(1001).target(), Some(Target::Vram { gpu: 1, page: 8 }));
         assert!(!pt.get(1001).writable());
         assert_eq!(pt.get(999), Pte::INVALID);
         assert_eq!(pt.get(1600), Pte::INVALID);
@@ -317,21 +287,11 @@ mod tests {
         for w in [false, true] {
             for x in [false, true] {
                 for c in [false, true] {
-                    let f = PteFlags {
-                        writable: w,
-                        exec: x,
-                        coherent: c,
-                    };
+                    let f = PteFlags { writable: w, exec: x, coherent: c };
                     assert_eq!(Pte::system(f).flags(), f);
                     let v = Pte::vram(63, (1 << 40) + 5, f);
                     assert_eq!(v.flags(), f);
-                    assert_eq!(
-                        v.target(),
-                        Some(Target::Vram {
-                            gpu: 63,
-                            page: (1 << 40) + 5
-                        })
-                    );
+                    assert_eq!(v.target(), Some(Target::Vram { gpu: 63, page: (1 << 40) + 5 }));
                 }
             }
         }

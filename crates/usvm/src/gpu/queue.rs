@@ -87,16 +87,8 @@ impl Queue {
                     fence.signal(r);
                 }
             })
-            .map_err(|e| Error::Sys {
-                call: "spawn",
-                errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
-            })?;
-        Ok(Queue {
-            gpu: id,
-            tx: Some(tx),
-            thread: Some(thread),
-            on_drop: Some(on_drop),
-        })
+            .map_err(|e| Error::Sys { call: "spawn", errno: e.raw_os_error().unwrap_or(libc::EAGAIN) })?;
+        Ok(Queue { gpu: id, tx: Some(tx), thread: Some(thread), on_drop: Some(on_drop) })
     }
 
     /// The queue's GPU.
@@ -111,10 +103,7 @@ impl Queue {
         F: FnOnce(&mut KernelCtx) -> Result<()> + Send + 'static,
     {
         let fence = Fence::new();
-        let sent = self
-            .tx
-            .as_ref()
-            .map(|tx| tx.send((Box::new(kernel), fence.clone())));
+        let sent = self.tx.as_ref().map(|tx| tx.send((Box::new(kernel), fence.clone())));
         if !matches!(sent, Some(Ok(()))) {
             fence.signal(Err(Error::QueueGone));
         }

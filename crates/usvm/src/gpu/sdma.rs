@@ -129,15 +129,8 @@ impl CopyEngine {
                     }
                 }
             })
-            .map_err(|e| Error::Sys {
-                call: "spawn",
-                errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
-            })?;
-        Ok(CopyEngine {
-            shared,
-            tx: Mutex::new(Some(tx)),
-            thread: Some(thread),
-        })
+            .map_err(|e| Error::Sys { call: "spawn", errno: e.raw_os_error().unwrap_or(libc::EAGAIN) })?;
+        Ok(CopyEngine { shared, tx: Mutex::new(Some(tx)), thread: Some(thread) })
     }
 
     /// Submits a copy; the chunks run in order. See the module docs for inline copies.
@@ -151,11 +144,7 @@ impl CopyEngine {
                 let n = (op.npages - off).min(MAX_CHUNK_PAGES);
                 let byte_off = off as usize * PAGE_SIZE;
                 let c = Chunk {
-                    op: CopyOp {
-                        src: op.src + byte_off,
-                        dst: op.dst + byte_off,
-                        npages: n,
-                    },
+                    op: CopyOp { src: op.src + byte_off, dst: op.dst + byte_off, npages: n },
                     fence: Fence::new(),
                 };
                 chunks.push((at, n, c.fence.clone()));
@@ -185,9 +174,7 @@ impl CopyEngine {
             };
             if let Some(jobs) = unsent {
                 for c in jobs {
-                    c.fence.signal(Err(Error::CopyFailed {
-                        gpu: self.shared.gpu,
-                    }));
+                    c.fence.signal(Err(Error::CopyFailed { gpu: self.shared.gpu }));
                 }
             }
         }
@@ -199,25 +186,14 @@ impl CopyEngine {
         self.copy(ops).wait()
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "used by the migration engine (seed issue)")
-    )]
     /// Fault injection (tests): the `n`-th chunk from now fails (`n` >= 1); 0 disarms.
     pub fn fail_chunk_in(&self, n: u64) {
-        let at = if n == 0 {
-            0
-        } else {
-            self.shared.seq.load(Ordering::Acquire) + n
-        };
+        let at = if n == 0 { 0 } else { self.shared.seq.load(Ordering::Acquire) + n };
         self.shared.fail_at.store(at, Ordering::Release);
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "used by the migration engine (seed issue)")
-    )]
     /// Bytes copied so far.
+    #[cfg(test)]
     pub fn bytes_copied(&self) -> u64 {
         self.shared.bytes.load(Ordering::Relaxed)
     }
@@ -258,16 +234,8 @@ mod tests {
         let (a, b) = buffers(1300);
         // Two ops: 1100 pages, then 200 pages placed in reverse halves.
         let ops = [
-            CopyOp {
-                src: a,
-                dst: b + 200 * PAGE_SIZE,
-                npages: 1100,
-            },
-            CopyOp {
-                src: a + 1100 * PAGE_SIZE,
-                dst: b,
-                npages: 200,
-            },
+            CopyOp { src: a, dst: b + 200 * PAGE_SIZE, npages: 1100 },
+            CopyOp { src: a + 1100 * PAGE_SIZE, dst: b, npages: 200 },
         ];
         let job = e.copy(&ops);
         let sizes: Vec<(u64, u64)> = job.chunks.iter().map(|(at, n, _)| (*at, *n)).collect();
@@ -288,55 +256,28 @@ mod tests {
         let e = CopyEngine::new(1).unwrap();
         let (a, b) = buffers(1536);
         e.fail_chunk_in(2);
-        let job = e.copy(&[CopyOp {
-            src: a,
-            dst: b,
-            npages: 1536,
-        }]);
+        let job = e.copy(&[CopyOp { src: a, dst: b, npages: 1536 }]);
         let (done, r) = job.wait();
         assert_eq!(done, 512, "only the first chunk arrived");
         assert_eq!(r.unwrap_err().errno(), libc::EIO);
-        let results: Vec<bool> = job
-            .chunks
-            .iter()
-            .map(|(_, _, f)| f.wait().is_ok())
-            .collect();
+        let results: Vec<bool> = job.chunks.iter().map(|(_, _, f)| f.wait().is_ok()).collect();
         assert_eq!(results, vec![true, false, false]);
         assert_eq!(page_byte(b, 511), (511 % 251) as u8 + 1);
         assert_eq!(page_byte(b, 512), 0, "the failed chunk wrote nothing");
         assert_eq!(page_byte(b, 1100), 0, "later chunks did not run");
         // The hook fires once; the engine keeps working.
-        assert_eq!(
-            e.copy_sync(&[CopyOp {
-                src: a,
-                dst: b,
-                npages: 1536
-            }]),
-            (1536, Ok(()))
-        );
+        assert_eq!(e.copy_sync(&[CopyOp { src: a, dst: b, npages: 1536 }]), (1536, Ok(())));
     }
 
     #[test]
     fn small_copies_run_inline() {
         let e = CopyEngine::new(0).unwrap();
         let (a, b) = buffers(16);
-        let job = e.copy(&[CopyOp {
-            src: a,
-            dst: b,
-            npages: 16,
-        }]);
+        let job = e.copy(&[CopyOp { src: a, dst: b, npages: 16 }]);
         // Inline: signalled before `copy` returned, on this thread.
         assert!(job.chunks.iter().all(|(_, _, f)| f.is_signaled()));
         assert_eq!(page_byte(b, 15), 16);
         e.fail_chunk_in(1);
-        assert_eq!(
-            e.copy_sync(&[CopyOp {
-                src: a,
-                dst: b,
-                npages: 1
-            }])
-            .0,
-            0
-        );
+        assert_eq!(e.copy_sync(&[CopyOp { src: a, dst: b, npages: 1 }]).0, 0);
     }
 }

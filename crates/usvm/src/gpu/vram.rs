@@ -8,8 +8,9 @@
 //!                | enough free pages?  yes -> runs, largest blocks first (contiguous
 //!                |                             where possible), page i of the BO at
 //!                |                             BO offset i
-//!                | no  -> pick least recently used live BOs, ask the Evictor to move
-//!                |        them out (outside every lock), retry (EVICTION_ROUNDS times)
+//!                | no  -> ENOMEM; `choose_victims` names the least recently used
+//!                |        live BOs, which their owner (the SVM layer) moves out of
+//!                |        VRAM (TTM_EVICTION) before it tries again
 //!   Bo (Arc)  --> refcounted; the last drop returns its pages (marked dirty)
 //!   reserve() --> accounting reservation of bytes, ENOSPC beyond VRAM size
 //! ```
@@ -27,8 +28,6 @@ use std::sync::{Arc, Weak};
 
 /// Largest buddy block: 2^18 pages (1 GiB).
 pub const MAX_ORDER: u32 = 18;
-/// How many times an allocation asks for evictions before it gives up.
-pub const EVICTION_ROUNDS: usize = 3;
 
 /// A run of physically contiguous VRAM pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,13 +45,6 @@ pub enum Clear {
     Yes,
     /// The caller writes every page it will ever read.
     No,
-}
-
-/// Moves BOs out of VRAM when the manager needs room (the SVM layer: TTM_EVICTION).
-pub trait Evictor: Send + Sync {
-    /// Asks the owner of `victims` to move their data out and drop its references.
-    /// Called without any VRAM-manager lock held.
-    fn evict(&self, gpu: usize, victims: Vec<Bo>);
 }
 
 /// The buddy allocator's state.
@@ -78,11 +70,7 @@ impl Buddy {
 
     /// The largest aligned block at `page` that fits in `len` pages.
     fn block_order(page: u64, len: u64) -> u32 {
-        let align = if page == 0 {
-            MAX_ORDER
-        } else {
-            page.trailing_zeros()
-        };
+        let align = if page == 0 { MAX_ORDER } else { page.trailing_zeros() };
         align.min(len.ilog2()).min(MAX_ORDER)
     }
 
@@ -138,8 +126,7 @@ impl Buddy {
             let order = if (want..=MAX_ORDER).any(|o| !self.free[o as usize].is_empty()) {
                 want
             } else {
-                self.largest_free(want)
-                    .expect("free_pages says there is room")
+                self.largest_free(want).expect("free_pages says there is room")
             };
             let page = self.take_block(order).expect("block exists");
             let len = 1u64 << order;
@@ -185,7 +172,6 @@ struct Pool {
     live: Mutex<HashMap<u64, Weak<BoInner>>>,
     next_id: AtomicU64,
     clock: AtomicU64,
-    evictor: Mutex<Option<Weak<dyn Evictor>>>,
 }
 
 impl Drop for Pool {
@@ -231,9 +217,9 @@ impl std::fmt::Debug for Bo {
     }
 }
 
-#[expect(dead_code, reason = "used by the migration engine (seed issue)")]
 impl Bo {
     /// A process-unique id (per GPU).
+    #[cfg(test)]
     pub fn id(&self) -> u64 {
         self.inner.id
     }
@@ -271,10 +257,6 @@ impl Bo {
     /// Whether an eviction of this BO was requested.
     pub fn evicting(&self) -> bool {
         self.inner.evicting.load(Ordering::Acquire)
-    }
-    /// Number of references (owners) of this BO.
-    pub fn refs(&self) -> usize {
-        Arc::strong_count(&self.inner)
     }
     /// Whether two handles name the same BO.
     pub fn same(&self, other: &Bo) -> bool {
@@ -347,11 +329,8 @@ impl VramManager {
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             clock: AtomicU64::new(1),
-            evictor: Mutex::new(None),
         };
-        Ok(VramManager {
-            pool: Arc::new(PoolRef(Arc::new(pool))),
-        })
+        Ok(VramManager { pool: Arc::new(PoolRef(Arc::new(pool))) })
     }
 
     fn p(&self) -> &Arc<Pool> {
@@ -363,19 +342,6 @@ impl VramManager {
         self.p().base
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "used by the migration engine (seed issue)")
-    )]
-    /// Sets who moves BOs out when VRAM runs short.
-    pub fn set_evictor(&self, e: Weak<dyn Evictor>) {
-        *self.p().evictor.lock() = Some(e);
-    }
-
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "used by the migration engine (seed issue)")
-    )]
     /// Reserves `bytes` for accounting (KFD reserves a whole range before migrating it).
     /// `ENOSPC` when the reservations would exceed the VRAM size.
     pub fn reserve(&self, bytes: u64) -> Result<Reservation> {
@@ -384,118 +350,63 @@ impl VramManager {
         let mut cur = r.load(Ordering::Acquire);
         loop {
             if cur + bytes > total {
-                return Err(Error::NoVramSpace {
-                    gpu: self.p().gpu,
-                    bytes,
-                });
+                return Err(Error::NoVramSpace { gpu: self.p().gpu, bytes });
             }
             match r.compare_exchange_weak(cur, cur + bytes, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    return Ok(Reservation {
-                        pool: Arc::downgrade(&self.pool),
-                        bytes,
-                    });
+                    return Ok(Reservation { pool: Arc::downgrade(&self.pool), bytes });
                 }
                 Err(now) => cur = now,
             }
         }
     }
 
-    /// Allocates a BO of `npages` pages, evicting least recently used BOs when needed.
-    /// `ENOMEM` when the room cannot be made.
+    /// Allocates a BO of `npages` pages. `ENOMEM` when fewer pages are free: the owner of
+    /// the VRAM then moves the BOs [`VramManager::choose_victims`] names out of VRAM and
+    /// tries again (TTM_EVICTION).
     pub fn alloc(&self, npages: u64, clear: Clear) -> Result<Bo> {
         let pool = self.p();
+        let fail = Error::NoVram { gpu: pool.gpu, npages };
         if npages == 0 || npages > pool.npages {
-            return Err(Error::NoVram {
-                gpu: pool.gpu,
-                npages,
-            });
+            return Err(fail);
         }
-        for round in 0..=EVICTION_ROUNDS {
-            let (runs, dirty) = {
-                let mut b = pool.buddy.lock();
-                match b.alloc(npages) {
-                    Some(runs) => {
-                        let mut dirty = Vec::new();
-                        if clear == Clear::Yes {
-                            for r in &runs {
-                                b.take_dirty(r.page, r.npages, &mut dirty);
-                            }
-                        } else {
-                            // The caller overwrites every page: they are clean afterwards.
-                            let mut ignore = Vec::new();
-                            for r in &runs {
-                                b.take_dirty(r.page, r.npages, &mut ignore);
-                            }
-                        }
-                        (Some(runs), dirty)
-                    }
-                    None => (None, Vec::new()),
-                }
-            };
-            if let Some(runs) = runs {
-                for d in dirty {
-                    sys::mmap::fill(
-                        pool.base + d.page as usize * PAGE_SIZE,
-                        d.npages as usize * PAGE_SIZE,
-                        0,
-                    );
-                }
-                let id = pool.next_id.fetch_add(1, Ordering::Relaxed);
-                let inner = Arc::new(BoInner {
-                    id,
-                    pool: pool.clone(),
-                    runs,
-                    npages,
-                    last_use: AtomicU64::new(pool.clock.fetch_add(1, Ordering::Relaxed)),
-                    evicting: AtomicBool::new(false),
-                });
-                pool.live.lock().insert(id, Arc::downgrade(&inner));
-                return Ok(Bo { inner });
+        let (runs, dirty) = {
+            let mut b = pool.buddy.lock();
+            let runs = b.alloc(npages).ok_or(fail)?;
+            let mut dirty = Vec::new();
+            for r in &runs {
+                b.take_dirty(r.page, r.npages, &mut dirty);
             }
-            if round == EVICTION_ROUNDS || !self.evict_for(npages) {
-                break;
-            }
-        }
-        Err(Error::NoVram {
-            gpu: pool.gpu,
-            npages,
-        })
-    }
-
-    /// Chooses LRU victims covering the shortage and hands them to the evictor.
-    /// Returns false when nothing could be asked.
-    fn evict_for(&self, npages: u64) -> bool {
-        let pool = self.p();
-        let Some(evictor) = pool.evictor.lock().as_ref().and_then(Weak::upgrade) else {
-            return false;
+            (runs, dirty)
         };
-        let victims = self.choose_victims(npages);
-        if victims.is_empty() {
-            return false;
+        if clear == Clear::Yes {
+            for d in dirty {
+                sys::mmap::fill(pool.base + d.page as usize * PAGE_SIZE, d.npages as usize * PAGE_SIZE, 0);
+            }
         }
-        for v in &victims {
-            v.inner.evicting.store(true, Ordering::Release);
-        }
-        evictor.evict(pool.gpu, victims);
-        true
+        let id = pool.next_id.fetch_add(1, Ordering::Relaxed);
+        let inner = Arc::new(BoInner {
+            id,
+            pool: pool.clone(),
+            runs,
+            npages,
+            last_use: AtomicU64::new(pool.clock.fetch_add(1, Ordering::Relaxed)),
+            evicting: AtomicBool::new(false),
+        });
+        pool.live.lock().insert(id, Arc::downgrade(&inner));
+        Ok(Bo { inner })
     }
 
     /// The least recently used live BOs, not already being evicted, whose pages cover
-    /// the shortage `npages - free`.
+    /// the shortage `npages - free`; they are marked as being evicted.
     pub fn choose_victims(&self, npages: u64) -> Vec<Bo> {
         let pool = self.p();
         let free = pool.buddy.lock().free_pages;
         let mut need = npages.saturating_sub(free);
         // Upgrade under the lock, filter after it: dropping a handle may free a BO, and
         // freeing takes the `live` lock.
-        let all: Vec<Bo> = pool
-            .live
-            .lock()
-            .values()
-            .filter_map(Weak::upgrade)
-            .map(|inner| Bo { inner })
-            .collect();
+        let all: Vec<Bo> =
+            pool.live.lock().values().filter_map(Weak::upgrade).map(|inner| Bo { inner }).collect();
         let mut live: Vec<Bo> = all.into_iter().filter(|b| !b.evicting()).collect();
         live.sort_by_key(|b| b.inner.last_use.load(Ordering::Relaxed));
         let mut out = Vec::new();
@@ -504,6 +415,7 @@ impl VramManager {
                 break;
             }
             need = need.saturating_sub(b.npages());
+            b.inner.evicting.store(true, Ordering::Release);
             out.push(b);
         }
         out
@@ -543,10 +455,7 @@ mod tests {
         drop(a);
         let b = m.alloc(64, Clear::Yes).unwrap();
         for i in 0..64 {
-            assert!(
-                read_page(&b, i).iter().all(|&x| x == 0),
-                "page {i} not cleared"
-            );
+            assert!(read_page(&b, i).iter().all(|&x| x == 0), "page {i} not cleared");
         }
     }
 
@@ -554,13 +463,7 @@ mod tests {
     fn contiguous_when_possible_and_bo_offsets() {
         let m = VramManager::new(0, 1024 * PAGE_SIZE as u64).unwrap();
         let a = m.alloc(512, Clear::No).unwrap();
-        assert_eq!(
-            a.runs(),
-            &[Run {
-                page: 0,
-                npages: 512
-            }]
-        );
+        assert_eq!(a.runs(), &[Run { page: 0, npages: 512 }]);
         let b = m.alloc(300, Clear::No).unwrap();
         assert_eq!(b.runs().len(), 1, "{:?}", b.runs());
         assert_eq!(b.vram_page(0), 512);
@@ -573,49 +476,29 @@ mod tests {
     fn reservation_is_enospc_beyond_size() {
         let m = VramManager::new(0, 16 * PAGE_SIZE as u64).unwrap();
         let r1 = m.reserve(12 * PAGE_SIZE as u64).unwrap();
-        assert_eq!(
-            m.reserve(8 * PAGE_SIZE as u64).unwrap_err().errno(),
-            libc::ENOSPC
-        );
+        assert_eq!(m.reserve(8 * PAGE_SIZE as u64).unwrap_err().errno(), libc::ENOSPC);
         drop(r1);
         let _r2 = m.reserve(16 * PAGE_SIZE as u64).unwrap();
         assert_eq!(m.usage().reserved_bytes, 16 * PAGE_SIZE as u64);
     }
 
-    struct DropVictims {
-        held: Mutex<Vec<Bo>>,
-        asked: Mutex<Vec<u64>>,
-    }
-    impl Evictor for DropVictims {
-        fn evict(&self, _gpu: usize, victims: Vec<Bo>) {
-            let mut held = self.held.lock();
-            for v in victims {
-                self.asked.lock().push(v.id());
-                held.retain(|h| !h.same(&v));
-            }
-        }
-    }
-
     #[test]
-    fn eviction_picks_least_recently_used() {
+    fn victims_are_least_recently_used_first() {
         let m = VramManager::new(0, 8 * PAGE_SIZE as u64).unwrap();
-        let ev = Arc::new(DropVictims {
-            held: Mutex::new(Vec::new()),
-            asked: Mutex::new(Vec::new()),
-        });
-        let weak: Weak<dyn Evictor> = Arc::downgrade(&(ev.clone() as Arc<dyn Evictor>));
-        m.set_evictor(weak);
-        let bos: Vec<Bo> = (0..4).map(|_| m.alloc(2, Clear::No).unwrap()).collect();
+        let mut bos: Vec<Bo> = (0..4).map(|_| m.alloc(2, Clear::No).unwrap()).collect();
         let ids: Vec<u64> = bos.iter().map(Bo::id).collect();
         bos[0].touch(); // now 1 is the least recently used, then 2, 3, 0
-        ev.held.lock().extend(bos);
+        assert_eq!(m.alloc(3, Clear::Yes).unwrap_err().errno(), libc::ENOMEM);
+        let victims = m.choose_victims(3);
+        assert_eq!(victims.iter().map(Bo::id).collect::<Vec<_>>(), vec![ids[1], ids[2]]);
+        assert!(victims.iter().all(Bo::evicting));
+        // Victims being evicted are not chosen again.
+        assert_eq!(m.choose_victims(2).iter().map(Bo::id).collect::<Vec<_>>(), vec![ids[3]]);
+        // The owner moves them out (drops its references): the allocation now fits.
+        bos.retain(|b| !victims.iter().any(|v| v.same(b)));
+        drop(victims);
         let c = m.alloc(3, Clear::Yes).unwrap();
-        assert_eq!(*ev.asked.lock(), vec![ids[1], ids[2]]);
         assert_eq!(c.npages(), 3);
-        // Nothing evictable left that would help: ENOMEM.
-        ev.held.lock().clear();
-        let _keep = c;
-        assert_eq!(m.alloc(8, Clear::No).unwrap_err().errno(), libc::ENOMEM);
         assert_eq!(m.alloc(0, Clear::No).unwrap_err().errno(), libc::ENOMEM);
     }
 
@@ -692,12 +575,6 @@ mod tests {
             b.free_run(r[0].page, 1);
         }
         assert_eq!(b.free[10].len(), 1);
-        assert_eq!(
-            b.alloc(1024).unwrap(),
-            vec![Run {
-                page: 0,
-                npages: 1024
-            }]
-        );
+        assert_eq!(b.alloc(1024).unwrap(), vec![Run { page: 0, npages: 1024 }]);
     }
 }

@@ -13,6 +13,7 @@
 pub mod tree;
 
 use crate::attr::{Location, SvmFlags};
+use crate::gpu::vram::Bo;
 use std::time::Instant;
 
 /// A page number: a byte address shifted right by 12.
@@ -31,11 +32,7 @@ impl GpuMask {
 
     /// The first `n` GPUs.
     pub const fn first(n: usize) -> GpuMask {
-        if n >= 64 {
-            GpuMask(u64::MAX)
-        } else {
-            GpuMask((1u64 << n) - 1)
-        }
+        if n >= 64 { GpuMask(u64::MAX) } else { GpuMask((1u64 << n) - 1) }
     }
     /// Whether GPU `idx` is in the set.
     pub const fn contains(self, idx: usize) -> bool {
@@ -175,8 +172,14 @@ pub struct SvmRange {
     pub attrs: RangeAttrs,
     /// `Sysmem`, or the GPU whose VRAM holds (some of) the pages (`actual_loc`).
     pub actual_loc: Location,
-    /// How many of the pages are in VRAM.
-    pub vram_pages: u64,
+    /// The VRAM BO backing the range on `actual_loc`: page `p` of the range lives at BO
+    /// page `offset + (p - start)`. Shared with the other pieces of a split range.
+    pub vram: Option<VramBacking>,
+    /// Which pages have their data in VRAM (empty while none has).
+    pub in_vram: PageBits,
+    /// Whether the range's anonymous memory is registered with the instance's
+    /// userfaultfd (done at its first migration to VRAM).
+    pub registered: bool,
     /// Whether the whole range has been validated and mapped to the GPUs it should be.
     pub mapped_to_gpu: bool,
     /// GPUs whose page tables may hold entries of this range (cleared on a full unmap).
@@ -196,7 +199,9 @@ impl SvmRange {
             last,
             attrs,
             actual_loc: Location::Sysmem,
-            vram_pages: 0,
+            vram: None,
+            in_vram: PageBits::default(),
+            registered: false,
             mapped_to_gpu: false,
             mapped_gpus: GpuMask::EMPTY,
             invalid: 0,
@@ -209,18 +214,29 @@ impl SvmRange {
         self.last - self.start + 1
     }
 
+    /// How many pages have their data in VRAM (`vram_pages`).
+    pub fn vram_pages(&self) -> u64 {
+        self.in_vram.count()
+    }
+
+    /// Whether page `p` (absolute) has its data in VRAM.
+    pub fn page_in_vram(&self, p: PageNo) -> bool {
+        self.in_vram.get(p - self.start)
+    }
+
     /// Splits the range at page `at` (`start < at <= last`): `self` keeps `[start, at - 1]`
     /// and the returned range takes `[at, last]`. Both keep the attributes, `actual_loc` and
     /// the mapping state, as `svm_range_split` does.
     pub fn split_off(&mut self, at: PageNo) -> SvmRange {
         debug_assert!(self.start < at && at <= self.last);
         let mut right = self.clone();
+        let keep = at - self.start;
         right.start = at;
         self.last = at - 1;
-        // Residency is all system memory until the migration engine keeps per-page VRAM
-        // placement; then the VRAM pages are counted on each side of the cut.
-        debug_assert_eq!(self.vram_pages, 0);
-        right.vram_pages = 0;
+        right.in_vram = self.in_vram.split_off(keep);
+        if let Some(v) = &mut right.vram {
+            v.offset += keep;
+        }
         right
     }
 
@@ -228,5 +244,104 @@ impl SvmRange {
     pub fn granule_aligned(&self, page: PageNo) -> bool {
         let g = u32::from(self.attrs.granularity);
         g >= 64 || page & ((1u64 << g) - 1) == 0
+    }
+}
+
+/// A range's VRAM: the BO and where the range's first page sits in it.
+#[derive(Clone, Debug)]
+pub struct VramBacking {
+    /// The buffer object (a reference).
+    pub bo: Bo,
+    /// BO page of the range's first page.
+    pub offset: u64,
+}
+
+impl PartialEq for VramBacking {
+    fn eq(&self, o: &Self) -> bool {
+        self.bo.same(&o.bo) && self.offset == o.offset
+    }
+}
+impl Eq for VramBacking {}
+
+/// A bit per page, allocated only once a bit is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PageBits(Vec<u64>);
+
+impl PageBits {
+    /// Bit `i`.
+    pub fn get(&self, i: u64) -> bool {
+        self.0.get((i / 64) as usize).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// Sets or clears bit `i`.
+    pub fn set(&mut self, i: u64, v: bool) {
+        let w = (i / 64) as usize;
+        if w >= self.0.len() {
+            if !v {
+                return;
+            }
+            self.0.resize(w + 1, 0);
+        }
+        if v {
+            self.0[w] |= 1 << (i % 64);
+        } else {
+            self.0[w] &= !(1 << (i % 64));
+        }
+        if !v && self.0.iter().all(|&x| x == 0) {
+            self.0 = Vec::new();
+        }
+    }
+
+    /// Number of set bits.
+    pub fn count(&self) -> u64 {
+        self.0.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// Keeps bits `[0, at)` and returns bits `[at, ..)` renumbered from 0.
+    pub fn split_off(&mut self, at: u64) -> PageBits {
+        let mut right = PageBits::default();
+        let total = self.0.len() as u64 * 64;
+        for i in at..total {
+            if self.get(i) {
+                right.set(i - at, true);
+            }
+        }
+        let words = at.div_ceil(64) as usize;
+        self.0.truncate(words);
+        if !at.is_multiple_of(64)
+            && let Some(w) = self.0.last_mut()
+        {
+            *w &= (1u64 << (at % 64)) - 1;
+        }
+        if self.0.iter().all(|&x| x == 0) {
+            self.0 = Vec::new();
+        }
+        right
+    }
+}
+
+#[cfg(test)]
+mod bits_tests {
+    use super::PageBits;
+
+    #[test]
+    fn set_count_split() {
+        let mut b = PageBits::default();
+        for i in [0, 5, 63, 64, 100, 200] {
+            b.set(i, true);
+        }
+        assert_eq!(b.count(), 6);
+        let r = b.split_off(64);
+        assert_eq!(b.count(), 3);
+        assert!(b.get(63) && !b.get(64));
+        assert_eq!(r.count(), 3);
+        assert!(r.get(0) && r.get(36) && r.get(136));
+        let mut c = r.clone();
+        let d = c.split_off(37);
+        assert_eq!((c.count(), d.count()), (2, 1));
+        assert!(d.get(99));
+        c.set(0, false);
+        c.set(36, false);
+        assert_eq!(c, PageBits::default());
     }
 }

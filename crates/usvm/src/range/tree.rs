@@ -21,6 +21,9 @@ pub struct AddOutcome {
     pub remap: Vec<PageNo>,
     /// Number of ranges created in gaps.
     pub created: usize,
+    /// The PREFERRED_LOC each updated range had before this call (UNDEFINED for new
+    /// ranges), in the order of `updated`.
+    pub old_preferred: Vec<Location>,
 }
 
 /// GET_ATTR's aggregate over the ranges overlapping an interval (`svm_range_get_attr`).
@@ -89,11 +92,7 @@ impl RangeTree {
 
     /// The range containing `page`.
     pub fn find(&self, page: PageNo) -> Option<&SvmRange> {
-        self.map
-            .range(..=page)
-            .next_back()
-            .map(|(_, r)| r)
-            .filter(|r| r.last >= page)
+        self.map.range(..=page).next_back().map(|(_, r)| r).filter(|r| r.last >= page)
     }
 
     /// The ranges overlapping `[start, last]`, in address order.
@@ -107,11 +106,7 @@ impl RangeTree {
 
     /// The last range ending before `page`.
     pub fn prev(&self, page: PageNo) -> Option<&SvmRange> {
-        self.map
-            .range(..page)
-            .next_back()
-            .map(|(_, r)| r)
-            .filter(|r| r.last < page)
+        self.map.range(..page).next_back().map(|(_, r)| r).filter(|r| r.last < page)
     }
 
     /// The first range starting after `page`.
@@ -205,11 +200,9 @@ impl RangeTree {
             self.fill_gap(cursor, last, defaults, max_pages, &mut out);
         }
         for &s in &out.updated {
-            self.map
-                .get_mut(&s)
-                .expect("updated range")
-                .attrs
-                .apply(ops);
+            let r = self.map.get_mut(&s).expect("updated range");
+            out.old_preferred.push(r.attrs.preferred_loc);
+            r.attrs.apply(ops);
         }
         out
     }
@@ -296,19 +289,10 @@ mod tests {
         let g1 = Location::Gpu(GpuId(0x1111));
         t.add(0, 2047, &[AttrOp::Preferred(g1)], &defaults(), 4096);
         assert_eq!(bounds(&t), vec![(0, 2047)]);
-        let out = t.add(
-            512,
-            1023,
-            &[AttrOp::Preferred(Location::Sysmem)],
-            &defaults(),
-            4096,
-        );
+        let out = t.add(512, 1023, &[AttrOp::Preferred(Location::Sysmem)], &defaults(), 4096);
         assert_eq!(bounds(&t), vec![(0, 511), (512, 1023), (1024, 2047)]);
         assert_eq!(out.updated, vec![512]);
-        assert!(
-            out.remap.is_empty(),
-            "cuts at 512 and 1024 are 2 MiB aligned"
-        );
+        assert!(out.remap.is_empty(), "cuts at 512 and 1024 are 2 MiB aligned");
         // Setting the middle back does not merge anything.
         t.add(512, 1023, &[AttrOp::Preferred(g1)], &defaults(), 4096);
         assert_eq!(t.len(), 3);
@@ -339,13 +323,7 @@ mod tests {
         let out = t.add(0, 1023, &[AttrOp::Granularity(100)], &defaults(), 4096);
         assert_eq!(out.updated, vec![0]);
         // Prefetch is never "same".
-        let out = t.add(
-            0,
-            1023,
-            &[AttrOp::Prefetch(Location::Sysmem)],
-            &defaults(),
-            4096,
-        );
+        let out = t.add(0, 1023, &[AttrOp::Prefetch(Location::Sysmem)], &defaults(), 4096);
         assert_eq!(out.updated, vec![0]);
     }
 
@@ -360,10 +338,7 @@ mod tests {
         t.add(2048, 2559, &[], &defaults(), MAX);
         t.add(3072, 3583, &[AttrOp::Preferred(g1)], &defaults(), MAX);
         // An UNDEFINED range in the middle freezes the result even if later ones agree.
-        assert_eq!(
-            t.aggregate(0, 3583, GpuMask(3)).unwrap().preferred_loc,
-            Location::Undefined
-        );
+        assert_eq!(t.aggregate(0, 3583, GpuMask(3)).unwrap().preferred_loc, Location::Undefined);
     }
 
     #[test]

@@ -9,10 +9,7 @@ use crate::error::{Error, Result};
 pub fn map_anon_aligned(len: usize, align: usize) -> Result<usize> {
     debug_assert!(len.is_multiple_of(PAGE_SIZE) && len > 0);
     debug_assert!(align.is_power_of_two() && align >= PAGE_SIZE);
-    let total = len.checked_add(align - PAGE_SIZE).ok_or(Error::Sys {
-        call: "mmap",
-        errno: libc::ENOMEM,
-    })?;
+    let total = len.checked_add(align - PAGE_SIZE).ok_or(Error::Sys { call: "mmap", errno: libc::ENOMEM })?;
     // SAFETY: a fresh anonymous mapping at an address the kernel chooses; it cannot alias
     // any memory Rust knows about.
     let p = unsafe {
@@ -26,10 +23,7 @@ pub fn map_anon_aligned(len: usize, align: usize) -> Result<usize> {
         )
     };
     if p == libc::MAP_FAILED {
-        return Err(Error::Sys {
-            call: "mmap",
-            errno: last_errno(),
-        });
+        return Err(Error::Sys { call: "mmap", errno: last_errno() });
     }
     let base = p as usize;
     let start = base.next_multiple_of(align);
@@ -50,10 +44,7 @@ pub fn unmap(addr: usize, len: usize) -> Result<()> {
     // invalidate memory owned by anything else.
     let r = unsafe { libc::munmap(addr as *mut libc::c_void, len) };
     if r != 0 {
-        return Err(Error::Sys {
-            call: "munmap",
-            errno: last_errno(),
-        });
+        return Err(Error::Sys { call: "munmap", errno: last_errno() });
     }
     Ok(())
 }
@@ -137,6 +128,39 @@ pub fn fill(addr: usize, len: usize, byte: u8) {
     unsafe { std::ptr::write_bytes(addr as *mut u8, byte, len) }
 }
 
+/// Asks for transparent huge pages on `[addr, addr + len)` (`MADV_HUGEPAGE`); a hint only.
+pub fn advise_hugepages(addr: usize, len: usize) {
+    // SAFETY: a hint on a mapping usvm owns; it never invalidates memory.
+    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+}
+
+/// Gives the pages of `[addr, addr + len)` back to the kernel (`MADV_DONTNEED`); they read
+/// as zero afterwards. The interval must be private anonymous memory owned by usvm.
+pub fn discard(addr: usize, len: usize) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: DONTNEED on memory usvm owns (staging areas); no Rust reference into it is
+    // alive, and anonymous private memory simply reads as zero afterwards.
+    let r = unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+    if r != 0 {
+        return Err(Error::Sys { call: "madvise(MADV_DONTNEED)", errno: last_errno() });
+    }
+    Ok(())
+}
+
+/// Makes every page of `[addr, addr + len)` present and writable
+/// (`MADV_POPULATE_WRITE`). Only for memory no userfaultfd watches.
+pub fn populate(addr: usize, len: usize) -> Result<()> {
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
+    // SAFETY: populating memory usvm owns; it only allocates pages.
+    let r = unsafe { libc::madvise(addr as *mut libc::c_void, len, MADV_POPULATE_WRITE) };
+    if r != 0 {
+        return Err(Error::Sys { call: "madvise(MADV_POPULATE_WRITE)", errno: last_errno() });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,24 +169,12 @@ mod tests {
     fn streaming_copy_matches_with_odd_offsets_and_lengths() {
         let n = 1 << 20;
         let src: Vec<u8> = (0..n).map(|i| (i * 31 % 255) as u8).collect();
-        for (doff, soff, len) in [
-            (0, 0, n),
-            (3, 0, n - 100),
-            (0, 5, STREAMING_MIN_BYTES + 77),
-            (9, 17, 300_001),
-            (1, 1, 100),
-        ] {
+        for (doff, soff, len) in
+            [(0, 0, n), (3, 0, n - 100), (0, 5, STREAMING_MIN_BYTES + 77), (9, 17, 300_001), (1, 1, 100)]
+        {
             let mut dst = vec![0u8; n + 64];
-            copy_streaming(
-                dst.as_mut_ptr() as usize + doff,
-                src.as_ptr() as usize + soff,
-                len,
-            );
-            assert_eq!(
-                &dst[doff..doff + len],
-                &src[soff..soff + len],
-                "{doff} {soff} {len}"
-            );
+            copy_streaming(dst.as_mut_ptr() as usize + doff, src.as_ptr() as usize + soff, len);
+            assert_eq!(&dst[doff..doff + len], &src[soff..soff + len], "{doff} {soff} {len}");
             assert!(dst[..doff].iter().all(|&b| b == 0));
             assert!(dst[doff + len..].iter().all(|&b| b == 0));
         }

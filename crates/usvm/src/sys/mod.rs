@@ -6,6 +6,8 @@
 //!   `vma_lookup`), through the `PROCMAP_QUERY` ioctl on `/proc/self/maps`.
 
 pub mod mmap;
+pub mod pagemap;
+pub mod uffd;
 pub mod vma;
 
 /// The CPU page size usvm works with (4 KiB, as KFD's SVM code assumes).
@@ -15,17 +17,12 @@ pub const PAGE_SHIFT: u32 = 12;
 
 /// The errno of the last failed system call of this thread.
 pub(crate) fn last_errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
 /// Nanoseconds of `CLOCK_BOOTTIME`, the clock of KFD's SMI event timestamps.
 pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid out-pointer; CLOCK_BOOTTIME always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -33,7 +30,5 @@ pub fn boottime_ns() -> u64 {
 
 /// The process's name (`comm` of the main thread), as KFD prints it in VMFAULT events.
 pub fn process_name() -> String {
-    std::fs::read_to_string("/proc/self/comm")
-        .map(|s| s.trim_end().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string("/proc/self/comm").map(|s| s.trim_end().to_string()).unwrap_or_default()
 }

@@ -47,6 +47,13 @@ pub struct Vma {
     pub kind: VmaKind,
 }
 
+impl Vma {
+    /// Whether the migration engine may move this mapping's pages (anonymous, private).
+    pub fn migratable(&self) -> bool {
+        !self.shared && matches!(self.kind, VmaKind::Anon | VmaKind::Heap | VmaKind::Stack)
+    }
+}
+
 // uapi/linux/fs.h
 const PROCMAP_QUERY: libc::c_ulong = 0xC068_6611; // _IOWR('f', 17, struct procmap_query)
 const PROCMAP_QUERY_VMA_READABLE: u64 = 0x01;
@@ -98,11 +105,7 @@ fn maps_fd() -> Result<std::sync::Arc<MapsFd>, i32> {
     }
     // SAFETY: `fd` was just returned by open and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut m = MapsFd {
-        pid,
-        fd,
-        query: true,
-    };
+    let mut m = MapsFd { pid, fd, query: true };
     let mut probe = ProcmapQuery {
         size: size_of::<ProcmapQuery>() as u64,
         query_flags: PROCMAP_QUERY_COVERING_OR_NEXT_VMA,
@@ -130,11 +133,7 @@ pub fn lookup(addr: usize, or_next: bool) -> Result<Option<Vma>, i32> {
     let mut name = [0u8; 4096];
     let mut q = ProcmapQuery {
         size: size_of::<ProcmapQuery>() as u64,
-        query_flags: if or_next {
-            PROCMAP_QUERY_COVERING_OR_NEXT_VMA
-        } else {
-            0
-        },
+        query_flags: if or_next { PROCMAP_QUERY_COVERING_OR_NEXT_VMA } else { 0 },
         query_addr: addr as u64,
         vma_name_size: name.len() as u32,
         vma_name_addr: name.as_mut_ptr() as u64,
@@ -150,9 +149,7 @@ pub fn lookup(addr: usize, or_next: bool) -> Result<Option<Vma>, i32> {
         };
     }
     let name = if q.vma_name_size > 0 {
-        CStr::from_bytes_until_nul(&name)
-            .map(|c| c.to_bytes())
-            .unwrap_or(b"")
+        CStr::from_bytes_until_nul(&name).map(|c| c.to_bytes()).unwrap_or(b"")
     } else {
         b""
     };
@@ -195,8 +192,8 @@ fn is_char_device(path: &[u8], inode: u64) -> bool {
 
 /// The `/proc/self/maps` text fallback for kernels without `PROCMAP_QUERY`.
 fn lookup_text(addr: usize, or_next: bool) -> Result<Option<Vma>, i32> {
-    let text = std::fs::read_to_string("/proc/self/maps")
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    let text =
+        std::fs::read_to_string("/proc/self/maps").map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
     for line in text.lines() {
         let Some(v) = parse_maps_line(line) else {
             continue;
@@ -255,10 +252,7 @@ mod tests {
         let t = lookup_text(a, false).unwrap().unwrap();
         // Other test threads may map memory next to ours, so compare what cannot move.
         assert!(q.start <= a && a < q.end && t.start <= a && a < t.end);
-        assert_eq!(
-            (q.read, q.write, q.exec, q.shared, q.kind),
-            (t.read, t.write, t.exec, t.shared, t.kind)
-        );
+        assert_eq!((q.read, q.write, q.exec, q.shared, q.kind), (t.read, t.write, t.exec, t.shared, t.kind));
         super::super::mmap::unmap(a, 8192).unwrap();
     }
 

@@ -39,18 +39,9 @@ fn gpu_ids_are_distinct_and_valid() {
     s.dedup();
     assert_eq!(s.len(), 8);
     assert!(ids.iter().all(|g| g.0 != 0 && g.0 != 0xffff_ffff));
-    assert_eq!(
-        Svm::builder().gpus(0).build().unwrap_err().errno(),
-        libc::EINVAL
-    );
-    assert_eq!(
-        Svm::builder().gpus(65).build().unwrap_err().errno(),
-        libc::EINVAL
-    );
-    assert_eq!(
-        Svm::builder().vram_bytes(100).build().unwrap_err().errno(),
-        libc::EINVAL
-    );
+    assert_eq!(Svm::builder().gpus(0).build().unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(Svm::builder().gpus(65).build().unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(Svm::builder().vram_bytes(100).build().unwrap_err().errno(), libc::EINVAL);
 }
 
 /// T1: defaults with XNACK off and on.
@@ -71,11 +62,7 @@ fn t1_defaults() {
         assert_eq!(get_raw(&svm, a.addr, 4 * MIB, &mut q), 0);
         let vals: Vec<u32> = q[..5].iter().map(|r| r.value).collect();
         assert_eq!(vals, [UNDEF, UNDEF, 0x3, 0xffff_fffc, 9]);
-        let want = if xnack {
-            KFD_IOCTL_SVM_ATTR_ACCESS
-        } else {
-            KFD_IOCTL_SVM_ATTR_NO_ACCESS
-        };
+        let want = if xnack { KFD_IOCTL_SVM_ATTR_ACCESS } else { KFD_IOCTL_SVM_ATTR_NO_ACCESS };
         assert_eq!(q[5], RawAttr::new(want, g1.0));
         // A new range gets the same defaults (access to all GPUs iff XNACK on).
         svm.set_attr(a.addr, 4 * MIB, &[]).unwrap();
@@ -83,10 +70,7 @@ fn t1_defaults() {
         let r = &svm.ranges()[0];
         assert_eq!(r.flags, SvmFlags::DEFAULT);
         assert_eq!(r.granularity, 9);
-        assert_eq!(
-            (r.preferred_loc, r.prefetch_loc),
-            (Location::Undefined, Location::Undefined)
-        );
+        assert_eq!((r.preferred_loc, r.prefetch_loc), (Location::Undefined, Location::Undefined));
         assert_eq!(r.actual_loc, Location::Sysmem);
         assert_eq!(r.access, if xnack { svm.gpu_ids() } else { vec![] });
         let mut q2 = q;
@@ -101,32 +85,15 @@ fn t1_defaults() {
 fn t2_entry_errors() {
     let svm = svm2(false);
     let a = Mapping::anon(16 * MIB, 2 * MIB);
-    let set = |start: u64, size: u64| {
-        errno(svm.svm_ioctl(KFD_IOCTL_SVM_OP_SET_ATTR, start, size, &mut []))
-    };
+    let set = |start: u64, size: u64| errno(svm.svm_ioctl(KFD_IOCTL_SVM_OP_SET_ATTR, start, size, &mut []));
     assert_eq!(set(0, 4096), libc::EINVAL);
     assert_eq!(set(a.addr as u64, 0), libc::EINVAL);
     assert_eq!(set(a.addr as u64 + 1, 4096), libc::EINVAL);
     assert_eq!(set(a.addr as u64, 4097), libc::EINVAL);
-    assert_eq!(
-        set(a.addr as u64, !0xfff),
-        libc::EINVAL,
-        "start + size overflows"
-    );
-    assert_eq!(
-        set(0xffff_ffff_ffff_f000, 4096),
-        libc::EINVAL,
-        "ends past 2^64"
-    );
-    assert_eq!(
-        set(0x7fff_ffff_0000_0000, 4096),
-        libc::EFAULT,
-        "no mapping up there"
-    );
-    assert_eq!(
-        errno(svm.svm_ioctl(2, a.addr as u64, 4096, &mut [])),
-        libc::EINVAL
-    );
+    assert_eq!(set(a.addr as u64, !0xfff), libc::EINVAL, "start + size overflows");
+    assert_eq!(set(0xffff_ffff_ffff_f000, 4096), libc::EINVAL, "ends past 2^64");
+    assert_eq!(set(0x7fff_ffff_0000_0000, 4096), libc::EFAULT, "no mapping up there");
+    assert_eq!(errno(svm.svm_ioctl(2, a.addr as u64, 4096, &mut [])), libc::EINVAL);
     // The entry checks come before the op check and before anything else.
     assert_eq!(errno(svm.svm_ioctl(2, 0, 4096, &mut [])), libc::EINVAL);
     // Typed API: same checks.
@@ -141,8 +108,7 @@ fn t3_attribute_errors() {
     let svm = svm2(false);
     let g1 = svm.gpu_ids()[0];
     let a = Mapping::anon(16 * MIB, 2 * MIB);
-    svm.set_attr(a.addr, 2 * MIB, &[Attr::Granularity(3), Attr::Access(g1)])
-        .unwrap();
+    svm.set_attr(a.addr, 2 * MIB, &[Attr::Granularity(3), Attr::Access(g1)]).unwrap();
     let snapshot = format!("{:?}", svm.ranges());
     let bad: [&[RawAttr]; 7] = [
         &[RawAttr::new(KFD_IOCTL_SVM_ATTR_PREFETCH_LOC, UNDEF)],
@@ -160,28 +126,17 @@ fn t3_attribute_errors() {
     ];
     for attrs in bad {
         // Over a wider interval than the range, so a successful call would have split it.
-        assert_eq!(
-            set_raw(&svm, a.addr, 4 * MIB, attrs),
-            libc::EINVAL,
-            "{attrs:?}"
-        );
+        assert_eq!(set_raw(&svm, a.addr, 4 * MIB, attrs), libc::EINVAL, "{attrs:?}");
         assert_eq!(format!("{:?}", svm.ranges()), snapshot);
     }
     // Attribute errors come before the mapping check.
     assert_eq!(set_raw(&svm, 0x7fff_0000_0000, 4096, bad[0]), libc::EINVAL);
     assert_eq!(
-        svm.set_attr(a.addr, 4096, &[Attr::PrefetchLoc(Location::Undefined)])
-            .unwrap_err()
-            .errno(),
+        svm.set_attr(a.addr, 4096, &[Attr::PrefetchLoc(Location::Undefined)]).unwrap_err().errno(),
         libc::EINVAL
     );
     // GET: IN_PLACE and NO_ACCESS are not query types; unknown types neither.
-    for ty in [
-        KFD_IOCTL_SVM_ATTR_ACCESS_IN_PLACE,
-        KFD_IOCTL_SVM_ATTR_NO_ACCESS,
-        8,
-        0x100,
-    ] {
+    for ty in [KFD_IOCTL_SVM_ATTR_ACCESS_IN_PLACE, KFD_IOCTL_SVM_ATTR_NO_ACCESS, 8, 0x100] {
         let mut q = [RawAttr::new(ty, g1.0)];
         assert_eq!(get_raw(&svm, a.addr, 4096, &mut q), libc::EINVAL);
         assert_eq!(q, [RawAttr::new(ty, g1.0)], "nothing written");
@@ -204,15 +159,7 @@ fn t3_attribute_errors() {
     assert_eq!(errno(svm.get_attr(a.addr, 4096, &mut tq)), libc::EINVAL);
     assert_eq!(format!("{:?}", svm.ranges()), snapshot);
     // UNDEFINED is a valid PREFERRED_LOC.
-    assert_eq!(
-        set_raw(
-            &svm,
-            a.addr,
-            4096,
-            &[RawAttr::new(KFD_IOCTL_SVM_ATTR_PREFERRED_LOC, UNDEF)]
-        ),
-        0
-    );
+    assert_eq!(set_raw(&svm, a.addr, 4096, &[RawAttr::new(KFD_IOCTL_SVM_ATTR_PREFERRED_LOC, UNDEF)]), 0);
 }
 
 /// A GPU id of another instance is unknown here.
@@ -222,10 +169,7 @@ fn gpu_ids_are_per_instance() {
     let two = svm2(false);
     let a = Mapping::anon(2 * MIB, 2 * MIB);
     let g2 = two.gpu_ids()[1];
-    assert_eq!(
-        errno(one.set_attr(a.addr, 2 * MIB, &[Attr::Access(g2)])),
-        libc::EINVAL
-    );
+    assert_eq!(errno(one.set_attr(a.addr, 2 * MIB, &[Attr::Access(g2)])), libc::EINVAL);
     assert_eq!(errno(two.set_attr(a.addr, 2 * MIB, &[Attr::Access(g2)])), 0);
 }
 
@@ -236,16 +180,8 @@ fn t4_mapping_errors() {
     let a = Mapping::anon(16 * MIB, 32 * MIB);
     a.punch(8 * MIB, 4 * PAGE);
     assert_eq!(errno(svm.set_attr(a.addr, 8 * MIB, &[])), 0);
-    assert_eq!(
-        errno(svm.set_attr(a.addr + 4 * MIB, 8 * MIB, &[])),
-        libc::EFAULT,
-        "hole"
-    );
-    assert_eq!(
-        errno(svm.set_attr(a.addr + 8 * MIB + PAGE, PAGE, &[])),
-        libc::EFAULT,
-        "inside hole"
-    );
+    assert_eq!(errno(svm.set_attr(a.addr + 4 * MIB, 8 * MIB, &[])), libc::EFAULT, "hole");
+    assert_eq!(errno(svm.set_attr(a.addr + 8 * MIB + PAGE, PAGE, &[])), libc::EFAULT, "inside hole");
     let before = bounds(&svm);
     assert_eq!(before.len(), 1);
     // GET with a bad type over the hole is EFAULT, not EINVAL.
@@ -263,16 +199,8 @@ fn t4_device_mapping_is_efault() {
         eprintln!("no [vvar] mapping in this process; nothing to check");
         return;
     };
-    let (s, e) = line
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .split_once('-')
-        .unwrap();
-    let (s, e) = (
-        usize::from_str_radix(s, 16).unwrap(),
-        usize::from_str_radix(e, 16).unwrap(),
-    );
+    let (s, e) = line.split_whitespace().next().unwrap().split_once('-').unwrap();
+    let (s, e) = (usize::from_str_radix(s, 16).unwrap(), usize::from_str_radix(e, 16).unwrap());
     let svm = svm2(false);
     assert_eq!(errno(svm.set_attr(s, e - s, &[])), libc::EFAULT);
     assert_eq!(svm.range_count(), 0);
@@ -286,26 +214,17 @@ fn file_shared_and_user_mappings_take_attributes() {
     let g1 = svm.gpu_ids()[0];
     // MAP_SHARED anonymous.
     let sh = Mapping::with(2 * MIB, 2 * MIB, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1);
-    svm.set_attr(sh.addr, 2 * MIB, &[Attr::PreferredLoc(Location::Gpu(g1))])
-        .unwrap();
+    svm.set_attr(sh.addr, 2 * MIB, &[Attr::PreferredLoc(Location::Gpu(g1))]).unwrap();
     assert_eq!(pref(&svm, sh.addr, 2 * MIB), Location::Gpu(g1));
     // A private file mapping.
     let f = std::fs::File::open("/proc/self/exe").unwrap();
     use std::os::fd::AsRawFd;
     // SAFETY: a read-only private mapping of our own executable, unmapped below.
     let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            8192,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE,
-            f.as_raw_fd(),
-            0,
-        )
+        libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0)
     };
     assert_ne!(p, libc::MAP_FAILED);
-    svm.set_attr(p as usize, 8192, &[Attr::SetFlags(SvmFlags::GPU_RO)])
-        .unwrap();
+    svm.set_attr(p as usize, 8192, &[Attr::SetFlags(SvmFlags::GPU_RO)]).unwrap();
     let mut q = [Attr::SetFlags(SvmFlags::empty())];
     svm.get_attr(p as usize, 8192, &mut q).unwrap();
     assert_eq!(q[0], Attr::SetFlags(SvmFlags::DEFAULT | SvmFlags::GPU_RO));
@@ -313,8 +232,7 @@ fn file_shared_and_user_mappings_take_attributes() {
     // A Vec's heap memory (page-aligned part of it).
     let v = vec![0u8; 8 * MIB];
     let start = (v.as_ptr() as usize).next_multiple_of(PAGE);
-    svm.set_attr(start, 4 * MIB, &[Attr::Granularity(0)])
-        .unwrap();
+    svm.set_attr(start, 4 * MIB, &[Attr::Granularity(0)]).unwrap();
     let mut q = [Attr::Granularity(9)];
     svm.get_attr(start, 4 * MIB, &mut q).unwrap();
     assert_eq!(q[0], Attr::Granularity(0));
@@ -327,33 +245,18 @@ fn t5_split_and_aggregation() {
     let svm = svm2(false);
     let [g1, _] = svm.gpu_ids()[..] else { panic!() };
     let a = Mapping::anon(16 * MIB, 32 * MIB);
-    svm.set_attr(a.addr, 8 * MIB, &[Attr::PreferredLoc(Location::Gpu(g1))])
-        .unwrap();
-    svm.set_attr(
-        a.addr + 2 * MIB,
-        2 * MIB,
-        &[Attr::PreferredLoc(Location::Sysmem)],
-    )
-    .unwrap();
+    svm.set_attr(a.addr, 8 * MIB, &[Attr::PreferredLoc(Location::Gpu(g1))]).unwrap();
+    svm.set_attr(a.addr + 2 * MIB, 2 * MIB, &[Attr::PreferredLoc(Location::Sysmem)]).unwrap();
     assert_eq!(pref(&svm, a.addr, 2 * MIB), Location::Gpu(g1));
     assert_eq!(pref(&svm, a.addr + 2 * MIB, 2 * MIB), Location::Sysmem);
     assert_eq!(pref(&svm, a.addr + MIB, 2 * MIB), Location::Undefined);
     assert_eq!(pref(&svm, a.addr, 8 * MIB), Location::Undefined);
     assert_eq!(
         bounds(&svm),
-        vec![
-            (a.addr, 2 * MIB),
-            (a.addr + 2 * MIB, 2 * MIB),
-            (a.addr + 4 * MIB, 4 * MIB)
-        ]
+        vec![(a.addr, 2 * MIB), (a.addr + 2 * MIB, 2 * MIB), (a.addr + 4 * MIB, 4 * MIB)]
     );
     // Never merged: restoring the middle leaves 3 ranges with equal attributes.
-    svm.set_attr(
-        a.addr + 2 * MIB,
-        2 * MIB,
-        &[Attr::PreferredLoc(Location::Gpu(g1))],
-    )
-    .unwrap();
+    svm.set_attr(a.addr + 2 * MIB, 2 * MIB, &[Attr::PreferredLoc(Location::Gpu(g1))]).unwrap();
     assert_eq!(svm.range_count(), 3);
     assert_eq!(pref(&svm, a.addr, 8 * MIB), Location::Gpu(g1));
 }
@@ -364,14 +267,8 @@ fn t6_holes_ignored() {
     let svm = svm2(false);
     let g1 = svm.gpu_ids()[0];
     let a = Mapping::anon(16 * MIB, 32 * MIB);
-    svm.set_attr(a.addr, 2 * MIB, &[Attr::PreferredLoc(Location::Gpu(g1))])
-        .unwrap();
-    svm.set_attr(
-        a.addr + 4 * MIB,
-        2 * MIB,
-        &[Attr::PreferredLoc(Location::Gpu(g1))],
-    )
-    .unwrap();
+    svm.set_attr(a.addr, 2 * MIB, &[Attr::PreferredLoc(Location::Gpu(g1))]).unwrap();
+    svm.set_attr(a.addr + 4 * MIB, 2 * MIB, &[Attr::PreferredLoc(Location::Gpu(g1))]).unwrap();
     assert_eq!(pref(&svm, a.addr, 6 * MIB), Location::Gpu(g1));
     // Only a hole: defaults.
     assert_eq!(pref(&svm, a.addr + 2 * MIB, 2 * MIB), Location::Undefined);
@@ -382,54 +279,26 @@ fn t6_holes_ignored() {
 fn t7_flags_aggregation() {
     let svm = svm2(false);
     let a = Mapping::anon(16 * MIB, 32 * MIB);
-    svm.set_attr(a.addr, 2 * MIB, &[Attr::SetFlags(SvmFlags::GPU_RO)])
-        .unwrap();
-    svm.set_attr(
-        a.addr + 2 * MIB,
-        2 * MIB,
-        &[Attr::SetFlags(SvmFlags::GPU_EXEC)],
-    )
-    .unwrap();
-    let mut q = [
-        Attr::SetFlags(SvmFlags::empty()),
-        Attr::ClrFlags(SvmFlags::empty()),
-    ];
+    svm.set_attr(a.addr, 2 * MIB, &[Attr::SetFlags(SvmFlags::GPU_RO)]).unwrap();
+    svm.set_attr(a.addr + 2 * MIB, 2 * MIB, &[Attr::SetFlags(SvmFlags::GPU_EXEC)]).unwrap();
+    let mut q = [Attr::SetFlags(SvmFlags::empty()), Attr::ClrFlags(SvmFlags::empty())];
     svm.get_attr(a.addr, 4 * MIB, &mut q).unwrap();
     assert_eq!(q[0], Attr::SetFlags(SvmFlags::from_bits_retain(0x3)));
-    assert_eq!(
-        q[1],
-        Attr::ClrFlags(SvmFlags::from_bits_retain(0xffff_ffe4))
-    );
+    assert_eq!(q[1], Attr::ClrFlags(SvmFlags::from_bits_retain(0xffff_ffe4)));
     // Unknown bits are stored and reported.
-    svm.set_attr(
-        a.addr,
-        2 * MIB,
-        &[Attr::SetFlags(SvmFlags::from_bits_retain(0x8000_0000))],
-    )
-    .unwrap();
+    svm.set_attr(a.addr, 2 * MIB, &[Attr::SetFlags(SvmFlags::from_bits_retain(0x8000_0000))]).unwrap();
     svm.get_attr(a.addr, 2 * MIB, &mut q).unwrap();
-    assert_eq!(
-        q[0],
-        Attr::SetFlags(SvmFlags::from_bits_retain(0x8000_000b))
-    );
+    assert_eq!(q[0], Attr::SetFlags(SvmFlags::from_bits_retain(0x8000_000b)));
 }
 
 /// T8: access aggregation from separately ANDed bitmaps.
 #[test]
 fn t8_access_aggregation() {
     let svm = svm2(false);
-    let [g1, g2] = svm.gpu_ids()[..] else {
-        panic!()
-    };
+    let [g1, g2] = svm.gpu_ids()[..] else { panic!() };
     let a = Mapping::anon(16 * MIB, 32 * MIB);
-    svm.set_attr(a.addr, 2 * MIB, &[Attr::Access(g1), Attr::Access(g2)])
-        .unwrap();
-    svm.set_attr(
-        a.addr + 2 * MIB,
-        2 * MIB,
-        &[Attr::AccessInPlace(g1), Attr::Access(g2)],
-    )
-    .unwrap();
+    svm.set_attr(a.addr, 2 * MIB, &[Attr::Access(g1), Attr::Access(g2)]).unwrap();
+    svm.set_attr(a.addr + 2 * MIB, 2 * MIB, &[Attr::AccessInPlace(g1), Attr::Access(g2)]).unwrap();
     let q = |off: usize, len: usize| {
         let mut q = [Attr::Access(g1), Attr::Access(g2)];
         svm.get_attr(a.addr + off, len, &mut q).unwrap();
@@ -437,71 +306,36 @@ fn t8_access_aggregation() {
     };
     assert_eq!(q(0, 4 * MIB), [Attr::NoAccess(g1), Attr::Access(g2)]);
     assert_eq!(q(0, 2 * MIB), [Attr::Access(g1), Attr::Access(g2)]);
-    assert_eq!(
-        q(2 * MIB, 2 * MIB),
-        [Attr::AccessInPlace(g1), Attr::Access(g2)]
-    );
+    assert_eq!(q(2 * MIB, 2 * MIB), [Attr::AccessInPlace(g1), Attr::Access(g2)]);
     // A hole next to a range does not lower the result.
-    assert_eq!(
-        q(2 * MIB, 6 * MIB),
-        [Attr::AccessInPlace(g1), Attr::Access(g2)]
-    );
+    assert_eq!(q(2 * MIB, 6 * MIB), [Attr::AccessInPlace(g1), Attr::Access(g2)]);
 }
 
 /// T9: attributes apply in array order; access kinds are mutually exclusive per GPU.
 #[test]
 fn t9_order_within_one_call() {
     let svm = svm2(false);
-    let [g1, g2] = svm.gpu_ids()[..] else {
-        panic!()
-    };
+    let [g1, g2] = svm.gpu_ids()[..] else { panic!() };
     let a = Mapping::anon(4 * MIB, 2 * MIB);
-    svm.set_attr(a.addr, 2 * MIB, &[Attr::Access(g1), Attr::NoAccess(g1)])
-        .unwrap();
+    svm.set_attr(a.addr, 2 * MIB, &[Attr::Access(g1), Attr::NoAccess(g1)]).unwrap();
     let mut q = [Attr::Access(g1)];
     svm.get_attr(a.addr, 2 * MIB, &mut q).unwrap();
     assert_eq!(q, [Attr::NoAccess(g1)]);
-    svm.set_attr(
-        a.addr,
-        2 * MIB,
-        &[
-            Attr::SetFlags(SvmFlags::GPU_RO),
-            Attr::ClrFlags(SvmFlags::GPU_RO),
-        ],
-    )
-    .unwrap();
+    svm.set_attr(a.addr, 2 * MIB, &[Attr::SetFlags(SvmFlags::GPU_RO), Attr::ClrFlags(SvmFlags::GPU_RO)])
+        .unwrap();
     let mut q = [Attr::SetFlags(SvmFlags::empty())];
     svm.get_attr(a.addr, 2 * MIB, &mut q).unwrap();
     assert_eq!(q, [Attr::SetFlags(SvmFlags::DEFAULT)]);
-    svm.set_attr(
-        a.addr,
-        2 * MIB,
-        &[Attr::Access(g2), Attr::AccessInPlace(g2)],
-    )
-    .unwrap();
+    svm.set_attr(a.addr, 2 * MIB, &[Attr::Access(g2), Attr::AccessInPlace(g2)]).unwrap();
     let r = &svm.ranges()[0];
-    assert_eq!(
-        (r.access.clone(), r.access_in_place.clone()),
-        (vec![], vec![g2])
-    );
-    svm.set_attr(
-        a.addr,
-        2 * MIB,
-        &[Attr::AccessInPlace(g2), Attr::Access(g2)],
-    )
-    .unwrap();
+    assert_eq!((r.access.clone(), r.access_in_place.clone()), (vec![], vec![g2]));
+    svm.set_attr(a.addr, 2 * MIB, &[Attr::AccessInPlace(g2), Attr::Access(g2)]).unwrap();
     let r = &svm.ranges()[0];
-    assert_eq!(
-        (r.access.clone(), r.access_in_place.clone()),
-        (vec![g2], vec![])
-    );
+    assert_eq!((r.access.clone(), r.access_in_place.clone()), (vec![g2], vec![]));
     svm.set_attr(
         a.addr,
         2 * MIB,
-        &[
-            Attr::PreferredLoc(Location::Gpu(g1)),
-            Attr::PreferredLoc(Location::Sysmem),
-        ],
+        &[Attr::PreferredLoc(Location::Gpu(g1)), Attr::PreferredLoc(Location::Sysmem)],
     )
     .unwrap();
     assert_eq!(pref(&svm, a.addr, 2 * MIB), Location::Sysmem);
@@ -517,16 +351,12 @@ fn t10_granularity() {
         svm.get_attr(a.addr + off, len, &mut q).unwrap();
         q[0]
     };
-    svm.set_attr(a.addr, 4 * MIB, &[Attr::Granularity(100)])
-        .unwrap();
+    svm.set_attr(a.addr, 4 * MIB, &[Attr::Granularity(100)]).unwrap();
     assert_eq!(gran(0, 4 * MIB), Attr::Granularity(63));
-    svm.set_attr(a.addr, 4 * MIB, &[Attr::Granularity(u32::MAX)])
-        .unwrap();
+    svm.set_attr(a.addr, 4 * MIB, &[Attr::Granularity(u32::MAX)]).unwrap();
     assert_eq!(gran(0, 4 * MIB), Attr::Granularity(63));
-    svm.set_attr(a.addr, 2 * MIB, &[Attr::Granularity(0)])
-        .unwrap();
-    svm.set_attr(a.addr + 2 * MIB, 2 * MIB, &[Attr::Granularity(5)])
-        .unwrap();
+    svm.set_attr(a.addr, 2 * MIB, &[Attr::Granularity(0)]).unwrap();
+    svm.set_attr(a.addr + 2 * MIB, 2 * MIB, &[Attr::Granularity(5)]).unwrap();
     assert_eq!(gran(0, 4 * MIB), Attr::Granularity(0));
     assert_eq!(gran(2 * MIB, 2 * MIB), Attr::Granularity(5));
 }
@@ -545,10 +375,7 @@ fn t11_max_range_size() {
     assert_eq!(big.max_range_bytes(), 32 * MIB);
     let b = Mapping::anon(64 * MIB, 32 * MIB);
     big.set_attr(b.addr + 24 * MIB, 16 * MIB, &[]).unwrap();
-    assert_eq!(
-        bounds(&big),
-        vec![(b.addr + 24 * MIB, 8 * MIB), (b.addr + 32 * MIB, 8 * MIB)]
-    );
+    assert_eq!(bounds(&big), vec![(b.addr + 24 * MIB, 8 * MIB), (b.addr + 32 * MIB, 8 * MIB)]);
     // The smallest GPU decides.
     let mixed = Svm::builder().gpus(3).vram_bytes(16 << 30).build().unwrap();
     assert_eq!(mixed.max_range_bytes(), 512 * MIB);
@@ -559,23 +386,13 @@ fn t11_max_range_size() {
 fn gaps_filled_between_existing_ranges() {
     let svm = Svm::builder().vram_bytes(64 << 20).build().unwrap();
     let a = Mapping::anon(8 * MIB, 2 * MIB);
-    svm.set_attr(a.addr + MIB, MIB, &[Attr::Granularity(1)])
-        .unwrap();
-    svm.set_attr(a.addr + 5 * MIB, 2 * MIB, &[Attr::Granularity(2)])
-        .unwrap();
-    svm.set_attr(a.addr, 6 * MIB, &[Attr::SetFlags(SvmFlags::GPU_EXEC)])
-        .unwrap();
+    svm.set_attr(a.addr + MIB, MIB, &[Attr::Granularity(1)]).unwrap();
+    svm.set_attr(a.addr + 5 * MIB, 2 * MIB, &[Attr::Granularity(2)]).unwrap();
+    svm.set_attr(a.addr, 6 * MIB, &[Attr::SetFlags(SvmFlags::GPU_EXEC)]).unwrap();
     let got: Vec<(usize, usize, u32, bool)> = svm
         .ranges()
         .iter()
-        .map(|r| {
-            (
-                r.start - a.addr,
-                r.size,
-                r.granularity,
-                r.flags.contains(SvmFlags::GPU_EXEC),
-            )
-        })
+        .map(|r| (r.start - a.addr, r.size, r.granularity, r.flags.contains(SvmFlags::GPU_EXEC)))
         .collect();
     assert_eq!(
         got,
@@ -596,10 +413,8 @@ fn instances_side_by_side() {
     let a = Svm::builder().gpus(1).xnack(true).build().unwrap();
     let b = Svm::builder().gpus(3).build().unwrap();
     let m = Mapping::anon(4 * MIB, 2 * MIB);
-    a.set_attr(m.addr, 2 * MIB, &[Attr::Granularity(1)])
-        .unwrap();
-    b.set_attr(m.addr + 2 * MIB, 2 * MIB, &[Attr::Granularity(2)])
-        .unwrap();
+    a.set_attr(m.addr, 2 * MIB, &[Attr::Granularity(1)]).unwrap();
+    b.set_attr(m.addr + 2 * MIB, 2 * MIB, &[Attr::Granularity(2)]).unwrap();
     assert_eq!(bounds(&a), vec![(m.addr, 2 * MIB)]);
     assert_eq!(bounds(&b), vec![(m.addr + 2 * MIB, 2 * MIB)]);
     std::thread::scope(|s| {
@@ -607,8 +422,7 @@ fn instances_side_by_side() {
             s.spawn(move || {
                 for i in 0..200usize {
                     let off = base - m.addr + (i % 16) * PAGE;
-                    svm.set_attr(m.addr + off, PAGE, &[Attr::Granularity(i as u32 % 7)])
-                        .unwrap();
+                    svm.set_attr(m.addr + off, PAGE, &[Attr::Granularity(i as u32 % 7)]).unwrap();
                 }
             });
         }
@@ -633,8 +447,7 @@ fn alloc_and_drop() {
         b.as_ptr().write(7);
         assert_eq!(b.as_ptr().add(8191).read(), 0);
     }
-    svm.set_attr(b.addr(), b.len(), &[Attr::Granularity(0)])
-        .unwrap();
+    svm.set_attr(b.addr(), b.len(), &[Attr::Granularity(0)]).unwrap();
     assert_eq!(svm.range_count(), 1);
     let addr = b.addr();
     drop(b);
@@ -650,8 +463,7 @@ fn t29_remap_gets_defaults() {
     let svm = svm2(false);
     let b = svm.alloc(2 * MIB).unwrap();
     let addr = b.addr();
-    svm.set_attr(addr, 2 * MIB, &[Attr::PreferredLoc(Location::Sysmem)])
-        .unwrap();
+    svm.set_attr(addr, 2 * MIB, &[Attr::PreferredLoc(Location::Sysmem)]).unwrap();
     drop(b);
     // SAFETY: mapping fresh anonymous memory at the address we just released; MAP_FIXED_NOREPLACE
     // fails instead of clobbering anything another thread mapped there meanwhile.
@@ -698,8 +510,6 @@ fn errors_are_clear() {
     let svm = svm2(false);
     let e = svm.set_attr(4096, 4097, &[]).unwrap_err();
     assert!(e.to_string().contains("0x1001"), "{e}");
-    let e = svm
-        .set_attr(4096, 4096, &[Attr::Access(GpuId(0xdead))])
-        .unwrap_err();
+    let e = svm.set_attr(4096, 4096, &[Attr::Access(GpuId(0xdead))]).unwrap_err();
     assert!(e.to_string().contains("0xdead"), "{e}");
 }

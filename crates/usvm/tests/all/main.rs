@@ -2,5 +2,6 @@
 
 mod attrs;
 mod gpu;
+mod migrate;
 mod model;
 mod util;

@@ -9,7 +9,7 @@
 use crate::util::*;
 use proptest::prelude::*;
 use usvm::uapi::*;
-use usvm::{Location, RawAttr, Svm};
+use usvm::{RawAttr, Svm};
 
 /// Window size: 3 maximum-size ranges of the 64 MiB-VRAM instance (512 pages each).
 const W: u64 = 1536;
@@ -34,18 +34,14 @@ struct Model {
     gpus: Vec<u32>,
     xnack: bool,
     pages: Vec<Option<(MAttrs, bool, u64)>>,
+    /// Per page: the GPU (id) whose VRAM holds the data, if any.
+    vram: Vec<Option<u32>>,
     next_id: u64,
 }
 
 impl Model {
     fn new(base: u64, gpus: Vec<u32>, xnack: bool) -> Self {
-        Model {
-            base,
-            gpus,
-            xnack,
-            pages: vec![None; W as usize],
-            next_id: 1,
-        }
+        Model { base, gpus, xnack, pages: vec![None; W as usize], vram: vec![None; W as usize], next_id: 1 }
     }
 
     fn all(&self) -> u64 {
@@ -119,16 +115,62 @@ impl Model {
         })
     }
 
-    /// The GPUs a range is mapped on by SET_ATTR (everything is in system memory).
-    fn map_set(&self, m: &MAttrs, mapped: bool) -> u64 {
+    /// The GPUs a range is mapped on by SET_ATTR; `actual` is where its data is.
+    fn map_set(&self, m: &MAttrs, mapped: bool, actual: Option<u32>) -> u64 {
         if !self.xnack {
             return m.access | m.aip;
         }
-        if m.aip == 0 && (mapped || m.flags & 0x40 != 0) {
-            m.access
-        } else {
-            m.aip
+        let mut set = m.aip;
+        if let Some(g) = actual {
+            set |= self.bit(g) & m.access;
         }
+        if set == 0 && (mapped || m.flags & 0x40 != 0) { m.access } else { set }
+    }
+
+    /// Where a range's data goes (prefetch decision, then the seed's PREFERRED_LOC rule);
+    /// returns (migration attempted, invalidated the GPUs). Everything fits in VRAM and
+    /// every page of the window is anonymous, so a migration moves the whole range.
+    fn migrate(&mut self, a: u64, b: u64, old_pref: u32, asks_prefetch: bool) -> bool {
+        let m = self.pages[a as usize].unwrap().0;
+        let cur = self.vram[a as usize];
+        let best = match m.prefetch {
+            UNDEF | 0 => m.prefetch,
+            g => {
+                let cands = if self.xnack { m.aip } else { m.access | m.aip };
+                if cands & !self.bit(g) != 0 { 0 } else { g }
+            }
+        };
+        let is_gpu = |v: u32| v != 0 && v != UNDEF;
+        let seed = if !asks_prefetch && m.pref != old_pref {
+            if (old_pref == 0 || old_pref == UNDEF) && is_gpu(m.pref) {
+                Some(m.pref)
+            } else if is_gpu(old_pref) && m.pref == 0 {
+                Some(0)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        let target = match (best, seed) {
+            (UNDEF, None) => return false,
+            (UNDEF, Some(t)) => t,
+            (b, _) => b,
+        };
+        if target == 0 && cur.is_none() {
+            return false;
+        }
+        let to = if target == 0 { None } else { Some(target) };
+        for p in a..=b {
+            self.vram[p as usize] = to;
+        }
+        // The migration's invalidation: XNACK on (without ALWAYS_MAPPED) unmaps the range.
+        if self.xnack && m.flags & 0x40 == 0 {
+            for p in a..=b {
+                self.pages[p as usize].as_mut().unwrap().1 = false;
+            }
+        }
+        true
     }
 
     /// The extent [first, last] of the range holding page `p`.
@@ -157,7 +199,7 @@ impl Model {
     fn map_range(&mut self, p: u64) {
         let (a, b) = self.extent(p);
         let (m, mapped, _) = self.pages[a as usize].unwrap();
-        if self.map_set(&m, mapped) != 0 {
+        if self.map_set(&m, mapped, self.vram[a as usize]) != 0 {
             for q in a..=b {
                 self.pages[q as usize].as_mut().unwrap().1 = true;
             }
@@ -224,6 +266,7 @@ impl Model {
                 }
             }
         }
+        let old_prefs: Vec<u32> = updated.iter().map(|&u| self.pages[u as usize].unwrap().0.pref).collect();
         for &u in &updated {
             let (a, b) = self.extent(u);
             for p in a..=b {
@@ -254,11 +297,16 @@ impl Model {
             }
         }
         let update_mapping = (!self.xnack && !remap.is_empty())
-            || attrs
-                .iter()
-                .any(|a| matches!(a.ty, 5 | 6) || (matches!(a.ty, 2..=4) && !self.xnack));
-        if update_mapping {
-            for &u in &updated {
+            || attrs.iter().any(|a| matches!(a.ty, 5 | 6) || (matches!(a.ty, 2..=4) && !self.xnack));
+        let asks_prefetch = attrs.iter().any(|a| a.ty == 1);
+        for (&u, &old_pref) in updated.iter().zip(&old_prefs) {
+            let (a, b) = self.extent(u);
+            let migrated = self.migrate(a, b, old_pref, asks_prefetch);
+            let (m, mapped, _) = self.pages[a as usize].unwrap();
+            if migrated && (!self.xnack || m.flags & 0x40 != 0) && mapped {
+                continue;
+            }
+            if migrated || update_mapping {
                 self.map_range(u);
             }
         }
@@ -275,20 +323,15 @@ impl Model {
         if attrs.iter().any(|a| !matches!(a.ty, 0 | 1 | 2 | 5 | 6 | 7)) {
             return libc::EINVAL;
         }
-        let covered: Vec<MAttrs> = (s..=l)
-            .filter_map(|p| self.pages[p as usize].map(|(m, _, _)| m))
-            .collect();
+        let covered: Vec<MAttrs> =
+            (s..=l).filter_map(|p| self.pages[p as usize].map(|(m, _, _)| m)).collect();
         let (pref, prefetch, fand, forr, gran, acc, aip) = if covered.is_empty() {
             let d = self.defaults();
             (d.pref, d.prefetch, d.flags, d.flags, d.gran, d.access, 0)
         } else {
             let common = |f: fn(&MAttrs) -> u32| {
                 let v = f(&covered[0]);
-                if covered.iter().all(|m| f(m) == v) {
-                    v
-                } else {
-                    UNDEF
-                }
+                if covered.iter().all(|m| f(m) == v) { v } else { UNDEF }
             };
             (
                 common(|m| m.pref),
@@ -325,15 +368,20 @@ impl Model {
         0
     }
 
-    /// Ranges as (window page, pages, attributes, mapped to a GPU).
-    fn ranges(&self) -> Vec<(u64, u64, MAttrs, bool)> {
-        let mut out: Vec<(u64, u64, MAttrs, bool)> = Vec::new();
+    /// Ranges as (window page, pages, attributes, mapped to a GPU, VRAM GPU, VRAM pages).
+    fn ranges(&self) -> Vec<(u64, u64, MAttrs, bool, u32, u64)> {
+        let mut out: Vec<(u64, u64, MAttrs, bool, u32, u64)> = Vec::new();
         let mut prev_id = 0;
         for (p, e) in self.pages.iter().enumerate() {
             match e {
-                Some((_, _, id)) if *id == prev_id => out.last_mut().unwrap().1 += 1,
+                Some((_, _, id)) if *id == prev_id => {
+                    let last = out.last_mut().unwrap();
+                    last.1 += 1;
+                    last.5 += u64::from(self.vram[p].is_some());
+                }
                 Some((m, mapped, id)) => {
-                    out.push((p as u64, 1, *m, *mapped));
+                    let v = self.vram[p];
+                    out.push((p as u64, 1, *m, *mapped, v.unwrap_or(0), u64::from(v.is_some())));
                     prev_id = *id;
                 }
                 None => prev_id = 0,
@@ -343,18 +391,13 @@ impl Model {
     }
 }
 
-fn real_ranges(svm: &Svm, base: u64) -> Vec<(u64, u64, MAttrs, bool)> {
+fn real_ranges(svm: &Svm, base: u64) -> Vec<(u64, u64, MAttrs, bool, u32, u64)> {
     let gpus = svm.gpu_ids();
-    let mask = |ids: &[usvm::GpuId]| {
-        ids.iter()
-            .map(|g| 1u64 << gpus.iter().position(|x| x == g).unwrap())
-            .sum()
-    };
+    let mask =
+        |ids: &[usvm::GpuId]| ids.iter().map(|g| 1u64 << gpus.iter().position(|x| x == g).unwrap()).sum();
     svm.ranges()
         .iter()
         .map(|r| {
-            assert_eq!(r.actual_loc, Location::Sysmem);
-            assert_eq!(r.vram_pages, 0);
             (
                 (r.start as u64 >> 12) - base,
                 r.size as u64 >> 12,
@@ -367,6 +410,8 @@ fn real_ranges(svm: &Svm, base: u64) -> Vec<(u64, u64, MAttrs, bool)> {
                     aip: mask(&r.access_in_place),
                 },
                 r.mapped_to_gpu,
+                r.actual_loc.to_raw(),
+                r.vram_pages as u64,
             )
         })
         .collect()
@@ -375,13 +420,7 @@ fn real_ranges(svm: &Svm, base: u64) -> Vec<(u64, u64, MAttrs, bool)> {
 /// One generated call.
 #[derive(Clone, Debug)]
 enum Call {
-    Ioctl {
-        op: u32,
-        start: u64,
-        npages: u64,
-        skew: u8,
-        attrs: Vec<(u32, u32)>,
-    },
+    Ioctl { op: u32, start: u64, npages: u64, skew: u8, attrs: Vec<(u32, u32)> },
     Xnack(bool),
 }
 
@@ -405,20 +444,15 @@ fn call_strategy() -> impl Strategy<Value = Call> {
     let op = prop_oneof![12 => Just(0u32), 8 => Just(1u32), 1 => Just(2u32)];
     let npages = prop_oneof![4 => 1u64..16, 3 => 1u64..700, 1 => 1u64..=W];
     let skew = prop_oneof![30 => Just(0u8), 1 => 1u8..5];
-    let ioctl = (
-        op,
-        0..W,
-        npages,
-        skew,
-        prop::collection::vec(attr_strategy(), 0..5),
-    )
-        .prop_map(|(op, start, npages, skew, attrs)| Call::Ioctl {
+    let ioctl = (op, 0..W, npages, skew, prop::collection::vec(attr_strategy(), 0..5)).prop_map(
+        |(op, start, npages, skew, attrs)| Call::Ioctl {
             op,
             start,
             npages: npages.min(W - start),
             skew,
             attrs,
-        });
+        },
+    );
     prop_oneof![30 => ioctl, 1 => any::<bool>().prop_map(Call::Xnack)]
 }
 

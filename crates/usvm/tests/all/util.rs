@@ -32,12 +32,7 @@ impl Mapping {
                 0,
             )
         };
-        assert_ne!(
-            p,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
         let base = p as usize;
         let addr = base.next_multiple_of(align);
         unmap(base, addr - base);
@@ -67,12 +62,7 @@ pub fn unmap(addr: usize, len: usize) {
 
 /// A 2-GPU instance with 1 GiB of VRAM each (32 MiB maximum range size).
 pub fn svm2(xnack: bool) -> Svm {
-    Svm::builder()
-        .gpus(2)
-        .vram_bytes(1 << 30)
-        .xnack(xnack)
-        .build()
-        .unwrap()
+    Svm::builder().gpus(2).vram_bytes(1 << 30).xnack(xnack).build().unwrap()
 }
 
 /// The errno of a result, 0 on success.

@@ -1,0 +1,550 @@
+//! The migration engine (KFD's `kfd_migrate.c` on top of `mm/migrate_device.c`).
+//!
+//! Every migration runs the kernel's three phases, per VMA piece and per staging batch:
+//!
+//! ```text
+//!  setup     mark the pages "out of RAM" (CPU faults on them now wait for us),
+//!            invalidate the GPUs (XNACK off / ALWAYS_MAPPED: evict the queues;
+//!            XNACK on: unmap the range from the GPUs), then collect:
+//!              RAM -> VRAM  UFFDIO_MOVE the application's pages into `staging_out`
+//!                           (the CPU page-table entries leave the application's page
+//!                           table atomically; holes count as collected, unpopulated);
+//!                           pages that cannot move (shared after fork, pinned) are
+//!                           retried MIGRATE_COLLECT_RETRIES times, then stay in RAM
+//!              VRAM -> RAM  populate `staging_in` with fresh RAM pages
+//!  pages     copy with the GPU's copy engine (chunks of <= 512 pages, fences);
+//!            unpopulated sources become zeroed VRAM; pages of failed chunks are
+//!            given back to the application untouched
+//!  finalize  commit residency (per-page VRAM bits, BO, actual_loc, counters) and
+//!            free the RAM pages (RAM -> VRAM: MADV_DONTNEED of the staging batch;
+//!            VRAM -> RAM: UFFDIO_MOVE the copies into the application, then wake the
+//!            threads waiting on them)
+//!  restore   remap the range on its GPUs and resume the queues (XNACK off)
+//! ```
+//!
+//! All of it runs with the instance's state lock held (the range's migration lock in the
+//! kernel). The only lock the CPU fault handler needs to resolve a fault on a page that is
+//! *not* out of RAM is the `out` set's (a leaf), so it can always serve device accesses
+//! that touch never-populated memory, whatever a migration is waiting for.
+
+pub mod pageset;
+
+use crate::attr::{Location, SvmFlags};
+use crate::error::{Error, Result};
+use crate::events::{Counter, EventKind, EvictTrigger, MigrateTrigger, UnmapTrigger};
+use crate::gpu::sdma::CopyOp;
+use crate::gpu::vram::Clear;
+use crate::map;
+use crate::policy;
+use crate::range::{PageNo, SvmRange, VramBacking};
+use crate::svms::{SvmInner, SvmState};
+use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE, uffd::Uffd, vma};
+use pageset::PageSet;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Collection of a page that could not be moved is retried this many times (the seed).
+pub const MIGRATE_COLLECT_RETRIES: u32 = 3;
+/// VRAM -> VRAM first empties the source; this many attempts, then EDEADLK (section 4.7).
+pub const VRAM_TO_VRAM_TRIES: u32 = 3;
+/// Pages moved per staging batch (64 MiB).
+pub const STAGING_PAGES: u64 = 16384;
+
+/// The engine's process-side resources of one instance.
+#[derive(Debug)]
+pub struct Engine {
+    /// The userfaultfd watching migrated ranges and `staging_out`.
+    pub uffd: Arc<Uffd>,
+    /// Registered with `uffd`, empty between batches: receives collected pages.
+    staging_out: usize,
+    /// Not registered: fresh RAM pages are populated here before moving in.
+    staging_in: usize,
+    /// Pages whose data usvm moved out of the application's RAM (or is moving).
+    out: Mutex<PageSet>,
+    /// Fault injection: the next N page collections fail as if the page were busy.
+    pub inject_busy: AtomicU64,
+}
+
+impl Engine {
+    /// Opens the userfaultfd and maps the staging areas.
+    pub fn new() -> Result<Self> {
+        let uffd = Arc::new(Uffd::new()?);
+        let bytes = STAGING_PAGES as usize * PAGE_SIZE;
+        let staging_out = sys::mmap::map_anon_aligned(bytes, 2 << 20)?;
+        let staging_in = sys::mmap::map_anon_aligned(bytes, 2 << 20)?;
+        sys::mmap::advise_hugepages(staging_out, bytes);
+        sys::mmap::advise_hugepages(staging_in, bytes);
+        uffd.register(staging_out, bytes)?;
+        Ok(Engine {
+            uffd,
+            staging_out,
+            staging_in,
+            out: Mutex::new(PageSet::default()),
+            inject_busy: AtomicU64::new(0),
+        })
+    }
+
+    /// Resolves a CPU fault on `page` if its data is in RAM (never populated, or dropped
+    /// by the application): a zero page, under the `out` lock so that no migration can
+    /// start collecting the page meanwhile. Returns false when the data is out of RAM.
+    pub fn resolve_if_in_ram(&self, page: PageNo) -> Result<bool> {
+        let out = self.out.lock();
+        if out.contains(page) {
+            return Ok(false);
+        }
+        self.uffd.zeropage((page << PAGE_SHIFT) as usize, PAGE_SIZE)?;
+        Ok(true)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let bytes = STAGING_PAGES as usize * PAGE_SIZE;
+        let _ = sys::mmap::unmap(self.staging_out, bytes);
+        let _ = sys::mmap::unmap(self.staging_in, bytes);
+    }
+}
+
+/// What the setup phase did to the GPUs, for the restore to undo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Invalidation {
+    /// The range was not mapped anywhere.
+    None,
+    /// XNACK off or ALWAYS_MAPPED: every GPU's queues were evicted.
+    QueuesEvicted,
+    /// XNACK on: the pages were unmapped from the GPUs.
+    Unmapped,
+}
+
+/// The invalidation a migration issues over `[first, last]` of `r` (the MMU notifier's
+/// MIGRATE event: section 6.1, 6.2), even when nothing ends up moving.
+fn invalidate(inner: &SvmInner, r: &mut SvmRange, first: PageNo, last: PageNo, xnack: bool) -> Invalidation {
+    if r.mapped_gpus.iter().next().is_none() {
+        return Invalidation::None;
+    }
+    if !xnack || r.attrs.flags.contains(SvmFlags::GPU_ALWAYS_MAPPED) {
+        for g in 0..inner.devs.gpus.len() {
+            inner.devs.evict_queues(g, EvictTrigger::Svm);
+        }
+        Invalidation::QueuesEvicted
+    } else {
+        map::unmap_from_gpus(&inner.devs, r, first, last, UnmapTrigger::MmuNotifyMigrate);
+        Invalidation::Unmapped
+    }
+}
+
+/// The restore work (section 6.3): remap the whole range on its GPUs, then resume the
+/// queues. A range that cannot be remapped is unmapped instead, so no GPU keeps entries to
+/// pages that moved.
+fn restore(inner: &SvmInner, r: &mut SvmRange, inv: Invalidation, xnack: bool) {
+    if inv != Invalidation::QueuesEvicted {
+        return;
+    }
+    let gpus = policy::gpus_to_map(&r.attrs, inner.gpu_of(r.actual_loc), r.mapped_to_gpu, xnack);
+    let (s, l) = (r.start, r.last);
+    if map::validate_and_map(&inner.devs, r, gpus, s, l).is_err() {
+        map::unmap_from_gpus(&inner.devs, r, s, l, UnmapTrigger::MmuNotify);
+    }
+    for g in 0..inner.devs.gpus.len() {
+        inner.devs.restore_queues(g, false);
+    }
+}
+
+/// Runs of consecutive pages of `[first, last]` for which `pick` holds.
+fn runs(first: PageNo, last: PageNo, pick: impl Fn(PageNo) -> bool) -> Vec<(PageNo, PageNo)> {
+    let mut out: Vec<(PageNo, PageNo)> = Vec::new();
+    for p in first..=last {
+        if pick(p) {
+            match out.last_mut() {
+                Some((_, l)) if *l + 1 == p => *l = p,
+                _ => out.push((p, p)),
+            }
+        }
+    }
+    out
+}
+
+/// Copy ops for pages `pages` (with their source and destination addresses), merged where
+/// both sides are contiguous; returns the ops and, per op, how many pages it carries.
+fn merge_ops(pages: impl Iterator<Item = (usize, usize)>) -> Vec<CopyOp> {
+    let mut ops: Vec<CopyOp> = Vec::new();
+    for (src, dst) in pages {
+        match ops.last_mut() {
+            Some(o)
+                if o.src + o.npages as usize * PAGE_SIZE == src
+                    && o.dst + o.npages as usize * PAGE_SIZE == dst =>
+            {
+                o.npages += 1
+            }
+            _ => ops.push(CopyOp { src, dst, npages: 1 }),
+        }
+    }
+    ops
+}
+
+/// The MIGRATE_START / MIGRATE_END pair around one VMA piece.
+fn piece_events<T>(
+    inner: &SvmInner,
+    (prefetch_loc, preferred_loc): (u32, u32),
+    (s, l): (PageNo, PageNo),
+    (from, to): (u32, u32),
+    trigger: MigrateTrigger,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let npages = l - s + 1;
+    inner.events.emit(|| EventKind::MigrateStart {
+        start: s,
+        npages,
+        from,
+        to,
+        prefetch_loc,
+        preferred_loc,
+        trigger,
+    });
+    let res = f();
+    let error = match &res {
+        Ok(_) => 0,
+        Err(e) => -e.errno(),
+    };
+    inner.events.emit(|| EventKind::MigrateEnd { start: s, npages, from, to, trigger, error });
+    res
+}
+
+/// Registers the anonymous private memory of `r` with the userfaultfd and gives every
+/// never-populated page a zero page, so that no page of a registered range is missing
+/// unless usvm moved its data out.
+fn register(inner: &SvmInner, r: &mut SvmRange) -> Result<()> {
+    if r.registered {
+        return Ok(());
+    }
+    let mut page = r.start;
+    while page <= r.last {
+        let addr = (page << PAGE_SHIFT) as usize;
+        let Some(v) =
+            vma::lookup(addr, false).map_err(|errno| Error::Sys { call: "PROCMAP_QUERY", errno })?
+        else {
+            break;
+        };
+        let end = ((v.end >> PAGE_SHIFT) as PageNo - 1).min(r.last);
+        if v.migratable() {
+            let len = (end - page + 1) as usize * PAGE_SIZE;
+            inner.engine.uffd.register(addr, len)?;
+            let has = sys::pagemap::has_memory(addr, len / PAGE_SIZE)?;
+            let out = inner.engine.out.lock();
+            for (s, l) in runs(page, end, |p| !has[(p - page) as usize] && !out.contains(p)) {
+                inner.engine.uffd.zeropage((s << PAGE_SHIFT) as usize, ((l - s + 1) as usize) * PAGE_SIZE)?;
+            }
+        }
+        page = end + 1;
+    }
+    r.registered = true;
+    Ok(())
+}
+
+/// How many rounds of TTM eviction an allocation may ask for before it fails.
+pub const EVICTION_ROUNDS: usize = 3;
+
+/// A BO for the whole range `key` on GPU `g`, evicting least recently used BOs of the
+/// instance (every range sharing them goes back to RAM, trigger TTM_EVICTION) when VRAM
+/// is short (section 6.5).
+fn alloc_evicting(
+    inner: &SvmInner,
+    st: &mut SvmState,
+    key: PageNo,
+    g: usize,
+) -> Result<crate::gpu::vram::Bo> {
+    let npages = st.tree.get_mut(key).map(|r| r.npages()).unwrap_or(0);
+    let vram = &inner.devs.gpus[g].vram;
+    let mut round = 0;
+    loop {
+        match vram.alloc(npages, Clear::No) {
+            Ok(bo) => return Ok(bo),
+            Err(e) if round == EVICTION_ROUNDS => return Err(e),
+            Err(e) => {
+                let victims = vram.choose_victims(npages);
+                if victims.is_empty() {
+                    return Err(e);
+                }
+                let holders: Vec<(PageNo, PageNo)> = st
+                    .tree
+                    .iter()
+                    .filter(|r| r.start != key)
+                    .filter(|r| r.vram.as_ref().is_some_and(|b| victims.iter().any(|v| v.same(&b.bo))))
+                    .map(|r| (r.start, r.last))
+                    .collect();
+                drop(victims);
+                for (s, l) in holders {
+                    for _ in 0..VRAM_TO_VRAM_TRIES {
+                        let done = st.tree.get_mut(s).is_none_or(|r| r.vram.is_none());
+                        if done || to_ram(inner, st, s, s, l, MigrateTrigger::TtmEviction).is_err() {
+                            break;
+                        }
+                    }
+                }
+                round += 1;
+            }
+        }
+    }
+}
+
+/// RAM -> VRAM of the pages `[first, last]` of the range starting at `key`, to GPU `g`
+/// (`svm_migrate_to_vram`). A range on another GPU first goes through RAM. Returns the
+/// number of pages that moved; pages that could not be collected stay in RAM.
+pub fn to_vram(
+    inner: &SvmInner,
+    st: &mut SvmState,
+    key: PageNo,
+    first: PageNo,
+    last: PageNo,
+    g: usize,
+    trigger: MigrateTrigger,
+) -> Result<u64> {
+    let xnack = st.xnack;
+    // VRAM -> VRAM: empty the old GPU first (section 4.7).
+    let mut tries = 0;
+    while let Some(cur) = st.tree.get_mut(key).and_then(|r| inner.gpu_of(r.actual_loc)) {
+        if cur == g {
+            break;
+        }
+        if tries == VRAM_TO_VRAM_TRIES {
+            return Err(Error::Deadlock);
+        }
+        let (s, l) = st.tree.get_mut(key).map(|r| (r.start, r.last)).expect("range");
+        to_ram(inner, st, key, s, l, trigger)?;
+        tries += 1;
+    }
+    let npages = st.tree.get_mut(key).ok_or(Error::NotMapped { addr: (first << PAGE_SHIFT) })?.npages();
+    let dev = &inner.devs.gpus[g];
+    let _reservation = dev.vram.reserve(npages * PAGE_SIZE as u64)?;
+    if st.tree.get_mut(key).is_some_and(|r| r.vram.is_none()) {
+        let bo = alloc_evicting(inner, st, key, g)?;
+        let r = st.tree.get_mut(key).expect("range");
+        r.vram = Some(VramBacking { bo, offset: 0 });
+    }
+    let r = st.tree.get_mut(key).expect("range");
+    register(inner, r)?;
+    let inv = invalidate(inner, r, first, last, xnack);
+    let mut moved = 0;
+    let mut result = Ok(());
+    let mut page = first;
+    while page <= last {
+        let addr = (page << PAGE_SHIFT) as usize;
+        let v = match vma::lookup(addr, false) {
+            Ok(Some(v)) => v,
+            _ => break, // a missing VMA ends the migration early, without error
+        };
+        let end = ((v.end >> PAGE_SHIFT) as PageNo - 1).min(last);
+        let ids = (0, dev.id.0);
+        let locs = (r.attrs.prefetch_loc.to_raw(), r.attrs.preferred_loc.to_raw());
+        let res = piece_events(inner, locs, (page, end), ids, trigger, || {
+            if v.migratable() { piece_to_vram(inner, r, g, page, end) } else { Ok(0) }
+        });
+        match res {
+            Ok(n) => moved += n,
+            Err(e) => result = Err(e),
+        }
+        page = end + 1;
+    }
+    if moved > 0 {
+        r.actual_loc = Location::Gpu(dev.id);
+        inner.events.count(g, Counter::PageIn, moved);
+    } else if r.actual_loc == Location::Sysmem {
+        r.vram = None;
+    }
+    if let Some(b) = &r.vram {
+        b.bo.touch();
+    }
+    restore(inner, r, inv, xnack);
+    result.map(|()| moved)
+}
+
+/// The three phases for one anonymous VMA piece `[ps, pl]` of `r`, RAM -> VRAM of GPU `g`.
+fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) -> Result<u64> {
+    let eng = &inner.engine;
+    let dev = &inner.devs.gpus[g];
+    let backing = r.vram.clone().expect("BO allocated");
+    let mut moved = 0;
+    for (rs, rl) in runs(ps, pl, |p| !r.page_in_vram(p)) {
+        let mut bs = rs;
+        while bs <= rl {
+            let bl = rl.min(bs + STAGING_PAGES - 1);
+            let n = bl - bs + 1;
+            // --- setup: mark, then collect with UFFDIO_MOVE (retrying busy pages).
+            eng.out.lock().insert(bs, bl);
+            let mut collected = vec![false; n as usize];
+            let mut i = 0u64;
+            let mut tries = 0;
+            while i < n {
+                let src = ((bs + i) << PAGE_SHIFT) as usize;
+                let dst = eng.staging_out + i as usize * PAGE_SIZE;
+                let len = (n - i) as usize * PAGE_SIZE;
+                let injected = eng
+                    .inject_busy
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
+                    .is_ok();
+                let (done, err) =
+                    if injected { (0, Some(libc::EBUSY)) } else { eng.uffd.move_pages(dst, src, len, true) };
+                let done = (done / PAGE_SIZE) as u64;
+                for c in &mut collected[i as usize..(i + done) as usize] {
+                    *c = true;
+                }
+                i += done;
+                match err {
+                    None => {}
+                    Some(_) if tries + 1 < MIGRATE_COLLECT_RETRIES => tries += 1,
+                    Some(_) => {
+                        // Not collected: the page stays in RAM, the range becomes mixed.
+                        eng.out.lock().remove(bs + i, bs + i);
+                        i += 1;
+                        tries = 0;
+                    }
+                }
+            }
+            // --- pages: copy what had memory, zero what was never populated.
+            let has = sys::pagemap::has_memory(eng.staging_out, n as usize)?;
+            let bo_addr = |p: PageNo| backing.bo.host_addr(backing.offset + (p - r.start));
+            let copied: Vec<u64> = (0..n).filter(|&i| collected[i as usize] && has[i as usize]).collect();
+            let ops = merge_ops(
+                copied.iter().map(|&i| (eng.staging_out + i as usize * PAGE_SIZE, bo_addr(bs + i))),
+            );
+            let (arrived, _err) = dev.sdma.copy(&ops).wait();
+            let mut ok = collected.clone();
+            for &i in copied.iter().skip(arrived as usize) {
+                // A failed chunk: the page goes back to the application as it was.
+                ok[i as usize] = false;
+                let (back, _) = eng.uffd.move_pages(
+                    ((bs + i) << PAGE_SHIFT) as usize,
+                    eng.staging_out + i as usize * PAGE_SIZE,
+                    PAGE_SIZE,
+                    false,
+                );
+                debug_assert_eq!(back, PAGE_SIZE);
+            }
+            for i in (0..n).filter(|&i| collected[i as usize] && !has[i as usize]) {
+                sys::mmap::fill(bo_addr(bs + i), PAGE_SIZE, 0);
+            }
+            // --- finalize: commit residency, free the RAM pages.
+            {
+                let mut out = eng.out.lock();
+                for i in 0..n {
+                    if ok[i as usize] {
+                        r.in_vram.set(bs + i - r.start, true);
+                        moved += 1;
+                    } else {
+                        out.remove(bs + i, bs + i);
+                    }
+                }
+            }
+            sys::mmap::discard(eng.staging_out, n as usize * PAGE_SIZE)?;
+            bs = bl + 1;
+        }
+    }
+    Ok(moved)
+}
+
+/// VRAM -> RAM of the pages `[first, last]` of the range starting at `key`
+/// (`svm_migrate_vram_to_ram`). Returns the number of pages that moved.
+pub fn to_ram(
+    inner: &SvmInner,
+    st: &mut SvmState,
+    key: PageNo,
+    first: PageNo,
+    last: PageNo,
+    trigger: MigrateTrigger,
+) -> Result<u64> {
+    let xnack = st.xnack;
+    let r = st.tree.get_mut(key).ok_or(Error::NotMapped { addr: (first << PAGE_SHIFT) })?;
+    let Some(g) = inner.gpu_of(r.actual_loc) else { return Ok(0) };
+    let inv = invalidate(inner, r, first, last, xnack);
+    let id = inner.devs.gpus[g].id.0;
+    let mut moved = 0;
+    let mut result = Ok(());
+    let mut page = first;
+    while page <= last {
+        let addr = (page << PAGE_SHIFT) as usize;
+        let v = match vma::lookup(addr, false) {
+            Ok(Some(v)) => v,
+            _ => {
+                result = Err(Error::NotMapped { addr: addr as u64 });
+                break;
+            }
+        };
+        let end = ((v.end >> PAGE_SHIFT) as PageNo - 1).min(last);
+        let locs = (r.attrs.prefetch_loc.to_raw(), r.attrs.preferred_loc.to_raw());
+        match piece_events(inner, locs, (page, end), (id, 0), trigger, || {
+            piece_to_ram(inner, r, g, page, end)
+        }) {
+            Ok(n) => moved += n,
+            Err(e) => result = Err(e),
+        }
+        page = end + 1;
+    }
+    inner.events.count(g, Counter::PageOut, moved);
+    if r.vram_pages() == 0 {
+        r.actual_loc = Location::Sysmem;
+        r.vram = None;
+    }
+    restore(inner, r, inv, xnack);
+    // Only now, with the bookkeeping done, may the threads that faulted on these pages go on.
+    let _ = inner.engine.uffd.wake((first << PAGE_SHIFT) as usize, ((last - first + 1) << PAGE_SHIFT) as usize);
+    result.map(|()| moved)
+}
+
+/// The three phases for one VMA piece `[ps, pl]` of `r`, VRAM of GPU `g` -> RAM.
+fn piece_to_ram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) -> Result<u64> {
+    let eng = &inner.engine;
+    let dev = &inner.devs.gpus[g];
+    let Some(backing) = r.vram.clone() else { return Ok(0) };
+    let mut moved = 0;
+    for (rs, rl) in runs(ps, pl, |p| r.page_in_vram(p)) {
+        let mut bs = rs;
+        while bs <= rl {
+            let bl = rl.min(bs + STAGING_PAGES - 1);
+            let n = bl - bs + 1;
+            let bytes = n as usize * PAGE_SIZE;
+            // --- setup: fresh RAM pages.
+            sys::mmap::populate(eng.staging_in, bytes)?;
+            // --- pages: copy VRAM -> the new RAM pages.
+            let ops = merge_ops((0..n).map(|i| {
+                (
+                    backing.bo.host_addr(backing.offset + (bs + i - r.start)),
+                    eng.staging_in + i as usize * PAGE_SIZE,
+                )
+            }));
+            let (arrived, copy_err) = dev.sdma.copy(&ops).wait();
+            // --- finalize: move the copies into the application, drop the VRAM pages
+            // (`to_ram` wakes the waiting threads at the end).
+            let mut i = 0u64;
+            while i < arrived {
+                let dst = ((bs + i) << PAGE_SHIFT) as usize;
+                let src = eng.staging_in + i as usize * PAGE_SIZE;
+                let (done, err) = eng.uffd.move_pages(dst, src, (arrived - i) as usize * PAGE_SIZE, false);
+                let mut now_in_ram = (done / PAGE_SIZE) as u64;
+                match err {
+                    None => {}
+                    Some(libc::EEXIST) => {
+                        // The application page exists already (it should not): the data
+                        // from VRAM is the truth, write it over the page.
+                        sys::mmap::copy(dst + done, src + done, PAGE_SIZE);
+                        now_in_ram += 1;
+                    }
+                    Some(errno) => {
+                        sys::mmap::discard(eng.staging_in, bytes)?;
+                        return Err(Error::Sys { call: "UFFDIO_MOVE", errno });
+                    }
+                }
+                eng.out.lock().remove(bs + i, bs + i + now_in_ram - 1);
+                for p in bs + i..bs + i + now_in_ram {
+                    r.in_vram.set(p - r.start, false);
+                }
+                i += now_in_ram;
+            }
+            moved += arrived;
+            sys::mmap::discard(eng.staging_in, bytes)?;
+            copy_err?;
+            bs = bl + 1;
+        }
+    }
+    Ok(moved)
+}

@@ -1,0 +1,67 @@
+//! A set of pages kept as runs (`start -> last`, inclusive).
+
+use crate::range::PageNo;
+use std::collections::BTreeMap;
+
+/// Pages as disjoint runs.
+#[derive(Debug, Default)]
+pub struct PageSet {
+    runs: BTreeMap<PageNo, PageNo>,
+}
+
+impl PageSet {
+    /// Whether `p` is in the set.
+    pub fn contains(&self, p: PageNo) -> bool {
+        self.runs.range(..=p).next_back().is_some_and(|(_, &l)| l >= p)
+    }
+
+    /// Adds `[s, l]`.
+    pub fn insert(&mut self, s: PageNo, l: PageNo) {
+        self.remove(s, l);
+        self.runs.insert(s, l);
+    }
+
+    /// Removes `[s, l]`, cutting the runs that stick out.
+    pub fn remove(&mut self, s: PageNo, l: PageNo) {
+        let from = match self.runs.range(..=s).next_back() {
+            Some((&k, &v)) if v >= s => k,
+            _ => s,
+        };
+        let keys: Vec<(PageNo, PageNo)> = self.runs.range(from..=l).map(|(&k, &v)| (k, v)).collect();
+        for (k, v) in keys {
+            self.runs.remove(&k);
+            if k < s {
+                self.runs.insert(k, s - 1);
+            }
+            if v > l {
+                self.runs.insert(l + 1, v);
+            }
+        }
+    }
+
+    /// Number of pages.
+    #[cfg(test)]
+    pub fn len(&self) -> u64 {
+        self.runs.iter().map(|(s, l)| l - s + 1).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_remove_contains() {
+        let mut s = PageSet::default();
+        s.insert(10, 20);
+        s.insert(30, 40);
+        assert!(s.contains(10) && s.contains(20) && !s.contains(21) && s.contains(35));
+        s.remove(15, 32);
+        assert!(s.contains(14) && !s.contains(15) && !s.contains(32) && s.contains(33));
+        assert_eq!(s.len(), 5 + 8);
+        s.insert(0, 100);
+        assert_eq!(s.len(), 101);
+        s.remove(0, 100);
+        assert_eq!(s.len(), 0);
+    }
+}

@@ -1,0 +1,246 @@
+//! userfaultfd: catching CPU accesses to pages whose data is not in RAM, and moving pages
+//! in and out of the application's page table atomically.
+//!
+//! The ABI (`linux/userfaultfd.h`) is declared here: the `userfaultfd` crate needs libclang
+//! to build, and the few structs and ioctl numbers are stable kernel ABI.
+
+use super::last_errno;
+use crate::error::{Error, Result};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const UFFD_API: u64 = 0xaa;
+const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+const UFFDIO_WAKE: libc::c_ulong = 0x8010_aa02;
+const UFFDIO_ZEROPAGE: libc::c_ulong = 0xc020_aa04;
+const UFFDIO_MOVE: libc::c_ulong = 0xc028_aa05;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
+const UFFD_FEATURE_MOVE: u64 = 1 << 16;
+const UFFDIO_MOVE_MODE_DONTWAKE: u64 = 1 << 0;
+const UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES: u64 = 1 << 1;
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1;
+const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioZeropage {
+    range: UffdioRange,
+    mode: u64,
+    zeropage: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioMove {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    moved: i64,
+}
+
+/// `struct uffd_msg` (32 bytes): the event, then a union whose page-fault arm is
+/// `{ flags, address, ptid }`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct UffdMsg {
+    event: u8,
+    reserved1: u8,
+    reserved2: u16,
+    reserved3: u32,
+    flags: u64,
+    address: u64,
+    ptid: u32,
+    pad: u32,
+}
+
+/// A page fault reported by userfaultfd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// The faulting address (page aligned by the kernel unless EXACT_ADDRESS).
+    pub addr: usize,
+    /// A write access.
+    pub write: bool,
+    /// The faulting thread.
+    pub tid: u32,
+}
+
+/// A userfaultfd in MISSING mode with `UFFDIO_MOVE`.
+#[derive(Debug)]
+pub struct Uffd {
+    fd: OwnedFd,
+    wake: OwnedFd,
+}
+
+fn ioctl<T>(fd: &OwnedFd, req: libc::c_ulong, arg: &mut T) -> std::result::Result<(), i32> {
+    // SAFETY: every request used in this module reads and writes exactly one `T`, the
+    // `#[repr(C)]` struct the kernel defines for it, which `arg` points at.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req, arg as *mut T) };
+    if r == 0 { Ok(()) } else { Err(last_errno()) }
+}
+
+impl Uffd {
+    /// Opens a userfaultfd for this process's user-mode faults and negotiates the API.
+    /// Faults taken inside the kernel on the application's behalf (`read(2)` into a
+    /// buffer) are delivered too when the process may handle them (root here).
+    pub fn new() -> Result<Self> {
+        let sys = |call: &'static str| move |errno: i32| Error::Sys { call, errno };
+        let open = |flags: libc::c_int| {
+            // SAFETY: the userfaultfd syscall takes only flags and returns a new fd or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+            if fd < 0 { Err(last_errno()) } else { Ok(fd as libc::c_int) }
+        };
+        // All faults first (kernel-mode faults need privilege); user-mode only otherwise.
+        let fd = open(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .or_else(|_| open(libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY))
+            .map_err(sys("userfaultfd"))?;
+        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut api =
+            UffdioApi { api: UFFD_API, features: UFFD_FEATURE_MOVE | UFFD_FEATURE_THREAD_ID, ioctls: 0 };
+        ioctl(&fd, UFFDIO_API, &mut api)
+            .map_err(sys("UFFDIO_API (needs UFFD_FEATURE_MOVE, Linux >= 6.8)"))?;
+        // SAFETY: eventfd takes an initial value and flags and returns a new fd or -1.
+        let w = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if w < 0 {
+            return Err(Error::Sys { call: "eventfd", errno: last_errno() });
+        }
+        // SAFETY: `w` was just returned by the kernel and is owned by nobody else.
+        let wake = unsafe { OwnedFd::from_raw_fd(w) };
+        Ok(Uffd { fd, wake })
+    }
+
+    /// Registers `[addr, addr + len)` for missing-page faults. Registering again an
+    /// interval already registered with this descriptor is harmless.
+    pub fn register(&self, addr: usize, len: usize) -> Result<()> {
+        let mut r = UffdioRegister {
+            range: UffdioRange { start: addr as u64, len: len as u64 },
+            mode: UFFDIO_REGISTER_MODE_MISSING,
+            ioctls: 0,
+        };
+        ioctl(&self.fd, UFFDIO_REGISTER, &mut r)
+            .map_err(|errno| Error::Sys { call: "UFFDIO_REGISTER", errno })
+    }
+
+    /// Maps the zero page over the missing pages of `[addr, addr + len)` and wakes the
+    /// threads waiting there. Pages already present are left alone (EEXIST is success).
+    pub fn zeropage(&self, addr: usize, len: usize) -> Result<()> {
+        let mut z = UffdioZeropage {
+            range: UffdioRange { start: addr as u64, len: len as u64 },
+            mode: 0,
+            zeropage: 0,
+        };
+        match ioctl(&self.fd, UFFDIO_ZEROPAGE, &mut z) {
+            Ok(()) => Ok(()),
+            Err(libc::EEXIST) => self.wake(addr, len),
+            Err(libc::EAGAIN) => self.zeropage(addr, len),
+            Err(errno) => Err(Error::Sys { call: "UFFDIO_ZEROPAGE", errno }),
+        }
+    }
+
+    /// Moves the pages of `[src, src + len)` to `[dst, dst + len)` (which must be missing
+    /// and registered with this descriptor): their page-table entries change places and no
+    /// data is copied. Threads waiting at `dst` are not woken (the caller wakes them once
+    /// its bookkeeping is done). With `allow_holes`, missing source pages are skipped.
+    /// Returns the bytes moved (holes included) and the error that stopped the move early,
+    /// if any (`EBUSY`: a page is shared or pinned).
+    pub fn move_pages(&self, dst: usize, src: usize, len: usize, allow_holes: bool) -> (usize, Option<i32>) {
+        let mut mode = UFFDIO_MOVE_MODE_DONTWAKE;
+        if allow_holes {
+            mode |= UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES;
+        }
+        let mut m = UffdioMove { dst: dst as u64, src: src as u64, len: len as u64, mode, moved: 0 };
+        match ioctl(&self.fd, UFFDIO_MOVE, &mut m) {
+            Ok(()) => (len, None),
+            Err(errno) => ((m.moved.max(0)) as usize, Some(errno)),
+        }
+    }
+
+    /// Wakes the threads waiting on faults in `[addr, addr + len)`.
+    pub fn wake(&self, addr: usize, len: usize) -> Result<()> {
+        let mut r = UffdioRange { start: addr as u64, len: len as u64 };
+        ioctl(&self.fd, UFFDIO_WAKE, &mut r).map_err(|errno| Error::Sys { call: "UFFDIO_WAKE", errno })
+    }
+
+    /// Waits for the next page fault. `Ok(None)` when [`Uffd::shutdown`] was called.
+    pub fn next_fault(&self) -> Result<Option<Fault>> {
+        loop {
+            let mut fds = [
+                libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfd structs for the whole call.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if r < 0 {
+                match last_errno() {
+                    libc::EINTR => continue,
+                    errno => return Err(Error::Sys { call: "poll(userfaultfd)", errno }),
+                }
+            }
+            if fds[1].revents != 0 {
+                return Ok(None);
+            }
+            let mut msg = UffdMsg::default();
+            // SAFETY: reading one `uffd_msg` (32 bytes) into a struct of exactly that size.
+            let n = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    &mut msg as *mut UffdMsg as *mut libc::c_void,
+                    size_of::<UffdMsg>(),
+                )
+            };
+            if n < 0 {
+                match last_errno() {
+                    libc::EAGAIN | libc::EINTR => continue,
+                    errno => return Err(Error::Sys { call: "read(userfaultfd)", errno }),
+                }
+            }
+            if n as usize == size_of::<UffdMsg>() && msg.event == UFFD_EVENT_PAGEFAULT {
+                return Ok(Some(Fault {
+                    addr: msg.address as usize & !(super::PAGE_SIZE - 1),
+                    write: msg.flags & UFFD_PAGEFAULT_FLAG_WRITE != 0,
+                    tid: msg.ptid,
+                }));
+            }
+        }
+    }
+
+    /// Makes [`Uffd::next_fault`] return `None` (to stop the handler thread).
+    pub fn shutdown(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a live u64 to our own eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    }
+}
+
+/// Sends `sig` to thread `tid` of this process (SIGBUS for a CPU fault that cannot be
+/// served, as the kernel does).
+pub fn signal_thread(tid: u32, sig: libc::c_int) {
+    // SAFETY: tgkill only sends a signal; the worst outcome of a stale tid is ESRCH.
+    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::c_int, sig) };
+}
