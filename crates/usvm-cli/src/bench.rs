@@ -25,8 +25,14 @@ pub struct BenchLine {
 type BenchFn = fn(bool) -> Result<BenchLine>;
 
 /// Every benchmark, by name.
-const BENCHES: &[(&str, BenchFn)] =
-    &[("copy_engine", copy_engine), ("set_attr_1e6_vs_1e3", set_attr_scaling)];
+const BENCHES: &[(&str, BenchFn)] = &[
+    ("copy_engine", copy_engine),
+    ("prefetch_to_vram", prefetch_to_vram),
+    ("prefetch_to_sysmem", prefetch_to_sysmem),
+    ("cpu_fault_4k", cpu_fault_4k),
+    ("cpu_fault_stream_2m", cpu_fault_stream_2m),
+    ("set_attr_1e6_vs_1e3", set_attr_scaling),
+];
 
 /// Runs the benchmarks and prints them.
 pub fn run(quick: bool, json: bool, filter: Option<&str>) -> Result<()> {
@@ -120,6 +126,64 @@ fn copy_engine(quick: bool) -> Result<BenchLine> {
     let r = usvm::bench::copy_engine(bytes, reps)?;
     Ok(BenchLine {
         name: "copy_engine",
+        value: r.value,
+        unit: "GB/s",
+        floor: r.floor,
+        ratio: r.value / r.floor,
+    })
+}
+
+/// Size and repetitions of the migration benchmarks.
+fn mig_size(quick: bool) -> (usize, usize) {
+    if quick { (64 << 20, 3) } else { (256 << 20, 5) }
+}
+
+/// `prefetch_to_vram`: 256 MiB populated range to VRAM, throughput / memcpy. Goal >= 0.6.
+fn prefetch_to_vram(quick: bool) -> Result<BenchLine> {
+    let (bytes, reps) = mig_size(quick);
+    let (up, _) = usvm::bench::prefetch(bytes, reps)?;
+    Ok(BenchLine {
+        name: "prefetch_to_vram",
+        value: up.value,
+        unit: "GB/s",
+        floor: up.floor,
+        ratio: up.value / up.floor,
+    })
+}
+
+/// `prefetch_to_sysmem`: the same range back to RAM, throughput / memcpy. Goal >= 0.6.
+fn prefetch_to_sysmem(quick: bool) -> Result<BenchLine> {
+    let (bytes, reps) = mig_size(quick);
+    let (_, down) = usvm::bench::prefetch(bytes, reps)?;
+    Ok(BenchLine {
+        name: "prefetch_to_sysmem",
+        value: down.value,
+        unit: "GB/s",
+        floor: down.floor,
+        ratio: down.value / down.floor,
+    })
+}
+
+/// `cpu_fault_4k`: median latency of a CPU fault on a VRAM page (granularity 0) / median
+/// bare userfaultfd round trip. Goal <= 1.5.
+fn cpu_fault_4k(quick: bool) -> Result<BenchLine> {
+    let r = usvm::bench::cpu_fault_4k(if quick { 500 } else { 2000 })?;
+    Ok(BenchLine {
+        name: "cpu_fault_4k",
+        value: r.value,
+        unit: "us",
+        floor: r.floor,
+        ratio: r.value / r.floor,
+    })
+}
+
+/// `cpu_fault_stream_2m`: CPU reads of a 256 MiB VRAM-resident range with 2 MiB granules,
+/// throughput / memcpy. Goal >= 0.5.
+fn cpu_fault_stream_2m(quick: bool) -> Result<BenchLine> {
+    let (bytes, reps) = mig_size(quick);
+    let r = usvm::bench::cpu_fault_stream(bytes, reps)?;
+    Ok(BenchLine {
+        name: "cpu_fault_stream_2m",
         value: r.value,
         unit: "GB/s",
         floor: r.floor,

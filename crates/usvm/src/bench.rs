@@ -61,3 +61,111 @@ pub fn copy_engine(bytes: usize, reps: usize) -> Result<Ratio> {
     sys::mmap::unmap(dst, bytes)?;
     Ok(Ratio { value: median(eng), floor: median(cpy) })
 }
+
+/// Single-thread memcpy throughput (GB/s) of `bytes`, populated source and destination.
+fn memcpy_gbps(bytes: usize, reps: usize) -> Result<f64> {
+    let src = sys::mmap::reserve(bytes)?;
+    let dst = sys::mmap::reserve(bytes)?;
+    sys::mmap::fill(src, bytes, 1);
+    sys::mmap::fill(dst, bytes, 2);
+    let mut v = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        sys::mmap::copy(dst, src, bytes);
+        v.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    sys::mmap::unmap(src, bytes)?;
+    sys::mmap::unmap(dst, bytes)?;
+    Ok(median(v))
+}
+
+/// `prefetch_to_vram` and `prefetch_to_sysmem`: SET_ATTR(PREFETCH_LOC) of a populated
+/// range of `bytes` to the GPU and back, against memcpy of the same size in the same run.
+pub fn prefetch(bytes: usize, reps: usize) -> Result<(Ratio, Ratio)> {
+    use crate::{Attr, Location, Svm};
+    let svm = Svm::builder().gpus(1).vram_bytes(2 * bytes as u64).build()?;
+    let g = svm.gpu_ids()[0];
+    let buf = svm.alloc(bytes)?;
+    buf.fill(0, bytes, 0x77);
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    let gbps = |t: Instant| bytes as f64 / t.elapsed().as_secs_f64() / 1e9;
+    for _ in 0..reps {
+        let t = Instant::now();
+        svm.set_attr(buf.addr(), bytes, &[Attr::PrefetchLoc(Location::Gpu(g))])?;
+        up.push(gbps(t));
+        let t = Instant::now();
+        svm.set_attr(buf.addr(), bytes, &[Attr::PrefetchLoc(Location::Sysmem)])?;
+        down.push(gbps(t));
+    }
+    let floor = memcpy_gbps(bytes, reps)?;
+    Ok((Ratio { value: median(up), floor }, Ratio { value: median(down), floor }))
+}
+
+/// `cpu_fault_4k`: median latency (us) of a CPU touch of a page whose data is in VRAM,
+/// granularity 0, against the median latency of a bare userfaultfd fault round trip with
+/// the same mechanism (a handler thread blocking in poll/read, resolving with a zero page).
+pub fn cpu_fault_4k(pages: usize) -> Result<Ratio> {
+    use crate::{Attr, Location, Svm};
+    let bytes = pages * PAGE_SIZE;
+    let svm = Svm::builder().gpus(1).vram_bytes((bytes as u64).max(64 << 20)).build()?;
+    let g = svm.gpu_ids()[0];
+    let buf = svm.alloc(bytes)?;
+    buf.fill(0, bytes, 1);
+    svm.set_attr(buf.addr(), bytes, &[Attr::Granularity(0), Attr::PrefetchLoc(Location::Gpu(g))])?;
+    // The floor: the same mechanism with nothing around it.
+    let uffd = std::sync::Arc::new(crate::sys::uffd::Uffd::new()?);
+    let region = sys::mmap::reserve(bytes)?;
+    uffd.register(region, bytes)?;
+    let u = uffd.clone();
+    let handler = std::thread::spawn(move || {
+        while let Ok(Some(f)) = u.next_fault() {
+            let _ = u.zeropage(f.addr, PAGE_SIZE);
+        }
+    });
+    // Alternate the two, so that both see the same machine (these VMs are noisy).
+    let (mut lat, mut bare) = (Vec::with_capacity(pages), Vec::with_capacity(pages));
+    let mut b = [0u8; 1];
+    for i in 0..pages {
+        let t = Instant::now();
+        buf.read_at(i * PAGE_SIZE, std::hint::black_box(&mut b));
+        std::hint::black_box(&b);
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        let t = Instant::now();
+        sys::mmap::copy_from(region + i * PAGE_SIZE, std::hint::black_box(&mut b));
+        std::hint::black_box(&b);
+        bare.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let value = median(lat);
+    uffd.shutdown();
+    let _ = handler.join();
+    sys::mmap::unmap(region, bytes)?;
+    Ok(Ratio { value, floor: median(bare) })
+}
+
+/// `cpu_fault_stream_2m`: the CPU reads (a sum over every 8-byte word) a VRAM-resident
+/// range of `bytes` with the default 2 MiB granularity, each granule a CPU fault, against
+/// memcpy of the same size measured in the same run.
+pub fn cpu_fault_stream(bytes: usize, reps: usize) -> Result<Ratio> {
+    use crate::{Attr, Location, Svm};
+    let svm = Svm::builder().gpus(1).vram_bytes(2 * bytes as u64).build()?;
+    let g = svm.gpu_ids()[0];
+    let buf = svm.alloc(bytes)?;
+    buf.fill(0, bytes, 3);
+    let mut v = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    for _ in 0..reps {
+        svm.set_attr(buf.addr(), bytes, &[Attr::PrefetchLoc(Location::Gpu(g))])?;
+        let t = Instant::now();
+        let mut sum = 0u64;
+        for off in (0..bytes).step_by(chunk.len()) {
+            buf.read_at(off, &mut chunk);
+            sum = chunk
+                .chunks_exact(8)
+                .fold(sum, |a, w| a.wrapping_add(u64::from_ne_bytes(w.try_into().unwrap())));
+        }
+        std::hint::black_box(sum);
+        v.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    let floor = memcpy_gbps(bytes, reps)?;
+    Ok(Ratio { value: median(v), floor })
+}

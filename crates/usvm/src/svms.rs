@@ -455,8 +455,8 @@ impl SvmInner {
         }
         let (key, g) = (r.start, r.attrs.granularity);
         let (first, last) = policy::granule_extent(page, g, r.start, r.last);
-        migrate::to_ram(self, st, key, first, last, MigrateTrigger::PagefaultCpu)?;
-        self.engine.uffd.wake(addr, PAGE_SIZE)
+        // The migration wakes the threads waiting in the granule once it is done.
+        migrate::to_ram(self, st, key, first, last, MigrateTrigger::PagefaultCpu).map(|_| ())
     }
 
     /// Where each of `n` pages from `page` lives.

@@ -33,7 +33,10 @@ pub struct CpuFaultHandler {
 
 fn serve_slow(inner: &SvmInner, page: PageNo, f: Fault, st: &mut crate::svms::SvmState) {
     if inner.cpu_fault(st, page).is_err() {
+        // As the kernel does when migrate_to_ram fails: SIGBUS, then let the thread run
+        // into it (a thread left waiting would hang forever).
         signal_thread(f.tid, libc::SIGBUS);
+        let _ = inner.engine.uffd.wake(f.addr, PAGE_SIZE);
     }
 }
 

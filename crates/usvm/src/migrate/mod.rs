@@ -51,15 +51,33 @@ pub const VRAM_TO_VRAM_TRIES: u32 = 3;
 /// Pages moved per staging batch (64 MiB).
 pub const STAGING_PAGES: u64 = 16384;
 
+/// Largest number of RAM pages kept for reuse after migrations to VRAM (256 MiB).
+pub const POOL_PAGES: u64 = 65536;
+/// Batches smaller than this (a 2 MiB huge page) use 4 KiB staging pages.
+pub const SMALL_BATCH_PAGES: u64 = 512;
+
 /// The engine's process-side resources of one instance.
+///
+/// RAM pages freed by a migration to VRAM are not given back to the kernel at once: up
+/// to [`POOL_PAGES`] of them wait in `pool` (moved there, page-table entries only) and
+/// become the fresh RAM pages of the next migration back, which then costs one copy
+/// instead of zeroing new pages and copying. Staging areas use transparent huge pages, so
+/// that aligned 2 MiB pieces move as one page-table entry.
 #[derive(Debug)]
 pub struct Engine {
-    /// The userfaultfd watching migrated ranges and `staging_out`.
+    /// The userfaultfd watching migrated ranges, `staging_out` and `pool`.
     pub uffd: Arc<Uffd>,
     /// Registered with `uffd`, empty between batches: receives collected pages.
     staging_out: usize,
-    /// Not registered: fresh RAM pages are populated here before moving in.
+    /// Not registered: fresh RAM pages for large batches are populated here.
     staging_in: usize,
+    /// Not registered, 4 KiB pages: fresh RAM pages for small batches (CPU faults).
+    staging_small: usize,
+    /// Registered: populated RAM pages kept for reuse, `[0, pool_level)` full.
+    pool: usize,
+    pool_level: Mutex<u64>,
+    /// `staging_small` holds populated pages at `[small_level, SMALL_BATCH_PAGES)`.
+    small_level: Mutex<u64>,
     /// Pages whose data usvm moved out of the application's RAM (or is moving).
     out: Mutex<PageSet>,
     /// Fault injection: the next N page collections fail as if the page were busy.
@@ -67,22 +85,75 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the userfaultfd and maps the staging areas.
+    /// Opens the userfaultfd and maps the staging areas (address space only).
     pub fn new() -> Result<Self> {
         let uffd = Arc::new(Uffd::new()?);
         let bytes = STAGING_PAGES as usize * PAGE_SIZE;
+        let pool_bytes = POOL_PAGES as usize * PAGE_SIZE;
+        let small_bytes = SMALL_BATCH_PAGES as usize * PAGE_SIZE;
         let staging_out = sys::mmap::map_anon_aligned(bytes, 2 << 20)?;
         let staging_in = sys::mmap::map_anon_aligned(bytes, 2 << 20)?;
+        let staging_small = sys::mmap::map_anon_aligned(small_bytes, 2 << 20)?;
+        let pool = sys::mmap::map_anon_aligned(pool_bytes, 2 << 20)?;
         sys::mmap::advise_hugepages(staging_out, bytes);
         sys::mmap::advise_hugepages(staging_in, bytes);
+        sys::mmap::advise_hugepages(pool, pool_bytes);
+        sys::mmap::advise_no_hugepages(staging_small, small_bytes);
         uffd.register(staging_out, bytes)?;
+        uffd.register(pool, pool_bytes)?;
         Ok(Engine {
             uffd,
             staging_out,
             staging_in,
+            staging_small,
+            pool,
+            pool_level: Mutex::new(0),
+            small_level: Mutex::new(0),
             out: Mutex::new(PageSet::default()),
             inject_busy: AtomicU64::new(0),
         })
+    }
+
+    /// Frees the `n` pages at the start of `staging_out` (all populated): into the pool
+    /// when there is room, else back to the kernel.
+    fn release_staging_out(&self, n: u64, all_populated: bool) -> Result<()> {
+        let bytes = n as usize * PAGE_SIZE;
+        let mut level = self.pool_level.lock();
+        let aligned = !n.is_multiple_of(SMALL_BATCH_PAGES) || level.is_multiple_of(SMALL_BATCH_PAGES);
+        if all_populated && aligned && *level + n <= POOL_PAGES {
+            let dst = self.pool + *level as usize * PAGE_SIZE;
+            let (done, err) = self.uffd.move_pages(dst, self.staging_out, bytes, false);
+            *level += (done / PAGE_SIZE) as u64;
+            if err.is_none() {
+                return Ok(());
+            }
+        }
+        sys::mmap::discard(self.staging_out, bytes)
+    }
+
+    /// `n` populated RAM pages to copy into, which the caller moves into the application
+    /// (leaving the area empty): the top of the pool when it holds enough; for small
+    /// batches, the top of `staging_small`, populated 512 pages at a time (one system call
+    /// for many CPU faults); else fresh pages in `staging_in`.
+    fn fresh_pages(&self, n: u64) -> Result<usize> {
+        let mut level = self.pool_level.lock();
+        if *level >= n && (n < SMALL_BATCH_PAGES || (*level - n).is_multiple_of(SMALL_BATCH_PAGES)) {
+            *level -= n;
+            return Ok(self.pool + *level as usize * PAGE_SIZE);
+        }
+        drop(level);
+        if n < SMALL_BATCH_PAGES {
+            let mut small = self.small_level.lock();
+            if *small < n {
+                // Refill the emptied bottom part; pages above `small` are still populated.
+                sys::mmap::populate(self.staging_small, (SMALL_BATCH_PAGES - *small) as usize * PAGE_SIZE)?;
+                *small = SMALL_BATCH_PAGES;
+            }
+            *small -= n;
+            return Ok(self.staging_small + *small as usize * PAGE_SIZE);
+        }
+        sys::mmap::populate(self.staging_in, n as usize * PAGE_SIZE)?;
+        Ok(self.staging_in)
     }
 
     /// Resolves a CPU fault on `page` if its data is in RAM (never populated, or dropped
@@ -103,6 +174,8 @@ impl Drop for Engine {
         let bytes = STAGING_PAGES as usize * PAGE_SIZE;
         let _ = sys::mmap::unmap(self.staging_out, bytes);
         let _ = sys::mmap::unmap(self.staging_in, bytes);
+        let _ = sys::mmap::unmap(self.staging_small, SMALL_BATCH_PAGES as usize * PAGE_SIZE);
+        let _ = sys::mmap::unmap(self.pool, POOL_PAGES as usize * PAGE_SIZE);
     }
 }
 
@@ -436,7 +509,10 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
                     }
                 }
             }
-            sys::mmap::discard(eng.staging_out, n as usize * PAGE_SIZE)?;
+            // Pages copied back after a failed chunk, or never collected, leave holes:
+            // only a batch without holes may feed the pool.
+            let full = (0..n).all(|i| ok[i as usize] && has[i as usize]);
+            eng.release_staging_out(n, full)?;
             bs = bl + 1;
         }
     }
@@ -463,14 +539,18 @@ pub fn to_ram(
     let mut page = first;
     while page <= last {
         let addr = (page << PAGE_SHIFT) as usize;
-        let v = match vma::lookup(addr, false) {
-            Ok(Some(v)) => v,
-            _ => {
-                result = Err(Error::NotMapped { addr: addr as u64 });
-                break;
+        // A single page is its own VMA piece (a CPU fault at granularity 0): skip the walk.
+        let end = if page == last {
+            page
+        } else {
+            match vma::lookup(addr, false) {
+                Ok(Some(v)) => ((v.end >> PAGE_SHIFT) as PageNo - 1).min(last),
+                _ => {
+                    result = Err(Error::NotMapped { addr: addr as u64 });
+                    break;
+                }
             }
         };
-        let end = ((v.end >> PAGE_SHIFT) as PageNo - 1).min(last);
         let locs = (r.attrs.prefetch_loc.to_raw(), r.attrs.preferred_loc.to_raw());
         match piece_events(inner, locs, (page, end), (id, 0), trigger, || {
             piece_to_ram(inner, r, g, page, end)
@@ -487,7 +567,8 @@ pub fn to_ram(
     }
     restore(inner, r, inv, xnack);
     // Only now, with the bookkeeping done, may the threads that faulted on these pages go on.
-    let _ = inner.engine.uffd.wake((first << PAGE_SHIFT) as usize, ((last - first + 1) << PAGE_SHIFT) as usize);
+    let _ =
+        inner.engine.uffd.wake((first << PAGE_SHIFT) as usize, ((last - first + 1) << PAGE_SHIFT) as usize);
     result.map(|()| moved)
 }
 
@@ -503,14 +584,11 @@ fn piece_to_ram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: Pa
             let bl = rl.min(bs + STAGING_PAGES - 1);
             let n = bl - bs + 1;
             let bytes = n as usize * PAGE_SIZE;
-            // --- setup: fresh RAM pages.
-            sys::mmap::populate(eng.staging_in, bytes)?;
+            // --- setup: fresh RAM pages (from the pool when it has them).
+            let fresh = eng.fresh_pages(n)?;
             // --- pages: copy VRAM -> the new RAM pages.
             let ops = merge_ops((0..n).map(|i| {
-                (
-                    backing.bo.host_addr(backing.offset + (bs + i - r.start)),
-                    eng.staging_in + i as usize * PAGE_SIZE,
-                )
+                (backing.bo.host_addr(backing.offset + (bs + i - r.start)), fresh + i as usize * PAGE_SIZE)
             }));
             let (arrived, copy_err) = dev.sdma.copy(&ops).wait();
             // --- finalize: move the copies into the application, drop the VRAM pages
@@ -518,7 +596,7 @@ fn piece_to_ram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: Pa
             let mut i = 0u64;
             while i < arrived {
                 let dst = ((bs + i) << PAGE_SHIFT) as usize;
-                let src = eng.staging_in + i as usize * PAGE_SIZE;
+                let src = fresh + i as usize * PAGE_SIZE;
                 let (done, err) = eng.uffd.move_pages(dst, src, (arrived - i) as usize * PAGE_SIZE, false);
                 let mut now_in_ram = (done / PAGE_SIZE) as u64;
                 match err {
@@ -530,7 +608,7 @@ fn piece_to_ram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: Pa
                         now_in_ram += 1;
                     }
                     Some(errno) => {
-                        sys::mmap::discard(eng.staging_in, bytes)?;
+                        sys::mmap::discard(fresh, bytes)?;
                         return Err(Error::Sys { call: "UFFDIO_MOVE", errno });
                     }
                 }
@@ -541,7 +619,10 @@ fn piece_to_ram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: Pa
                 i += now_in_ram;
             }
             moved += arrived;
-            sys::mmap::discard(eng.staging_in, bytes)?;
+            // Whatever did not move in (a failed copy chunk) is dropped, leaving the area empty.
+            if arrived < n {
+                sys::mmap::discard(fresh + arrived as usize * PAGE_SIZE, (n - arrived) as usize * PAGE_SIZE)?;
+            }
             copy_err?;
             bs = bl + 1;
         }

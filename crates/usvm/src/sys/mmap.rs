@@ -134,6 +134,12 @@ pub fn advise_hugepages(addr: usize, len: usize) {
     unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
 }
 
+/// Asks for no transparent huge pages on `[addr, addr + len)` (`MADV_NOHUGEPAGE`).
+pub fn advise_no_hugepages(addr: usize, len: usize) {
+    // SAFETY: a hint on a mapping usvm owns; it never invalidates memory.
+    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
+}
+
 /// Gives the pages of `[addr, addr + len)` back to the kernel (`MADV_DONTNEED`); they read
 /// as zero afterwards. The interval must be private anonymous memory owned by usvm.
 pub fn discard(addr: usize, len: usize) -> Result<()> {

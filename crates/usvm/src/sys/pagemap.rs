@@ -9,10 +9,10 @@ use std::sync::Mutex;
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
 
-static PAGEMAP: Mutex<Option<(u32, std::sync::Arc<OwnedFd>)>> = Mutex::new(None);
+static PAGEMAP: Mutex<Option<(u64, std::sync::Arc<OwnedFd>)>> = Mutex::new(None);
 
 fn fd() -> Result<std::sync::Arc<OwnedFd>> {
-    let pid = std::process::id();
+    let pid = super::fork_generation();
     let mut g = PAGEMAP.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((p, f)) = g.as_ref().filter(|(p, _)| *p == pid) {
         let _ = p;

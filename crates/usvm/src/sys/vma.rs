@@ -84,7 +84,7 @@ struct ProcmapQuery {
 
 /// An open `/proc/self/maps`, remembered per process (a forked child opens its own).
 struct MapsFd {
-    pid: u32,
+    pid: u64,
     fd: OwnedFd,
     query: bool,
 }
@@ -92,7 +92,7 @@ struct MapsFd {
 static MAPS: Mutex<Option<std::sync::Arc<MapsFd>>> = Mutex::new(None);
 
 fn maps_fd() -> Result<std::sync::Arc<MapsFd>, i32> {
-    let pid = std::process::id();
+    let pid = super::fork_generation();
     let mut g = MAPS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(m) = g.as_ref().filter(|m| m.pid == pid) {
         return Ok(m.clone());
