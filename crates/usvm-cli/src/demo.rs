@@ -80,6 +80,7 @@ pub fn run() -> Result<()> {
     );
 
     step(2, "SET_ATTR over the whole buffer: ACCESS for both GPUs, PREFERRED_LOC = GPU 1111");
+    println!("(no migration: GPU 2222 maps the range too and could not reach 1111's VRAM)");
     svm.set_attr(
         base,
         buf.len(),
@@ -149,9 +150,108 @@ pub fn run() -> Result<()> {
         println!("  {what:<26} -> errno {:>2} ({e})", e.errno());
     }
     assert_eq!(before, svm.ranges().len());
-    let mut check = [0u8; 4];
-    buf.read_at(9 * MIB, &mut check);
-    println!("\nthe CPU's data is untouched: {check:02x?}; {} ranges in all", svm.range_count());
-    println!("next steps of usvm (see the issues): emulated GPUs, migration to VRAM, CPU and GPU faults");
+    drop(buf);
+    seed(&svm)
+}
+
+/// The KFD SMI lines of the events that arrived, indented.
+fn show_events(ev: &usvm::EventStream) {
+    for e in ev.try_iter() {
+        println!("    {e}");
+    }
+}
+
+/// Part two: the seed, end to end, on a fresh buffer.
+fn seed(svm: &Svm) -> Result<()> {
+    const MIB: usize = 1 << 20;
+    let [g1, _g2] = svm.gpu_ids()[..] else { unreachable!("two GPUs") };
+    println!("\n=== The seed: migration between RAM and VRAM on the application's own memory ===");
+    step(7, "the CPU writes an 8 MiB range: 'hello from the CPU' at the start of every 4 KiB page");
+    let buf = svm.alloc(8 * MIB)?;
+    let base = buf.addr();
+    for p in 0..buf.len() / 4096 {
+        buf.write_at(p * 4096, format!("hello from the CPU, page {p:4}").as_bytes());
+    }
+    svm.set_attr(base, buf.len(), &[Attr::Access(g1)])?;
+    println!("residency: {}", residency_line(svm, base, buf.len()));
+
+    step(8, "SET_ATTR PREFERRED_LOC = GPU 1111 on the same address and size: the seed migrates the range");
+    let ev = svm.subscribe();
+    svm.set_attr(base, buf.len(), &[Attr::PreferredLoc(Location::Gpu(g1))])?;
+    println!("  events (KFD SMI text: id, ns, -pid, @page(pages) from->to prefetch:preferred trigger):");
+    show_events(&ev);
+    println!("residency: {}", residency_line(svm, base, buf.len()));
+
+    step(9, "a GPU kernel on 1111 reads every page from VRAM and appends ' + GPU'");
+    let q = svm.create_queue(g1)?;
+    let pages = buf.len() / 4096;
+    q.submit(move |ctx| {
+        for p in 0..pages {
+            let a = base + p * 4096;
+            let mut text = [0u8; 29];
+            ctx.read(a, &mut text)?;
+            if !text.starts_with(b"hello from the CPU") {
+                return Err(usvm::Error::KernelPanic(format!("page {p}: unexpected data")));
+            }
+            ctx.write(a + 29, b" + GPU")?;
+        }
+        Ok(())
+    })
+    .wait()?;
+    println!("kernel done; the data never left VRAM: {}", residency_line(svm, base, buf.len()));
+
+    step(10, "the CPU reads page 700 (offset 2.7 MiB): a CPU page fault brings its 2 MiB granule back");
+    let mut text = [0u8; 35];
+    buf.read_at(700 * 4096, &mut text);
+    println!("  the CPU read: {:?}", String::from_utf8_lossy(&text));
+    show_events(&ev);
+    println!("residency: {}", residency_line(svm, base, buf.len()));
+
+    step(11, "PREFETCH_LOC = system memory: everything still in VRAM comes back");
+    svm.set_attr(base, buf.len(), &[Attr::PrefetchLoc(Location::Sysmem)])?;
+    show_events(&ev);
+    println!("residency: {}", residency_line(svm, base, buf.len()));
+    let mut ok = 0;
+    for p in 0..pages {
+        buf.read_at(p * 4096, &mut text);
+        ok += usize::from(text.starts_with(b"hello from the CPU") && text.ends_with(b" + GPU"));
+    }
+    println!("pages with the CPU's text and the GPU's addition: {ok} of {pages}");
+
+    step(12, "counters and ranges");
+    let mut t = Table::new(&["gpu", "page_in", "page_out", "faults", "VRAM used"]);
+    for (g, snap) in svm.gpu_ids().iter().zip(svm.smi()) {
+        let c = svm.counters(*g);
+        t.row(vec![
+            g.to_string(),
+            c.page_in.to_string(),
+            c.page_out.to_string(),
+            c.faults.to_string(),
+            bytes(snap.vram_used as usize),
+        ]);
+    }
+    print!("{}", t.render());
+    show_ranges(svm, base);
+    println!(
+        "\nnext for usvm (see the issues): GPU faults and eviction in full, the CLI's workloads, soak tests"
+    );
     Ok(())
+}
+
+/// One character per 64 KiB of `[base, base + len)`: '.' unpopulated, 's' system
+/// memory, 'V' VRAM (of any GPU), 'm' mixed.
+fn residency_line(svm: &Svm, base: usize, len: usize) -> String {
+    let res = svm.residency(base, len / 4096);
+    let mut out = String::new();
+    for chunk in res.chunks(16) {
+        let v = chunk.iter().filter(|r| matches!(r, usvm::Residency::Vram(_))).count();
+        let s = chunk.iter().filter(|r| matches!(r, usvm::Residency::Sysmem)).count();
+        out.push(match (v, s) {
+            (0, 0) => '.',
+            (0, _) => 's',
+            (_, 0) => 'V',
+            _ => 'm',
+        });
+    }
+    out
 }

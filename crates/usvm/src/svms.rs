@@ -186,8 +186,9 @@ impl SvmInner {
 
     /// `svm_range_trigger_migration` for the range starting at `s`, plus the seed's rule:
     /// a PREFERRED_LOC change from system (or undefined) to a GPU migrates the range to
-    /// that GPU, from a GPU to system migrates it back (unless the call prefetches, or the
-    /// instance was built with `migrate_on_preferred_loc(false)`). Returns whether a
+    /// that GPU (downgraded to system memory, as a prefetch is, when a GPU mapping the range
+    /// is outside the target's hive), from a GPU to system migrates it back (unless the call
+    /// prefetches, or the instance was built with `migrate_on_preferred_loc(false)`). Returns whether a
     /// migration ran; errors going to system memory are returned, failures to VRAM are not.
     fn trigger_migration(
         &self,
@@ -209,7 +210,13 @@ impl SvmInner {
         let new_pref = r.attrs.preferred_loc;
         let seed = if self.migrate_on_preferred_loc && !asks_prefetch && new_pref != old_pref {
             match (old_pref, new_pref) {
-                (Location::Sysmem | Location::Undefined, Location::Gpu(_)) => Some(new_pref),
+                // Like a prefetch, never to a GPU that another mapping GPU cannot reach.
+                (Location::Sysmem | Location::Undefined, Location::Gpu(g)) => {
+                    let target = self.gpu_idx(g.0).expect("checked GPU");
+                    let mut a = r.attrs;
+                    a.prefetch_loc = new_pref;
+                    Some(policy::best_prefetch_location(&a, target, xnack, |x, y| self.devs.same_hive(x, y)))
+                }
                 (Location::Gpu(_), Location::Sysmem) => Some(Location::Sysmem),
                 _ => None,
             }

@@ -447,3 +447,52 @@ fn concurrent_stores_during_migrations_lose_nothing() {
         }
     }
 }
+
+/// Memory the engine cannot migrate (a shared mapping, a file mapping) stays in place and
+/// remains usable by the CPU and the GPU; the prefetch still reports its (empty) piece.
+#[test]
+fn unmigratable_memory_stays_in_place() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let sh = Mapping::with(2 * MIB, 2 * MIB, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1);
+    // SAFETY: the shared mapping is ours and writable.
+    unsafe { std::ptr::write_bytes(sh.addr as *mut u8, 0x42, 2 * MIB) };
+    let ev = svm.subscribe();
+    svm.set_attr(sh.addr, 2 * MIB, &[Attr::Access(g1), Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+    let t: Vec<String> = texts(&ev).iter().map(|t| fields(t)).collect();
+    let page = sh.addr >> 12;
+    assert!(t.contains(&format!("6 @{page:x}(200) 0->1111 0 0")), "{t:?}");
+    assert_eq!(svm.ranges()[0].vram_pages, 0);
+    assert!(svm.residency(sh.addr, 512).iter().all(|r| *r == Residency::Sysmem));
+    let mut b = [0u8; 8];
+    svm.gpu_read(g1, sh.addr + MIB, &mut b).unwrap();
+    assert_eq!(b, [0x42; 8]);
+    svm.gpu_write(g1, sh.addr, &[7; 8]).unwrap();
+    // SAFETY: reading our own mapping.
+    assert_eq!(unsafe { *(sh.addr as *const u8) }, 7);
+}
+
+/// Several instances migrate their own memory at the same time, each with its own fault
+/// handler, without touching each other.
+#[test]
+fn instances_migrate_side_by_side() {
+    std::thread::scope(|s| {
+        for k in 0..3u8 {
+            s.spawn(move || {
+                let svm = Svm::builder().gpus(1).vram_bytes(64 << 20).build().unwrap();
+                let g = svm.gpu_ids()[0];
+                let buf = svm.alloc(4 * MIB).unwrap();
+                let data = pattern(4 * MIB, k);
+                buf.write_at(0, &data);
+                for round in 0..5 {
+                    let loc = if round % 2 == 0 { Location::Gpu(g) } else { Location::Sysmem };
+                    svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(loc)]).unwrap();
+                    let mut back = vec![0u8; 4 * MIB];
+                    buf.read_at(0, &mut back); // faults its way back when in VRAM
+                    assert!(back == data, "instance {k} round {round}");
+                }
+                assert_eq!(svm.counters(g).page_in, 3 * 1024);
+            });
+        }
+    });
+}

@@ -143,7 +143,8 @@ impl Model {
         let is_gpu = |v: u32| v != 0 && v != UNDEF;
         let seed = if !asks_prefetch && m.pref != old_pref {
             if (old_pref == 0 || old_pref == UNDEF) && is_gpu(m.pref) {
-                Some(m.pref)
+                let cands = if self.xnack { m.aip } else { m.access | m.aip };
+                Some(if cands & !self.bit(m.pref) != 0 { 0 } else { m.pref })
             } else if is_gpu(old_pref) && m.pref == 0 {
                 Some(0)
             } else {
