@@ -22,6 +22,18 @@ pub struct BenchLine {
     pub ratio: f64,
 }
 
+impl BenchLine {
+    /// A line from a value and its floor; the ratio is `value / floor`.
+    fn new(name: &'static str, unit: &'static str, value: f64, floor: f64) -> Self {
+        BenchLine { name, value, unit, floor, ratio: value / floor }
+    }
+
+    /// A line from a measured [`usvm::bench::Ratio`].
+    fn of(name: &'static str, unit: &'static str, r: usvm::bench::Ratio) -> Self {
+        Self::new(name, unit, r.value, r.floor)
+    }
+}
+
 type BenchFn = fn(bool) -> Result<BenchLine>;
 
 /// Every benchmark, by name.
@@ -116,7 +128,7 @@ fn set_attr_scaling(quick: bool) -> Result<BenchLine> {
     };
     let floor = measure(1_000)?;
     let value = measure(1_000_000)?;
-    Ok(BenchLine { name: "set_attr_1e6_vs_1e3", value, unit: "ns/call", floor, ratio: value / floor })
+    Ok(BenchLine::new("set_attr_1e6_vs_1e3", "ns/call", value, floor))
 }
 
 /// `copy_engine`: 256 MiB system memory -> VRAM through the copy engine, against a
@@ -124,13 +136,7 @@ fn set_attr_scaling(quick: bool) -> Result<BenchLine> {
 fn copy_engine(quick: bool) -> Result<BenchLine> {
     let (bytes, reps) = if quick { (64 << 20, 5) } else { (256 << 20, 9) };
     let r = usvm::bench::copy_engine(bytes, reps)?;
-    Ok(BenchLine {
-        name: "copy_engine",
-        value: r.value,
-        unit: "GB/s",
-        floor: r.floor,
-        ratio: r.value / r.floor,
-    })
+    Ok(BenchLine::of("copy_engine", "GB/s", r))
 }
 
 /// Size and repetitions of the migration benchmarks.
@@ -142,39 +148,21 @@ fn mig_size(quick: bool) -> (usize, usize) {
 fn prefetch_to_vram(quick: bool) -> Result<BenchLine> {
     let (bytes, reps) = mig_size(quick);
     let (up, _) = usvm::bench::prefetch(bytes, reps)?;
-    Ok(BenchLine {
-        name: "prefetch_to_vram",
-        value: up.value,
-        unit: "GB/s",
-        floor: up.floor,
-        ratio: up.value / up.floor,
-    })
+    Ok(BenchLine::of("prefetch_to_vram", "GB/s", up))
 }
 
 /// `prefetch_to_sysmem`: the same range back to RAM, throughput / memcpy. Goal >= 0.6.
 fn prefetch_to_sysmem(quick: bool) -> Result<BenchLine> {
     let (bytes, reps) = mig_size(quick);
     let (_, down) = usvm::bench::prefetch(bytes, reps)?;
-    Ok(BenchLine {
-        name: "prefetch_to_sysmem",
-        value: down.value,
-        unit: "GB/s",
-        floor: down.floor,
-        ratio: down.value / down.floor,
-    })
+    Ok(BenchLine::of("prefetch_to_sysmem", "GB/s", down))
 }
 
 /// `cpu_fault_4k`: median latency of a CPU fault on a VRAM page (granularity 0) / median
 /// bare userfaultfd round trip. Goal <= 1.5.
 fn cpu_fault_4k(quick: bool) -> Result<BenchLine> {
     let r = usvm::bench::cpu_fault_4k(if quick { 500 } else { 2000 })?;
-    Ok(BenchLine {
-        name: "cpu_fault_4k",
-        value: r.value,
-        unit: "us",
-        floor: r.floor,
-        ratio: r.value / r.floor,
-    })
+    Ok(BenchLine::of("cpu_fault_4k", "us", r))
 }
 
 /// `cpu_fault_stream_2m`: CPU reads of a 256 MiB VRAM-resident range with 2 MiB granules,
@@ -182,11 +170,5 @@ fn cpu_fault_4k(quick: bool) -> Result<BenchLine> {
 fn cpu_fault_stream_2m(quick: bool) -> Result<BenchLine> {
     let (bytes, reps) = mig_size(quick);
     let r = usvm::bench::cpu_fault_stream(bytes, reps)?;
-    Ok(BenchLine {
-        name: "cpu_fault_stream_2m",
-        value: r.value,
-        unit: "GB/s",
-        floor: r.floor,
-        ratio: r.value / r.floor,
-    })
+    Ok(BenchLine::of("cpu_fault_stream_2m", "GB/s", r))
 }

@@ -496,3 +496,31 @@ fn instances_migrate_side_by_side() {
         }
     });
 }
+
+/// A fault outside every usvm range is never swallowed: with an instance holding
+/// VRAM-resident data (its fault handler running), a stray access still kills the process
+/// with SIGSEGV, as it would without usvm. Runs in a child process (this test binary,
+/// started again on this test alone).
+#[test]
+fn stray_fault_still_crashes() {
+    if std::env::var_os("USVM_STRAY_FAULT_CHILD").is_some() {
+        let svm = svm2(false);
+        let g1 = svm.gpu_ids()[0];
+        let buf = svm.alloc(2 * MIB).unwrap();
+        buf.fill(0, buf.len(), 1);
+        svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+        let hole = Mapping::anon(PAGE, PAGE);
+        let addr = hole.addr;
+        drop(hole);
+        // SAFETY: deliberately reading an unmapped address: this child process must die.
+        let v = unsafe { std::ptr::read_volatile(addr as *const u8) };
+        std::process::exit(i32::from(v) + 100); // not reached
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "migrate::stray_fault_still_crashes", "--nocapture", "--test-threads=1"])
+        .env("USVM_STRAY_FAULT_CHILD", "1")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "child ended with {:?}", out.status);
+}
