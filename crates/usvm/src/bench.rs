@@ -45,12 +45,12 @@ pub fn copy_engine(bytes: usize, reps: usize) -> Result<Ratio> {
         });
         at += r.npages;
     }
-    engine.copy_sync(&ops).1?; // commits the VRAM pages before timing
+    engine.copy(&ops).wait().1?; // commits the VRAM pages before timing
     let gbps = |secs: f64| bytes as f64 / secs / 1e9;
     let (mut eng, mut cpy) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         let t = Instant::now();
-        engine.copy_sync(&ops).1?;
+        engine.copy(&ops).wait().1?; // the engine thread alone, as an asynchronous copy
         eng.push(gbps(t.elapsed().as_secs_f64()));
         let t = Instant::now();
         sys::mmap::copy(dst, src, bytes);
@@ -152,18 +152,10 @@ pub fn cpu_fault_stream(bytes: usize, reps: usize) -> Result<Ratio> {
     let buf = svm.alloc(bytes)?;
     buf.fill(0, bytes, 3);
     let mut v = Vec::new();
-    let mut chunk = vec![0u8; 64 << 10];
     for _ in 0..reps {
         svm.set_attr(buf.addr(), bytes, &[Attr::PrefetchLoc(Location::Gpu(g))])?;
         let t = Instant::now();
-        let mut sum = 0u64;
-        for off in (0..bytes).step_by(chunk.len()) {
-            buf.read_at(off, &mut chunk);
-            sum = chunk
-                .chunks_exact(8)
-                .fold(sum, |a, w| a.wrapping_add(u64::from_ne_bytes(w.try_into().unwrap())));
-        }
-        std::hint::black_box(sum);
+        std::hint::black_box(sys::mmap::sum_words(buf.addr(), bytes));
         v.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
     let floor = memcpy_gbps(bytes, reps)?;

@@ -236,7 +236,8 @@ impl Svm {
         (self.inner.max_range_pages as usize) << PAGE_SHIFT
     }
 
-    /// Maps `len` bytes (rounded up to 4 KiB) of anonymous private memory, 2 MiB aligned.
+    /// Maps `len` bytes (rounded up to 4 KiB) of anonymous private memory, aligned to 2 MiB
+    /// and to the maximum range size, so that a buffer up to that size is one SVM range.
     /// The memory is unmapped, and its ranges dropped, when the buffer is dropped.
     pub fn alloc(&self, len: usize) -> Result<SvmBuffer> {
         if len == 0 {
@@ -245,7 +246,10 @@ impl Svm {
         let len = len
             .checked_next_multiple_of(PAGE_SIZE)
             .ok_or(Error::Sys { call: "mmap", errno: libc::ENOMEM })?;
-        let addr = sys::mmap::map_anon_aligned(len, ALLOC_ALIGN)?;
+        // Aligned to the maximum range size too, so that a buffer no larger than that is
+        // one SVM range (gap ranges are cut at its multiples).
+        let align = ALLOC_ALIGN.max(self.max_range_bytes());
+        let addr = sys::mmap::map_anon_aligned(len, align)?;
         // Huge pages let migrations move 2 MiB page-table entries at once.
         sys::mmap::advise_hugepages(addr, len);
         Ok(SvmBuffer { addr, len, owner: Arc::downgrade(&self.inner) })

@@ -53,7 +53,7 @@ pub const STAGING_PAGES: u64 = 16384;
 
 /// Largest number of RAM pages kept for reuse after migrations to VRAM (256 MiB).
 pub const POOL_PAGES: u64 = 65536;
-/// Batches smaller than this (a 2 MiB huge page) use 4 KiB staging pages.
+/// Batches back to RAM smaller than this (a 2 MiB huge page) use `UFFDIO_COPY`.
 pub const SMALL_BATCH_PAGES: u64 = 512;
 
 /// The engine's process-side resources of one instance.
@@ -71,13 +71,9 @@ pub struct Engine {
     staging_out: usize,
     /// Not registered: fresh RAM pages for large batches are populated here.
     staging_in: usize,
-    /// Not registered, 4 KiB pages: fresh RAM pages for small batches (CPU faults).
-    staging_small: usize,
     /// Registered: populated RAM pages kept for reuse, `[0, pool_level)` full.
     pool: usize,
     pool_level: Mutex<u64>,
-    /// `staging_small` holds populated pages at `[small_level, SMALL_BATCH_PAGES)`.
-    small_level: Mutex<u64>,
     /// Pages whose data usvm moved out of the application's RAM (or is moving).
     out: Mutex<PageSet>,
     /// Fault injection: the next N page collections fail as if the page were busy.
@@ -90,25 +86,20 @@ impl Engine {
         let uffd = Arc::new(Uffd::new()?);
         let bytes = STAGING_PAGES as usize * PAGE_SIZE;
         let pool_bytes = POOL_PAGES as usize * PAGE_SIZE;
-        let small_bytes = SMALL_BATCH_PAGES as usize * PAGE_SIZE;
         let staging_out = sys::mmap::map_anon_aligned(bytes, 2 << 20)?;
         let staging_in = sys::mmap::map_anon_aligned(bytes, 2 << 20)?;
-        let staging_small = sys::mmap::map_anon_aligned(small_bytes, 2 << 20)?;
         let pool = sys::mmap::map_anon_aligned(pool_bytes, 2 << 20)?;
         sys::mmap::advise_hugepages(staging_out, bytes);
         sys::mmap::advise_hugepages(staging_in, bytes);
         sys::mmap::advise_hugepages(pool, pool_bytes);
-        sys::mmap::advise_no_hugepages(staging_small, small_bytes);
         uffd.register(staging_out, bytes)?;
         uffd.register(pool, pool_bytes)?;
         Ok(Engine {
             uffd,
             staging_out,
             staging_in,
-            staging_small,
             pool,
             pool_level: Mutex::new(0),
-            small_level: Mutex::new(0),
             out: Mutex::new(PageSet::default()),
             inject_busy: AtomicU64::new(0),
         })
@@ -132,26 +123,15 @@ impl Engine {
     }
 
     /// `n` populated RAM pages to copy into, which the caller moves into the application
-    /// (leaving the area empty): the top of the pool when it holds enough; for small
-    /// batches, the top of `staging_small`, populated 512 pages at a time (one system call
-    /// for many CPU faults); else fresh pages in `staging_in`.
+    /// (leaving the area empty): the top of the pool when it holds enough (keeping it
+    /// huge-page aligned), else fresh pages in `staging_in`.
     fn fresh_pages(&self, n: u64) -> Result<usize> {
         let mut level = self.pool_level.lock();
-        if *level >= n && (n < SMALL_BATCH_PAGES || (*level - n).is_multiple_of(SMALL_BATCH_PAGES)) {
+        if *level >= n && (*level - n).is_multiple_of(SMALL_BATCH_PAGES) {
             *level -= n;
             return Ok(self.pool + *level as usize * PAGE_SIZE);
         }
         drop(level);
-        if n < SMALL_BATCH_PAGES {
-            let mut small = self.small_level.lock();
-            if *small < n {
-                // Refill the emptied bottom part; pages above `small` are still populated.
-                sys::mmap::populate(self.staging_small, (SMALL_BATCH_PAGES - *small) as usize * PAGE_SIZE)?;
-                *small = SMALL_BATCH_PAGES;
-            }
-            *small -= n;
-            return Ok(self.staging_small + *small as usize * PAGE_SIZE);
-        }
         sys::mmap::populate(self.staging_in, n as usize * PAGE_SIZE)?;
         Ok(self.staging_in)
     }
@@ -174,7 +154,6 @@ impl Drop for Engine {
         let bytes = STAGING_PAGES as usize * PAGE_SIZE;
         let _ = sys::mmap::unmap(self.staging_out, bytes);
         let _ = sys::mmap::unmap(self.staging_in, bytes);
-        let _ = sys::mmap::unmap(self.staging_small, SMALL_BATCH_PAGES as usize * PAGE_SIZE);
         let _ = sys::mmap::unmap(self.pool, POOL_PAGES as usize * PAGE_SIZE);
     }
 }
@@ -481,7 +460,7 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
             let ops = merge_ops(
                 copied.iter().map(|&i| (eng.staging_out + i as usize * PAGE_SIZE, bo_addr(bs + i))),
             );
-            let (arrived, _err) = dev.sdma.copy(&ops).wait();
+            let (arrived, _err) = dev.sdma.copy_sync(&ops);
             let mut ok = collected.clone();
             for &i in copied.iter().skip(arrived as usize) {
                 // A failed chunk: the page goes back to the application as it was.
@@ -508,6 +487,17 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
                         out.remove(bs + i, bs + i);
                     }
                 }
+            }
+            // Give back the page tables of every 2 MiB block of the application that is now
+            // wholly out of RAM (CONFIG_PT_RECLAIM frees empty tables on MADV_DONTNEED), so
+            // that the block can come back as one huge page-table entry.
+            let block = SMALL_BATCH_PAGES;
+            let mut b0 = bs.next_multiple_of(block);
+            while b0 + block - 1 <= bl {
+                if (b0..b0 + block).all(|p| ok[(p - bs) as usize]) {
+                    sys::mmap::discard((b0 << PAGE_SHIFT) as usize, block as usize * PAGE_SIZE)?;
+                }
+                b0 += block;
             }
             // Pages copied back after a failed chunk, or never collected, leave holes:
             // only a batch without holes may feed the pool.
@@ -584,13 +574,18 @@ fn piece_to_ram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: Pa
             let bl = rl.min(bs + STAGING_PAGES - 1);
             let n = bl - bs + 1;
             let bytes = n as usize * PAGE_SIZE;
+            if n < SMALL_BATCH_PAGES {
+                moved += small_to_ram(inner, r, g, &backing, bs, n)?;
+                bs = bl + 1;
+                continue;
+            }
             // --- setup: fresh RAM pages (from the pool when it has them).
             let fresh = eng.fresh_pages(n)?;
             // --- pages: copy VRAM -> the new RAM pages.
             let ops = merge_ops((0..n).map(|i| {
                 (backing.bo.host_addr(backing.offset + (bs + i - r.start)), fresh + i as usize * PAGE_SIZE)
             }));
-            let (arrived, copy_err) = dev.sdma.copy(&ops).wait();
+            let (arrived, copy_err) = dev.sdma.copy_sync(&ops);
             // --- finalize: move the copies into the application, drop the VRAM pages
             // (`to_ram` wakes the waiting threads at the end).
             let mut i = 0u64;
@@ -619,13 +614,66 @@ fn piece_to_ram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: Pa
                 i += now_in_ram;
             }
             moved += arrived;
-            // Whatever did not move in (a failed copy chunk) is dropped, leaving the area empty.
-            if arrived < n {
-                sys::mmap::discard(fresh + arrived as usize * PAGE_SIZE, (n - arrived) as usize * PAGE_SIZE)?;
+            // Whatever did not move in (a failed copy chunk) is dropped, leaving the area empty;
+            // a large area also gives back its (now empty) page tables.
+            if arrived < n || n >= SMALL_BATCH_PAGES {
+                sys::mmap::discard(fresh, bytes)?;
             }
             copy_err?;
             bs = bl + 1;
         }
     }
     Ok(moved)
+}
+
+/// VRAM -> RAM of a batch smaller than a huge page (a CPU fault at a small granularity):
+/// per run of contiguous VRAM pages, one `UFFDIO_COPY` allocates the RAM pages, copies
+/// the data and maps them (setup, pages and finalize in one system call, without the TLB
+/// shootdown that moving a staging page out would cost). The copy engine accounts for the
+/// copy, so its fault injection applies as to a chunk.
+fn small_to_ram(
+    inner: &SvmInner,
+    r: &mut SvmRange,
+    g: usize,
+    backing: &VramBacking,
+    bs: PageNo,
+    n: u64,
+) -> Result<u64> {
+    let eng = &inner.engine;
+    let dev = &inner.devs.gpus[g];
+    let host = |p: PageNo| backing.bo.host_addr(backing.offset + (p - r.start));
+    let mut i = 0u64;
+    while i < n {
+        let src = host(bs + i);
+        let mut k = 1;
+        while i + k < n && host(bs + i + k) == src + k as usize * PAGE_SIZE {
+            k += 1;
+        }
+        dev.sdma.account_external(k as usize * PAGE_SIZE)?;
+        let dst = ((bs + i) << PAGE_SHIFT) as usize;
+        let (done, err) = eng.uffd.copy(dst, src, k as usize * PAGE_SIZE);
+        let mut now = (done / PAGE_SIZE) as u64;
+        let mut failure = None;
+        match err {
+            None => {}
+            Some(libc::EEXIST) => {
+                // The application page exists already (it should not): the data from VRAM
+                // is the truth, write it over the page.
+                sys::mmap::copy(dst + done, src + done, PAGE_SIZE);
+                now += 1;
+            }
+            Some(errno) => failure = Some(Error::Sys { call: "UFFDIO_COPY", errno }),
+        }
+        if now > 0 {
+            eng.out.lock().remove(bs + i, bs + i + now - 1);
+            for p in bs + i..bs + i + now {
+                r.in_vram.set(p - r.start, false);
+            }
+        }
+        i += now;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+    }
+    Ok(n)
 }

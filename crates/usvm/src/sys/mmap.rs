@@ -112,6 +112,18 @@ pub fn copy_streaming(dst: usize, src: usize, len: usize) {
     copy(dst, src, len);
 }
 
+/// The wrapping sum of the little-endian 8-byte words of `[addr, addr + len)` (`len` a
+/// multiple of 8): a read pass over memory, for benchmarks.
+pub fn sum_words(addr: usize, len: usize) -> u64 {
+    let mut sum = 0u64;
+    for off in (0..len).step_by(8) {
+        // SAFETY: the interval is a live readable mapping (the module contract above);
+        // unaligned reads are allowed.
+        sum = sum.wrapping_add(unsafe { std::ptr::read_unaligned((addr + off) as *const u64) });
+    }
+    sum
+}
+
 /// Copies `src` to the memory at `addr`.
 pub fn copy_to(addr: usize, src: &[u8]) {
     copy(addr, src.as_ptr() as usize, src.len());
@@ -132,12 +144,6 @@ pub fn fill(addr: usize, len: usize, byte: u8) {
 pub fn advise_hugepages(addr: usize, len: usize) {
     // SAFETY: a hint on a mapping usvm owns; it never invalidates memory.
     unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
-}
-
-/// Asks for no transparent huge pages on `[addr, addr + len)` (`MADV_NOHUGEPAGE`).
-pub fn advise_no_hugepages(addr: usize, len: usize) {
-    // SAFETY: a hint on a mapping usvm owns; it never invalidates memory.
-    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
 }
 
 /// Gives the pages of `[addr, addr + len)` back to the kernel (`MADV_DONTNEED`); they read

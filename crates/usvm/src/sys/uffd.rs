@@ -12,7 +12,9 @@ const UFFD_API: u64 = 0xaa;
 const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
 const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
 const UFFDIO_WAKE: libc::c_ulong = 0x8010_aa02;
+const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
 const UFFDIO_ZEROPAGE: libc::c_ulong = 0xc020_aa04;
+const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1 << 0;
 const UFFDIO_MOVE: libc::c_ulong = 0xc028_aa05;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
 const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
@@ -52,6 +54,16 @@ struct UffdioZeropage {
     range: UffdioRange,
     mode: u64,
     zeropage: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
 }
 
 #[repr(C)]
@@ -178,6 +190,25 @@ impl Uffd {
         match ioctl(&self.fd, UFFDIO_MOVE, &mut m) {
             Ok(()) => (len, None),
             Err(errno) => ((m.moved.max(0)) as usize, Some(errno)),
+        }
+    }
+
+    /// Allocates fresh pages at `[dst, dst + len)` (missing, registered with this
+    /// descriptor) holding a copy of `[src, src + len)`, without waking the threads
+    /// waiting there: allocation, copy and mapping in one system call, and no TLB
+    /// shootdown (nothing is unmapped). Returns the bytes copied and the error that
+    /// stopped the copy early, if any (`EEXIST`: a destination page is present).
+    pub fn copy(&self, dst: usize, src: usize, len: usize) -> (usize, Option<i32>) {
+        let mut c = UffdioCopy {
+            dst: dst as u64,
+            src: src as u64,
+            len: len as u64,
+            mode: UFFDIO_COPY_MODE_DONTWAKE,
+            copy: 0,
+        };
+        match ioctl(&self.fd, UFFDIO_COPY, &mut c) {
+            Ok(()) => (len, None),
+            Err(errno) => ((c.copy.max(0)) as usize, Some(errno)),
         }
     }
 

@@ -290,10 +290,26 @@ fn copy_failure_mid_migration_keeps_data() {
     let buf = svm.alloc(8 * MIB).unwrap();
     let data = pattern(8 * MIB, 9);
     buf.write_at(0, &data);
-    svm.inject_copy_failure(g1, 2).unwrap(); // the second 2 MiB chunk fails
+    svm.inject_copy_failure(g1, 2).unwrap(); // the second 2 MiB chunk to run fails
     svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
-    let r = &svm.ranges()[0];
-    assert_eq!(r.vram_pages, 512, "only the first chunk arrived");
+    // The copy runs on two rings (the engine thread and the caller), each in order: in
+    // every range, the chunks before the failure arrived, the failed one and those after
+    // it did not. (The buffer may span two ranges: ranges are cut at 32 MiB multiples.)
+    let ranges = svm.ranges();
+    let got: usize = ranges.iter().map(|r| r.vram_pages).sum();
+    assert!(got < 2048, "a chunk failed, yet all {got} pages are in VRAM");
+    for r in &ranges {
+        let res = svm.residency(r.start, r.size / PAGE);
+        let vram: Vec<usize> = (0..res.len()).filter(|&i| res[i] == Residency::Vram(g1)).collect();
+        assert_eq!(
+            vram,
+            (0..r.vram_pages).collect::<Vec<_>>(),
+            "the pages in VRAM are a prefix of the range"
+        );
+    }
+    // The sticky prefetch moves the rest on the next SET_ATTR.
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::SetFlags(SvmFlags::GPU_EXEC)]).unwrap();
+    assert_eq!(svm.ranges().iter().map(|r| r.vram_pages).sum::<usize>(), 2048);
     let mut back = vec![0u8; 8 * MIB];
     buf.read_at(0, &mut back);
     assert!(back == data);
