@@ -540,3 +540,32 @@ fn stray_fault_still_crashes() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "child ended with {:?}", out.status);
 }
+
+/// VRAM -> VRAM goes through RAM (section 4.7): the whole range leaves the first GPU, then
+/// arrives on the second; counters on both GPUs follow.
+#[test]
+fn vram_to_vram_goes_through_ram() {
+    let svm = svm2(false);
+    let [g1, g2] = svm.gpu_ids()[..] else { panic!() };
+    let buf = svm.alloc(4 * MIB).unwrap();
+    let data = pattern(4 * MIB, 77);
+    buf.write_at(0, &data);
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+    let ev = svm.subscribe();
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g2))]).unwrap();
+    let t: Vec<String> = texts(&ev).iter().map(|t| fields(t)).filter(|t| t.starts_with("5 ")).collect();
+    let page = buf.addr() >> 12;
+    assert_eq!(
+        t,
+        vec![
+            format!("5 @{page:x}(400) 1111->0 2222:ffffffff 0"),
+            format!("5 @{page:x}(400) 0->2222 2222:ffffffff 0")
+        ]
+    );
+    assert_eq!((svm.counters(g1).page_out, svm.counters(g2).page_in), (1024, 1024));
+    assert!(svm.residency(buf.addr(), 1024).iter().all(|r| *r == Residency::Vram(g2)));
+    assert_eq!(svm.smi()[0].vram_used, 0);
+    let mut back = vec![0u8; 4 * MIB];
+    buf.read_at(0, &mut back);
+    assert!(back == data);
+}
