@@ -113,7 +113,7 @@ pub fn cpu_fault_4k(pages: usize) -> Result<Ratio> {
     buf.fill(0, bytes, 1);
     svm.set_attr(buf.addr(), bytes, &[Attr::Granularity(0), Attr::PrefetchLoc(Location::Gpu(g))])?;
     // The floor: the same mechanism with nothing around it.
-    let uffd = std::sync::Arc::new(crate::sys::uffd::Uffd::new()?);
+    let uffd = std::sync::Arc::new(crate::sys::uffd::Uffd::new(false)?);
     let region = sys::mmap::reserve(bytes)?;
     uffd.register(region, bytes)?;
     let u = uffd.clone();

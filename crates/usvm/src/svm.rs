@@ -125,10 +125,13 @@ impl SvmBuilder {
             events,
             engine: Engine::new()?,
             migrate_on_preferred_loc: self.migrate_on_preferred_loc,
+            pending: Mutex::new(Vec::new()),
+            event_gate: Mutex::new(()),
+            work: std::sync::OnceLock::new(),
         });
         let handler: Arc<dyn GpuFaultHandler> = inner.clone();
         inner.devs.set_fault_handler(Arc::downgrade(&handler));
-        let cpu = CpuFaultHandler::start(Arc::downgrade(&inner), inner.engine.uffd.clone())
+        let cpu = CpuFaultHandler::start(&inner, inner.engine.uffd.clone())
             .map_err(|e| Error::Sys { call: "spawn", errno: e.raw_os_error().unwrap_or(libc::EAGAIN) })?;
         Ok(Svm { inner, _cpu_faults: cpu })
     }
@@ -294,13 +297,13 @@ impl Svm {
 
     /// Whether GPU retry faults (XNACK) are on.
     pub fn xnack(&self) -> bool {
-        self.inner.state.lock().xnack
+        self.inner.lock_state().xnack
     }
 
     /// Switches XNACK (`AMDKFD_IOC_SET_XNACK_MODE`): `EBUSY` while queues exist; the same
     /// mode is a no-op. Existing ranges keep their ACCESS bitmaps.
     pub fn set_xnack(&self, on: bool) -> Result<()> {
-        let mut st = self.inner.state.lock();
+        let mut st = self.inner.lock_state();
         if st.queues > 0 {
             return Err(Error::Busy("XNACK mode cannot change while queues exist"));
         }
@@ -310,8 +313,7 @@ impl Svm {
 
     /// Every SVM range, in address order.
     pub fn ranges(&self) -> Vec<RangeInfo> {
-        let mut st = self.inner.state.lock();
-        st.flush_deferred();
+        let st = self.inner.lock_state();
         let ids = |m: GpuMask| m.iter().map(|i| self.inner.gpus[i].id).collect::<Vec<_>>();
         st.tree
             .iter()
@@ -352,14 +354,14 @@ impl Svm {
     /// Creates a compute queue on GPU `g`. While any queue exists, XNACK cannot change.
     pub fn create_queue(&self, g: GpuId) -> Result<Queue> {
         let idx = self.inner.gpu(g)?;
-        let mut st = self.inner.state.lock();
+        let mut st = self.inner.lock_state();
         let weak = Arc::downgrade(&self.inner);
         let q = Queue::new(
             self.inner.devs.clone(),
             idx,
             Box::new(move || {
                 if let Some(i) = weak.upgrade() {
-                    i.state.lock().queues -= 1;
+                    i.lock_state().queues -= 1;
                 }
             }),
         )?;
@@ -446,8 +448,7 @@ impl Svm {
 
     /// Number of SVM ranges (cheaper than `ranges().len()`).
     pub fn range_count(&self) -> usize {
-        let mut st = self.inner.state.lock();
-        st.flush_deferred();
+        let st = self.inner.lock_state();
         st.tree.len()
     }
 }

@@ -45,40 +45,47 @@ pub(crate) struct GpuInfo {
     pub(crate) vram_bytes: u64,
 }
 
-/// Work queued by CPU page-table changes and done before the next SET_ATTR / GET_ATTR
-/// (KFD's deferred range list, section 6.4). The GPU mappings of the pages involved were
-/// already cleared when the work was queued; only the range bookkeeping waits.
+/// A change of the application's own page tables, reported by the userfaultfd and applied
+/// by the next holder of the instance lock (KFD's MMU notifier callbacks + deferred work).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DeferredOp {
-    /// The pages `[start, last]` were unmapped: drop them from every range.
+pub(crate) enum PendingOp {
+    /// munmap of `[start, last]`.
     Unmap { start: PageNo, last: PageNo },
+    /// MADV_DONTNEED of `[start, last]`: the data is gone, the pages read as zero.
+    Remove { start: PageNo, last: PageNo },
+    /// mremap moved `npages` from `from` to `to`.
+    Remap { from: PageNo, to: PageNo, npages: u64 },
 }
+
+/// Messages to the instance's worker thread.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Work {
+    /// A CPU fault on a page whose data is out of RAM, the lock having been busy.
+    Fault(crate::sys::uffd::Fault),
+    /// Apply the pending page-table changes now.
+    Flush,
+    /// The restore work (section 6.3), after RESTORE_DELAY.
+    Restore,
+}
+
+/// The restore worker re-validates evicted ranges this long after the eviction.
+pub const RESTORE_DELAY: Duration = Duration::from_millis(1);
 
 /// State protected by the instance lock (`svms->lock`).
 #[derive(Debug)]
 pub(crate) struct SvmState {
     pub(crate) tree: RangeTree,
     pub(crate) xnack: bool,
-    deferred: Vec<DeferredOp>,
     /// Number of live user queues (switching XNACK needs none).
     pub(crate) queues: usize,
+    /// XNACK-off invalidations waiting for the restore worker (`evicted_ranges`).
+    evicted_ranges: u32,
 }
 
 impl SvmState {
     /// A state with no range.
     pub(crate) fn new(xnack: bool) -> Self {
-        SvmState { tree: RangeTree::new(), xnack, deferred: Vec::new(), queues: 0 }
-    }
-
-    /// Runs the queued deferred work (`svm_range_deferred_list_work`).
-    pub(crate) fn flush_deferred(&mut self) {
-        for op in std::mem::take(&mut self.deferred) {
-            match op {
-                DeferredOp::Unmap { start, last } => {
-                    self.tree.remove_interval(start, last);
-                }
-            }
-        }
+        SvmState { tree: RangeTree::new(), xnack, queues: 0, evicted_ranges: 0 }
     }
 }
 
@@ -95,9 +102,143 @@ pub(crate) struct SvmInner {
     pub(crate) engine: Engine,
     /// The seed's migration on a PREFERRED_LOC change (on by default).
     pub(crate) migrate_on_preferred_loc: bool,
+    /// Page-table changes reported by the userfaultfd, not applied yet (a leaf lock).
+    pub(crate) pending: Mutex<Vec<PendingOp>>,
+    /// Held by the reader thread from reading an event until the change is queued.
+    pub(crate) event_gate: Mutex<()>,
+    /// The worker thread's inbox (set once the thread runs).
+    pub(crate) work: std::sync::OnceLock<std::sync::mpsc::Sender<Work>>,
 }
 
 impl SvmInner {
+    /// Takes the instance lock, then applies the pending page-table changes, so that
+    /// every holder sees them done (as SET_ATTR and GET_ATTR flush KFD's deferred list).
+    pub(crate) fn lock_state(&self) -> parking_lot::MutexGuard<'_, SvmState> {
+        let mut st = self.state.lock();
+        // An event the reader has read is queued before it leaves the gate.
+        drop(self.event_gate.lock());
+        self.apply_pending(&mut st);
+        st
+    }
+
+    /// Like [`SvmInner::lock_state`], without waiting when the lock is busy (for the reader
+    /// thread, which holds the event gate itself).
+    pub(crate) fn try_lock_state(&self) -> Option<parking_lot::MutexGuard<'_, SvmState>> {
+        let mut st = self.state.try_lock()?;
+        self.apply_pending(&mut st);
+        Some(st)
+    }
+
+    /// Sends work to the worker thread.
+    pub(crate) fn post(&self, w: Work) {
+        if let Some(tx) = self.work.get() {
+            let _ = tx.send(w);
+        }
+    }
+
+    /// Applies the page-table changes the userfaultfd reported (section 6.1-6.4).
+    fn apply_pending(&self, st: &mut SvmState) {
+        let ops = std::mem::take(&mut *self.pending.lock());
+        for op in ops {
+            match op {
+                PendingOp::Unmap { start, last } => self.cpu_unmapped(st, start, last),
+                PendingOp::Remove { start, last } => {
+                    let xnack = st.xnack;
+                    let keys: Vec<PageNo> = st.tree.overlapping(start, last).map(|r| r.start).collect();
+                    for k in keys {
+                        let r = st.tree.get_mut(k).expect("range");
+                        drop_vram(r, start, last);
+                        let mapped = r.mapped_gpus != GpuMask::EMPTY;
+                        if mapped && (!xnack || r.attrs.flags.contains(SvmFlags::GPU_ALWAYS_MAPPED)) {
+                            // XNACK off: evict the queues once; the restore worker remaps.
+                            r.invalid += 1;
+                            if st.evicted_ranges == 0 {
+                                for g in 0..self.devs.gpus.len() {
+                                    self.devs.evict_queues(g, crate::events::EvictTrigger::Svm);
+                                }
+                                self.post(Work::Restore);
+                            }
+                            st.evicted_ranges += 1;
+                        } else {
+                            map::unmap_from_gpus(&self.devs, r, start, last, UnmapTrigger::MmuNotify);
+                        }
+                    }
+                }
+                PendingOp::Remap { from, to, npages } => {
+                    // The pages whose data is in VRAM did not move with the mapping: give
+                    // their data to the new place, then forget the old one.
+                    let last = from + npages - 1;
+                    let keys: Vec<PageNo> = st.tree.overlapping(from, last).map(|r| r.start).collect();
+                    for k in keys {
+                        let r = st.tree.get_mut(k).expect("range");
+                        let Some(b) = r.vram.clone() else { continue };
+                        for p in from.max(r.start)..=last.min(r.last) {
+                            if r.page_in_vram(p) {
+                                let src = b.bo.host_addr(b.offset + (p - r.start));
+                                let dst = ((to + (p - from)) << PAGE_SHIFT) as usize;
+                                // Present already (the application wrote there): VRAM holds the data
+                                // that moved, write it over the page. Otherwise copied, or not
+                                // ours to fill any more.
+                                if let (0, Some(libc::EEXIST)) = self.engine.uffd.copy(dst, src, PAGE_SIZE) {
+                                    sys::mmap::copy(dst, src, PAGE_SIZE);
+                                }
+                                self.engine.forget_out(to + (p - from), to + (p - from));
+                                let _ = self.engine.uffd.wake(dst, PAGE_SIZE);
+                            }
+                        }
+                    }
+                    self.cpu_unmapped(st, from, last);
+                }
+            }
+        }
+    }
+
+    /// `[start, last]` is no longer mapped by the application: unmap it from the GPUs now
+    /// (UNMAP_FROM_GPU, trigger 2), drop its VRAM copies and its range pieces.
+    fn cpu_unmapped(&self, st: &mut SvmState, start: PageNo, last: PageNo) {
+        let keys: Vec<PageNo> = st.tree.overlapping(start, last).map(|r| r.start).collect();
+        for k in keys {
+            let r = st.tree.get_mut(k).expect("range");
+            map::unmap_from_gpus(&self.devs, r, start, last, UnmapTrigger::UnmapFromCpu);
+            drop_vram(r, start, last);
+        }
+        self.engine.forget_out(start, last);
+        st.tree.remove_interval(start, last);
+    }
+
+    /// The restore worker (section 6.3): remap every invalidated range, then resume the
+    /// queues; when a range cannot be remapped, report `R` and try again later.
+    pub(crate) fn restore_work(&self) {
+        let mut st = self.lock_state();
+        if st.evicted_ranges == 0 {
+            return;
+        }
+        let snapshot = st.evicted_ranges;
+        let xnack = st.xnack;
+        let keys: Vec<PageNo> = st.tree.iter().filter(|r| r.invalid > 0).map(|r| r.start).collect();
+        let mut ok = true;
+        for k in keys {
+            let r = st.tree.get_mut(k).expect("range");
+            let gpus = policy::gpus_to_map(&r.attrs, self.gpu_of(r.actual_loc), r.mapped_to_gpu, xnack);
+            let (s, l) = (r.start, r.last);
+            match map::validate_and_map(&self.devs, r, gpus, s, l) {
+                Ok(()) => r.invalid = 0,
+                Err(_) => ok = false,
+            }
+        }
+        if ok && st.evicted_ranges == snapshot {
+            st.evicted_ranges = 0;
+            for g in 0..self.devs.gpus.len() {
+                self.devs.restore_queues(g, false);
+            }
+        } else {
+            for g in 0..self.devs.gpus.len() {
+                self.devs.restore_queues(g, true);
+            }
+            self.post(Work::Restore);
+        }
+    }
+
     /// The index of a GPU id, if it belongs to this instance.
     pub(crate) fn gpu_idx(&self, id: u32) -> Option<usize> {
         self.gpus.iter().position(|g| g.id.0 == id)
@@ -143,12 +284,20 @@ impl SvmInner {
     /// `svm_range_set_attr` after the entry checks.
     pub(crate) fn set_attr(&self, start: PageNo, last: PageNo, attrs: &[Attr]) -> Result<()> {
         let ops = self.check_attrs(attrs)?;
-        let mut st = self.state.lock();
-        st.flush_deferred();
+        let mut st = self.lock_state();
         check_mapped(start, last)?;
         let xnack = st.xnack;
         let defaults = self.new_range_attrs(xnack);
         let out = st.tree.add(start, last, &ops, &defaults, self.max_range_pages);
+        // Anonymous memory of every range is watched from now on: the application's
+        // munmap, mremap and MADV_DONTNEED of it reach usvm as the MMU notifier's do.
+        for s in &out.updated {
+            if let Some(r) = st.tree.get_mut(*s)
+                && !r.registered
+            {
+                migrate::register(self, r)?;
+            }
+        }
         let update_mapping = policy::ops_update_mapping(&ops, xnack, !out.remap.is_empty());
         let asks_prefetch = ops.iter().any(|o| matches!(o, AttrOp::Prefetch(_)));
         // Per range, the last error wins and does not stop the others (section 1.7).
@@ -257,8 +406,7 @@ impl SvmInner {
 
     /// `svm_range_get_attr` after the entry checks.
     pub(crate) fn get_attr(&self, start: PageNo, last: PageNo, attrs: &mut [RawAttr]) -> Result<()> {
-        let mut st = self.state.lock();
-        st.flush_deferred();
+        let st = self.lock_state();
         check_mapped(start, last)?;
         for a in attrs.iter() {
             match a.ty {
@@ -311,20 +459,14 @@ impl SvmInner {
         Ok(())
     }
 
-    /// The munmap notifier for `[addr, addr + len)` (`svm_range_unmap_from_cpu`): clears the
-    /// GPU mappings of the pages now (UNMAP_FROM_GPU, trigger 2) and queues the range
-    /// bookkeeping as deferred work.
+    /// The munmap notifier for `[addr, addr + len)` (`svm_range_unmap_from_cpu`), called
+    /// before usvm unmaps a buffer of its own: clears the GPU mappings of the pages
+    /// (UNMAP_FROM_GPU, trigger 2), their VRAM copies and their range pieces.
     pub(crate) fn notify_unmap(&self, addr: usize, len: usize) {
         let start = (addr >> PAGE_SHIFT) as PageNo;
         let last = ((addr + len) >> PAGE_SHIFT) as PageNo - 1;
-        let mut st = self.state.lock();
-        let keys: Vec<PageNo> = st.tree.overlapping(start, last).map(|r| r.start).collect();
-        for k in keys {
-            if let Some(r) = st.tree.get_mut(k) {
-                map::unmap_from_gpus(&self.devs, r, start, last, UnmapTrigger::UnmapFromCpu);
-            }
-        }
-        st.deferred.push(DeferredOp::Unmap { start, last });
+        let mut st = self.lock_state();
+        self.cpu_unmapped(&mut st, start, last);
     }
 
     /// A fatal GPU VM fault: VMFAULT event and EFAULT.
@@ -361,8 +503,7 @@ impl SvmInner {
     fn restore_pages(&self, gpu: usize, addr: usize, write: bool) -> Result<()> {
         let entry_ns = sys::boottime_ns();
         let page = (addr >> PAGE_SHIFT) as PageNo;
-        let mut st = self.state.lock();
-        st.flush_deferred();
+        let mut st = self.lock_state();
         let key = match st.tree.find(page).map(|r| r.start) {
             Some(k) => k,
             None => match self.create_unregistered(&mut st, page) {
@@ -468,7 +609,7 @@ impl SvmInner {
 
     /// Where each of `n` pages from `page` lives.
     pub(crate) fn residency(&self, page: PageNo, n: usize) -> Vec<Residency> {
-        let st = self.state.lock();
+        let st = self.lock_state();
         let has =
             sys::pagemap::has_memory((page << PAGE_SHIFT) as usize, n).unwrap_or_else(|_| vec![false; n]);
         (0..n as u64)
@@ -487,8 +628,7 @@ impl SvmInner {
 
     /// Moves every page of the instance back to RAM (the instance is going away).
     pub(crate) fn evacuate(&self) {
-        let mut st = self.state.lock();
-        st.flush_deferred();
+        let mut st = self.lock_state();
         let keys: Vec<(PageNo, PageNo)> =
             st.tree.iter().filter(|r| r.vram_pages() > 0).map(|r| (r.start, r.last)).collect();
         for (s, l) in keys {
@@ -499,7 +639,7 @@ impl SvmInner {
 
 impl GpuFaultHandler for SvmInner {
     fn gpu_fault(&self, gpu: usize, addr: usize, write: bool) -> Result<()> {
-        let xnack = self.state.lock().xnack;
+        let xnack = self.lock_state().xnack;
         if !xnack {
             return Err(self.fatal_fault(gpu, addr, write));
         }
@@ -534,4 +674,18 @@ pub(crate) fn check_interval(start: u64, size: u64) -> Result<(PageNo, PageNo)> 
     }
     let end = start.checked_add(size).filter(|&e| e <= usize::MAX as u64).ok_or(bad)?;
     Ok((start >> PAGE_SHIFT, (end >> PAGE_SHIFT) - 1))
+}
+
+/// Forgets the VRAM copies of the pages `[start, last]` of `r` (their data is gone).
+fn drop_vram(r: &mut SvmRange, start: PageNo, last: PageNo) {
+    if r.vram.is_none() {
+        return;
+    }
+    for p in start.max(r.start)..=last.min(r.last) {
+        r.in_vram.set(p - r.start, false);
+    }
+    if r.vram_pages() == 0 {
+        r.actual_loc = Location::Sysmem;
+        r.vram = None;
+    }
 }

@@ -1,23 +1,27 @@
-//! The CPU fault path: a thread per instance reads the userfaultfd.
+//! The CPU side of the application's memory: a reader thread per instance drains the
+//! userfaultfd, and a worker thread does what needs the instance lock.
 //!
 //! ```text
 //!  fault on page p ──> p not out of RAM (never populated, or dropped by the application)
-//!         |              -> zero page, right here (needs only the `out` set's lock)
+//!         |              -> zero pages for the holes of p's 2 MiB block, right here
+//!         |                 (needs only the `out` set's lock)
 //!         └─────────> p's data is in VRAM (or moving)
-//!                        -> state lock free?  migrate the granule back right here
-//!                           (one wake-up in all, the cheapest path)
-//!                        -> state lock busy?  hand the fault to the worker thread, which
-//!                           waits for the lock; this thread stays free to serve the
-//!                           zero-page faults that the lock holder may be waiting for
+//!                        -> instance lock free?  migrate the granule back right here
+//!                        -> lock busy?  hand the fault to the worker, which waits for
+//!                           the lock; the reader stays free to serve the zero-page
+//!                           faults that the lock holder may be waiting for
+//!  munmap / MADV_DONTNEED / mremap of registered memory (the MMU notifier's events)
+//!         -> adjust the `out` set right away (a refault must not see stale state),
+//!            queue the change for the next lock holder, nudge the worker to apply it
 //! ```
 //!
 //! A fault that cannot be served (the migration back failed) gets SIGBUS on the faulting
-//! thread, as the kernel's `migrate_to_ram` failure does; the handler thread never dies
-//! silently, since faulting threads would wait forever.
+//! thread, as the kernel's `migrate_to_ram` failure does, then a wake-up; the threads never
+//! die silently, since faulting threads would wait forever.
 
 use crate::range::PageNo;
-use crate::svms::SvmInner;
-use crate::sys::uffd::{Fault, Uffd, signal_thread};
+use crate::svms::{PendingOp, RESTORE_DELAY, SvmInner, SvmState, Work};
+use crate::sys::uffd::{Fault, Uffd, UffdEvent, signal_thread};
 use crate::sys::{PAGE_SHIFT, PAGE_SIZE};
 use std::sync::mpsc;
 use std::sync::{Arc, Weak};
@@ -31,7 +35,8 @@ pub struct CpuFaultHandler {
     worker: Option<JoinHandle<()>>,
 }
 
-fn serve_slow(inner: &SvmInner, page: PageNo, f: Fault, st: &mut crate::svms::SvmState) {
+/// Serves a fault on a page whose data is out of RAM, with the instance lock held.
+fn serve_slow(inner: &SvmInner, page: PageNo, f: Fault, st: &mut SvmState) {
     if inner.cpu_fault(st, page).is_err() {
         // As the kernel does when migrate_to_ram fails: SIGBUS, then let the thread run
         // into it (a thread left waiting would hang forever).
@@ -40,55 +45,110 @@ fn serve_slow(inner: &SvmInner, page: PageNo, f: Fault, st: &mut crate::svms::Sv
     }
 }
 
+/// The reader's part of an event.
+fn on_event(inner: &SvmInner, ev: UffdEvent) {
+    let pages =
+        |a: usize, b: usize| ((a >> PAGE_SHIFT) as PageNo, ((b >> PAGE_SHIFT) as PageNo).saturating_sub(1));
+    let op = match ev {
+        UffdEvent::Fault(f) => {
+            let page = (f.addr >> PAGE_SHIFT) as PageNo;
+            match inner.engine.resolve_if_in_ram(page) {
+                Ok(true) => {}
+                Ok(false) => match inner.try_lock_state() {
+                    Some(mut st) => serve_slow(inner, page, f, &mut st),
+                    None => inner.post(Work::Fault(f)),
+                },
+                Err(_) => {
+                    signal_thread(f.tid, libc::SIGBUS);
+                    let _ = inner.engine.uffd.wake(f.addr, PAGE_SIZE);
+                }
+            }
+            return;
+        }
+        UffdEvent::Unmap { start, end } => {
+            let (s, l) = pages(start, end);
+            inner.engine.forget_out(s, l);
+            PendingOp::Unmap { start: s, last: l }
+        }
+        UffdEvent::Remove { start, end } => {
+            if inner.engine.is_own_removal(start, end) {
+                return;
+            }
+            let (s, l) = pages(start, end);
+            inner.engine.forget_out(s, l);
+            PendingOp::Remove { start: s, last: l }
+        }
+        UffdEvent::Remap { from, to, len } => {
+            let (s, l) = pages(from, from + len);
+            let t = (to >> PAGE_SHIFT) as PageNo;
+            // Faults at the new place on pages whose data is in VRAM must wait for it.
+            for p in s..=l {
+                if inner.engine.is_out(p) {
+                    inner.engine.mark_out(t + (p - s), t + (p - s));
+                }
+            }
+            inner.engine.forget_out(s, l);
+            PendingOp::Remap { from: s, to: t, npages: l - s + 1 }
+        }
+    };
+    inner.pending.lock().push(op);
+    inner.post(Work::Flush);
+}
+
 impl CpuFaultHandler {
     /// Starts the threads for `inner`, reading `uffd`.
-    pub fn start(inner: Weak<SvmInner>, uffd: Arc<Uffd>) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Fault>();
-        let w = inner.clone();
-        let worker = std::thread::Builder::new().name("usvm-fault-worker".into()).spawn(move || {
-            for f in rx {
+    pub fn start(inner: &Arc<SvmInner>, uffd: Arc<Uffd>) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Work>();
+        let _ = inner.work.set(tx);
+        let w: Weak<SvmInner> = Arc::downgrade(inner);
+        let worker = std::thread::Builder::new().name("usvm-worker".into()).spawn(move || {
+            for job in rx {
                 // An instance that is gone has closed its userfaultfd, which woke every
                 // waiting thread: nothing left to do.
                 let Some(inner) = w.upgrade() else { continue };
-                let page = (f.addr >> PAGE_SHIFT) as PageNo;
-                let mut st = inner.state.lock();
-                serve_slow(&inner, page, f, &mut st);
+                match job {
+                    Work::Fault(f) => {
+                        let mut st = inner.lock_state();
+                        serve_slow(&inner, (f.addr >> PAGE_SHIFT) as PageNo, f, &mut st);
+                    }
+                    Work::Flush => drop(inner.lock_state()),
+                    Work::Restore => {
+                        std::thread::sleep(RESTORE_DELAY);
+                        inner.restore_work();
+                    }
+                }
             }
         })?;
+        let r: Weak<SvmInner> = Arc::downgrade(inner);
         let u = uffd.clone();
         let reader = std::thread::Builder::new().name("usvm-fault".into()).spawn(move || {
             loop {
-                let f = match u.next_fault() {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
+                match u.wait_readable() {
+                    Ok(true) => {}
+                    Ok(false) => break,
                     Err(e) => {
-                        eprintln!("usvm: userfaultfd read failed: {e}");
+                        eprintln!("usvm: userfaultfd poll failed: {e}");
                         std::thread::sleep(std::time::Duration::from_millis(1));
                         continue;
                     }
-                };
-                let page = (f.addr >> PAGE_SHIFT) as PageNo;
-                let Some(inner) = inner.upgrade() else {
+                }
+                let Some(inner) = r.upgrade() else {
                     // The instance is gone: its memory is plain memory again.
-                    let _ = u.zeropage(f.addr, PAGE_SIZE);
+                    if let Ok(Some(UffdEvent::Fault(f))) = u.read_event() {
+                        let _ = u.zeropage(f.addr, PAGE_SIZE);
+                    }
                     continue;
                 };
-                match inner.engine.resolve_if_in_ram(page) {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(_) => {
-                        signal_thread(f.tid, libc::SIGBUS);
-                        continue;
-                    }
+                // Read and take in the event under the gate: the application's munmap or
+                // madvise returns as soon as its event is read, and whoever takes the
+                // instance lock next must find the change queued (see `lock_state`).
+                let gate = inner.event_gate.lock();
+                match u.read_event() {
+                    Ok(Some(ev)) => on_event(&inner, ev),
+                    Ok(None) => {}
+                    Err(e) => eprintln!("usvm: userfaultfd read failed: {e}"),
                 }
-                match inner.state.try_lock() {
-                    Some(mut st) => serve_slow(&inner, page, f, &mut st),
-                    None => {
-                        if tx.send(f).is_err() {
-                            signal_thread(f.tid, libc::SIGBUS);
-                        }
-                    }
-                }
+                drop(gate);
             }
         })?;
         Ok(CpuFaultHandler { uffd, reader: Some(reader), worker: Some(worker) })
@@ -101,6 +161,8 @@ impl Drop for CpuFaultHandler {
         if let Some(t) = self.reader.take() {
             let _ = t.join();
         }
+        // The worker ends when its inbox closes: the instance (which holds the sender) is
+        // dropped before this handler.
         if let Some(t) = self.worker.take() {
             let _ = t.join();
         }

@@ -65,8 +65,12 @@ pub const SMALL_BATCH_PAGES: u64 = 512;
 /// that aligned 2 MiB pieces move as one page-table entry.
 #[derive(Debug)]
 pub struct Engine {
-    /// The userfaultfd watching migrated ranges, `staging_out` and `pool`.
+    /// The userfaultfd watching the application's SVM ranges (faults and events).
     pub uffd: Arc<Uffd>,
+    /// A second userfaultfd, without events, for usvm's own areas (`staging_out`, `pool`):
+    /// moving pages into them, and dropping theirs, must raise no event for the reader
+    /// thread to wait on (it may be the one migrating).
+    own: Uffd,
     /// Registered with `uffd`, empty between batches: receives collected pages.
     staging_out: usize,
     /// Not registered: fresh RAM pages for large batches are populated here.
@@ -78,12 +82,15 @@ pub struct Engine {
     out: Mutex<PageSet>,
     /// Fault injection: the next N page collections fail as if the page were busy.
     pub inject_busy: AtomicU64,
+    /// `MADV_DONTNEED`s of application memory usvm itself is doing (their REMOVE events
+    /// are not the application's).
+    own_removals: Mutex<Vec<(usize, usize, usize)>>,
 }
 
 impl Engine {
     /// Opens the userfaultfd and maps the staging areas (address space only).
     pub fn new() -> Result<Self> {
-        let uffd = Arc::new(Uffd::new()?);
+        let uffd = Arc::new(Uffd::new(true)?);
         let bytes = STAGING_PAGES as usize * PAGE_SIZE;
         let pool_bytes = POOL_PAGES as usize * PAGE_SIZE;
         let staging_out = sys::mmap::map_anon_aligned(bytes, 2 << 20)?;
@@ -92,16 +99,19 @@ impl Engine {
         sys::mmap::advise_hugepages(staging_out, bytes);
         sys::mmap::advise_hugepages(staging_in, bytes);
         sys::mmap::advise_hugepages(pool, pool_bytes);
-        uffd.register(staging_out, bytes)?;
-        uffd.register(pool, pool_bytes)?;
+        let own = Uffd::new(false)?;
+        own.register(staging_out, bytes)?;
+        own.register(pool, pool_bytes)?;
         Ok(Engine {
             uffd,
+            own,
             staging_out,
             staging_in,
             pool,
             pool_level: Mutex::new(0),
             out: Mutex::new(PageSet::default()),
             inject_busy: AtomicU64::new(0),
+            own_removals: Mutex::new(Vec::new()),
         })
     }
 
@@ -113,7 +123,7 @@ impl Engine {
         let aligned = !n.is_multiple_of(SMALL_BATCH_PAGES) || level.is_multiple_of(SMALL_BATCH_PAGES);
         if all_populated && aligned && *level + n <= POOL_PAGES {
             let dst = self.pool + *level as usize * PAGE_SIZE;
-            let (done, err) = self.uffd.move_pages(dst, self.staging_out, bytes, false);
+            let (done, err) = self.own.move_pages(dst, self.staging_out, bytes, false);
             *level += (done / PAGE_SIZE) as u64;
             if err.is_none() {
                 return Ok(());
@@ -136,15 +146,72 @@ impl Engine {
         Ok(self.staging_in)
     }
 
-    /// Resolves a CPU fault on `page` if its data is in RAM (never populated, or dropped
-    /// by the application): a zero page, under the `out` lock so that no migration can
-    /// start collecting the page meanwhile. Returns false when the data is out of RAM.
+    /// `MADV_DONTNEED` on registered memory of the application, by usvm itself (to free
+    /// empty page tables): the REMOVE events it raises are recognised and ignored. The
+    /// reader consumes the entry (madvise returns as soon as the reader has *read* the
+    /// event, possibly before it has looked at it).
+    fn discard_own(&self, addr: usize, len: usize) -> Result<()> {
+        self.own_removals.lock().push((addr, addr + len, len));
+        let r = sys::mmap::discard(addr, len);
+        if r.is_err() {
+            self.own_removals.lock().retain(|&(s, e, _)| (s, e) != (addr, addr + len));
+        }
+        r
+    }
+
+    /// Whether a REMOVE event for `[start, end)` comes from usvm's own `discard_own` (the
+    /// kernel reports one event per VMA the call covers); accounts for it.
+    pub fn is_own_removal(&self, start: usize, end: usize) -> bool {
+        let mut own = self.own_removals.lock();
+        let Some(i) = own.iter().position(|&(s, e, _)| s <= start && end <= e) else { return false };
+        own[i].2 = own[i].2.saturating_sub(end - start);
+        if own[i].2 == 0 {
+            own.swap_remove(i);
+        }
+        true
+    }
+
+    /// Forgets that the pages `[start, last]` are out of RAM (their data is gone).
+    pub fn forget_out(&self, start: PageNo, last: PageNo) {
+        self.out.lock().remove(start, last);
+    }
+
+    /// Marks the pages `[start, last]` as out of RAM (data on its way elsewhere).
+    pub fn mark_out(&self, start: PageNo, last: PageNo) {
+        self.out.lock().insert(start, last);
+    }
+
+    /// Whether the data of `page` is out of RAM.
+    pub fn is_out(&self, page: PageNo) -> bool {
+        self.out.lock().contains(page)
+    }
+
+    /// Resolves a CPU fault on `page` if its data is in RAM: the page was never populated
+    /// (or the application dropped it). Every missing page of its 2 MiB block that is not
+    /// out of RAM gets the zero page at once (one fault per block, not per page; the zero
+    /// page costs no memory and a write copies it as usual), under the `out` lock so that
+    /// no migration can start collecting those pages meanwhile. Returns false when the
+    /// page's data is out of RAM.
     pub fn resolve_if_in_ram(&self, page: PageNo) -> Result<bool> {
         let out = self.out.lock();
         if out.contains(page) {
             return Ok(false);
         }
-        self.uffd.zeropage((page << PAGE_SHIFT) as usize, PAGE_SIZE)?;
+        let block = page & !(SMALL_BATCH_PAGES - 1);
+        let has = sys::pagemap::has_memory((block << PAGE_SHIFT) as usize, SMALL_BATCH_PAGES as usize)
+            .unwrap_or_else(|_| vec![true; SMALL_BATCH_PAGES as usize]);
+        let mut zeroed_faulting = false;
+        for (s, l) in
+            runs(block, block + SMALL_BATCH_PAGES - 1, |p| !has[(p - block) as usize] && !out.contains(p))
+        {
+            // Pages of the block outside the registered mapping are refused: not ours.
+            if self.uffd.zeropage((s << PAGE_SHIFT) as usize, ((l - s + 1) as usize) * PAGE_SIZE).is_ok() {
+                zeroed_faulting |= s <= page && page <= l;
+            }
+        }
+        if !zeroed_faulting {
+            self.uffd.zeropage((page << PAGE_SHIFT) as usize, PAGE_SIZE)?;
+        }
         Ok(true)
     }
 }
@@ -152,6 +219,10 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let bytes = STAGING_PAGES as usize * PAGE_SIZE;
+        // Unregister first: an unmap of registered memory would wait for a reader of the
+        // UNMAP event, and the reader thread is gone by now.
+        let _ = self.own.unregister(self.staging_out, bytes);
+        let _ = self.own.unregister(self.pool, POOL_PAGES as usize * PAGE_SIZE);
         let _ = sys::mmap::unmap(self.staging_out, bytes);
         let _ = sys::mmap::unmap(self.staging_in, bytes);
         let _ = sys::mmap::unmap(self.pool, POOL_PAGES as usize * PAGE_SIZE);
@@ -263,10 +334,10 @@ fn piece_events<T>(
     res
 }
 
-/// Registers the anonymous private memory of `r` with the userfaultfd and gives every
-/// never-populated page a zero page, so that no page of a registered range is missing
-/// unless usvm moved its data out.
-fn register(inner: &SvmInner, r: &mut SvmRange) -> Result<()> {
+/// Registers the anonymous private memory of `r` with the userfaultfd (once per range):
+/// from then on its missing pages fault to usvm, and the application's munmap, mremap and
+/// MADV_DONTNEED of it are reported.
+pub fn register(inner: &SvmInner, r: &mut SvmRange) -> Result<()> {
     if r.registered {
         return Ok(());
     }
@@ -280,13 +351,7 @@ fn register(inner: &SvmInner, r: &mut SvmRange) -> Result<()> {
         };
         let end = ((v.end >> PAGE_SHIFT) as PageNo - 1).min(r.last);
         if v.migratable() {
-            let len = (end - page + 1) as usize * PAGE_SIZE;
-            inner.engine.uffd.register(addr, len)?;
-            let has = sys::pagemap::has_memory(addr, len / PAGE_SIZE)?;
-            let out = inner.engine.out.lock();
-            for (s, l) in runs(page, end, |p| !has[(p - page) as usize] && !out.contains(p)) {
-                inner.engine.uffd.zeropage((s << PAGE_SHIFT) as usize, ((l - s + 1) as usize) * PAGE_SIZE)?;
-            }
+            inner.engine.uffd.register(addr, (end - page + 1) as usize * PAGE_SIZE)?;
         }
         page = end + 1;
     }
@@ -436,7 +501,7 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
                     .is_ok();
                 let (done, err) =
-                    if injected { (0, Some(libc::EBUSY)) } else { eng.uffd.move_pages(dst, src, len, true) };
+                    if injected { (0, Some(libc::EBUSY)) } else { eng.own.move_pages(dst, src, len, true) };
                 let done = (done / PAGE_SIZE) as u64;
                 for c in &mut collected[i as usize..(i + done) as usize] {
                     *c = true;
@@ -495,7 +560,7 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
             let mut b0 = bs.next_multiple_of(block);
             while b0 + block - 1 <= bl {
                 if (b0..b0 + block).all(|p| ok[(p - bs) as usize]) {
-                    sys::mmap::discard((b0 << PAGE_SHIFT) as usize, block as usize * PAGE_SIZE)?;
+                    eng.discard_own((b0 << PAGE_SHIFT) as usize, block as usize * PAGE_SIZE)?;
                 }
                 b0 += block;
             }

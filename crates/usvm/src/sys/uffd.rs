@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 const UFFD_API: u64 = 0xaa;
 const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
 const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_aa01;
 const UFFDIO_WAKE: libc::c_ulong = 0x8010_aa02;
 const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
 const UFFDIO_ZEROPAGE: libc::c_ulong = 0xc020_aa04;
@@ -22,6 +23,12 @@ const UFFD_FEATURE_MOVE: u64 = 1 << 16;
 const UFFDIO_MOVE_MODE_DONTWAKE: u64 = 1 << 0;
 const UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES: u64 = 1 << 1;
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const UFFD_EVENT_REMAP: u8 = 0x14;
+const UFFD_EVENT_REMOVE: u8 = 0x15;
+const UFFD_EVENT_UNMAP: u8 = 0x16;
+const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
+const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
 const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1;
 const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 
@@ -76,8 +83,8 @@ struct UffdioMove {
     moved: i64,
 }
 
-/// `struct uffd_msg` (32 bytes): the event, then a union whose page-fault arm is
-/// `{ flags, address, ptid }`.
+/// `struct uffd_msg` (32 bytes): the event, then a union of three 64-bit words: page fault
+/// `{ flags, address, ptid }`, remap `{ from, to, len }`, remove / unmap `{ start, end }`.
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
 struct UffdMsg {
@@ -85,10 +92,39 @@ struct UffdMsg {
     reserved1: u8,
     reserved2: u16,
     reserved3: u32,
-    flags: u64,
-    address: u64,
-    ptid: u32,
-    pad: u32,
+    a0: u64,
+    a1: u64,
+    a2: u64,
+}
+
+/// What the userfaultfd reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UffdEvent {
+    /// A thread faulted on a missing page.
+    Fault(Fault),
+    /// `mremap` moved `[from, from + len)` to `to`.
+    Remap {
+        /// Old start.
+        from: usize,
+        /// New start.
+        to: usize,
+        /// Bytes.
+        len: usize,
+    },
+    /// `madvise(MADV_DONTNEED / MADV_REMOVE)` dropped `[start, end)`.
+    Remove {
+        /// First byte.
+        start: usize,
+        /// One past the last byte.
+        end: usize,
+    },
+    /// `munmap` (or a shrinking `mremap`) unmapped `[start, end)`.
+    Unmap {
+        /// First byte.
+        start: usize,
+        /// One past the last byte.
+        end: usize,
+    },
 }
 
 /// A page fault reported by userfaultfd.
@@ -117,10 +153,12 @@ fn ioctl<T>(fd: &OwnedFd, req: libc::c_ulong, arg: &mut T) -> std::result::Resul
 }
 
 impl Uffd {
-    /// Opens a userfaultfd for this process's user-mode faults and negotiates the API.
-    /// Faults taken inside the kernel on the application's behalf (`read(2)` into a
-    /// buffer) are delivered too when the process may handle them (root here).
-    pub fn new() -> Result<Self> {
+    /// Opens a userfaultfd for this process's faults and negotiates the API. Faults taken
+    /// inside the kernel on the application's behalf (`read(2)` into a buffer) are
+    /// delivered too when the process may handle them (root here). With `events`, the
+    /// application's munmap, mremap and MADV_DONTNEED on registered memory are reported
+    /// (and wait until the event has been read).
+    pub fn new(events: bool) -> Result<Self> {
         let sys = |call: &'static str| move |errno: i32| Error::Sys { call, errno };
         let open = |flags: libc::c_int| {
             // SAFETY: the userfaultfd syscall takes only flags and returns a new fd or -1.
@@ -133,8 +171,11 @@ impl Uffd {
             .map_err(sys("userfaultfd"))?;
         // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut api =
-            UffdioApi { api: UFFD_API, features: UFFD_FEATURE_MOVE | UFFD_FEATURE_THREAD_ID, ioctls: 0 };
+        let mut features = UFFD_FEATURE_MOVE | UFFD_FEATURE_THREAD_ID;
+        if events {
+            features |= UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP;
+        }
+        let mut api = UffdioApi { api: UFFD_API, features, ioctls: 0 };
         ioctl(&fd, UFFDIO_API, &mut api)
             .map_err(sys("UFFDIO_API (needs UFFD_FEATURE_MOVE, Linux >= 6.8)"))?;
         // SAFETY: eventfd takes an initial value and flags and returns a new fd or -1.
@@ -157,6 +198,13 @@ impl Uffd {
         };
         ioctl(&self.fd, UFFDIO_REGISTER, &mut r)
             .map_err(|errno| Error::Sys { call: "UFFDIO_REGISTER", errno })
+    }
+
+    /// Unregisters `[addr, addr + len)`.
+    pub fn unregister(&self, addr: usize, len: usize) -> Result<()> {
+        let mut r = UffdioRange { start: addr as u64, len: len as u64 };
+        ioctl(&self.fd, UFFDIO_UNREGISTER, &mut r)
+            .map_err(|errno| Error::Sys { call: "UFFDIO_UNREGISTER", errno })
     }
 
     /// Maps the zero page over the missing pages of `[addr, addr + len)` and wakes the
@@ -199,16 +247,25 @@ impl Uffd {
     /// shootdown (nothing is unmapped). Returns the bytes copied and the error that
     /// stopped the copy early, if any (`EEXIST`: a destination page is present).
     pub fn copy(&self, dst: usize, src: usize, len: usize) -> (usize, Option<i32>) {
-        let mut c = UffdioCopy {
-            dst: dst as u64,
-            src: src as u64,
-            len: len as u64,
-            mode: UFFDIO_COPY_MODE_DONTWAKE,
-            copy: 0,
-        };
-        match ioctl(&self.fd, UFFDIO_COPY, &mut c) {
-            Ok(()) => (len, None),
-            Err(errno) => ((c.copy.max(0)) as usize, Some(errno)),
+        let mut done = 0;
+        loop {
+            let mut c = UffdioCopy {
+                dst: (dst + done) as u64,
+                src: (src + done) as u64,
+                len: (len - done) as u64,
+                mode: UFFDIO_COPY_MODE_DONTWAKE,
+                copy: 0,
+            };
+            match ioctl(&self.fd, UFFDIO_COPY, &mut c) {
+                Ok(()) => return (len, None),
+                // The address space is changing (an mremap or munmap event in flight):
+                // try again once it settled.
+                Err(libc::EAGAIN) => {
+                    done += c.copy.max(0) as usize;
+                    std::thread::yield_now();
+                }
+                Err(errno) => return (done + c.copy.max(0) as usize, Some(errno)),
+            }
         }
     }
 
@@ -218,8 +275,8 @@ impl Uffd {
         ioctl(&self.fd, UFFDIO_WAKE, &mut r).map_err(|errno| Error::Sys { call: "UFFDIO_WAKE", errno })
     }
 
-    /// Waits for the next page fault. `Ok(None)` when [`Uffd::shutdown`] was called.
-    pub fn next_fault(&self) -> Result<Option<Fault>> {
+    /// Waits until an event can be read. `Ok(false)` when [`Uffd::shutdown`] was called.
+    pub fn wait_readable(&self) -> Result<bool> {
         loop {
             let mut fds = [
                 libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -233,9 +290,13 @@ impl Uffd {
                     errno => return Err(Error::Sys { call: "poll(userfaultfd)", errno }),
                 }
             }
-            if fds[1].revents != 0 {
-                return Ok(None);
-            }
+            return Ok(fds[1].revents == 0);
+        }
+    }
+
+    /// Reads one event if one is queued (the descriptor is non-blocking).
+    pub fn read_event(&self) -> Result<Option<UffdEvent>> {
+        loop {
             let mut msg = UffdMsg::default();
             // SAFETY: reading one `uffd_msg` (32 bytes) into a struct of exactly that size.
             let n = unsafe {
@@ -246,22 +307,55 @@ impl Uffd {
                 )
             };
             if n < 0 {
-                match last_errno() {
-                    libc::EAGAIN | libc::EINTR => continue,
-                    errno => return Err(Error::Sys { call: "read(userfaultfd)", errno }),
-                }
+                return match last_errno() {
+                    libc::EINTR => continue,
+                    libc::EAGAIN => Ok(None),
+                    errno => Err(Error::Sys { call: "read(userfaultfd)", errno }),
+                };
             }
-            if n as usize == size_of::<UffdMsg>() && msg.event == UFFD_EVENT_PAGEFAULT {
-                return Ok(Some(Fault {
-                    addr: msg.address as usize & !(super::PAGE_SIZE - 1),
-                    write: msg.flags & UFFD_PAGEFAULT_FLAG_WRITE != 0,
-                    tid: msg.ptid,
-                }));
+            if n as usize != size_of::<UffdMsg>() {
+                return Ok(None);
+            }
+            let (a0, a1, a2) = (msg.a0 as usize, msg.a1 as usize, msg.a2);
+            return Ok(Some(match msg.event {
+                UFFD_EVENT_PAGEFAULT => UffdEvent::Fault(Fault {
+                    addr: a1 & !(super::PAGE_SIZE - 1),
+                    write: msg.a0 & UFFD_PAGEFAULT_FLAG_WRITE != 0,
+                    tid: a2 as u32,
+                }),
+                UFFD_EVENT_REMAP => UffdEvent::Remap { from: a0, to: a1, len: a2 as usize },
+                UFFD_EVENT_REMOVE => UffdEvent::Remove { start: a0, end: a1 },
+                UFFD_EVENT_UNMAP => UffdEvent::Unmap { start: a0, end: a1 },
+                _ => continue,
+            }));
+        }
+    }
+
+    /// Waits for the next event. `Ok(None)` when [`Uffd::shutdown`] was called.
+    pub fn next_event(&self) -> Result<Option<UffdEvent>> {
+        loop {
+            if !self.wait_readable()? {
+                return Ok(None);
+            }
+            if let Some(ev) = self.read_event()? {
+                return Ok(Some(ev));
             }
         }
     }
 
-    /// Makes [`Uffd::next_fault`] return `None` (to stop the handler thread).
+    /// Waits for the next page fault, skipping other events (for descriptors opened
+    /// without events). `Ok(None)` when [`Uffd::shutdown`] was called.
+    pub fn next_fault(&self) -> Result<Option<Fault>> {
+        loop {
+            match self.next_event()? {
+                None => return Ok(None),
+                Some(UffdEvent::Fault(f)) => return Ok(Some(f)),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Makes [`Uffd::next_event`] return `None` (to stop the handler thread).
     pub fn shutdown(&self) {
         let one: u64 = 1;
         // SAFETY: writing 8 bytes from a live u64 to our own eventfd.

@@ -452,7 +452,7 @@ fn alloc_and_drop() {
     let addr = b.addr();
     drop(b);
     assert_eq!(svm.range_count(), 0);
-    assert_eq!(errno(svm.set_attr(addr, 8192, &[])), libc::EFAULT);
+    let _ = addr; // (another thread may map the address again at once: nothing to check there)
     assert_eq!(errno(svm.alloc(0)), libc::EINVAL);
 }
 

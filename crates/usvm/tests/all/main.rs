@@ -4,4 +4,5 @@ mod attrs;
 mod gpu;
 mod migrate;
 mod model;
+mod notifier;
 mod util;

@@ -18,8 +18,11 @@ impl Mapping {
         Self::with(len, align, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)
     }
 
-    /// A mapping with the given flags and fd, `align`-aligned.
+    /// A mapping with the given flags and fd, `align`-aligned, and never across a 32 MiB
+    /// boundary when it fits in 32 MiB (the maximum range size of the 1 GiB test GPUs), so
+    /// that a test's interval is one range unless the test splits it.
     pub fn with(len: usize, align: usize, flags: i32, fd: i32) -> Mapping {
+        let align = if len <= 32 * MIB { align.max(len.next_power_of_two()) } else { align };
         let total = len + align;
         // SAFETY: a fresh mapping at an address the kernel picks; nothing else refers to it.
         let p = unsafe {

@@ -1,0 +1,200 @@
+//! The application's own page-table changes reach usvm as the kernel's MMU notifier does
+//! (kfd-svm-semantics.md section 6, test ideas T25, T26, T28, T29).
+
+use crate::util::*;
+use std::time::Duration;
+use usvm::{Attr, Location, Residency, Svm};
+
+fn fields(t: &str) -> String {
+    let mut it = t.splitn(4, ' ');
+    let id = it.next().unwrap();
+    let _ = (it.next(), it.next());
+    format!("{id} {}", it.next().unwrap_or(""))
+}
+
+fn drain(ev: &usvm::EventStream) -> Vec<String> {
+    ev.try_iter().map(|e| fields(&e.to_string())).collect()
+}
+
+/// T28: a partial munmap unmaps the hole from the GPUs at once; the survivors keep their
+/// attributes; GET on the hole is EFAULT; one range becomes two.
+#[test]
+fn t28_partial_munmap() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let a = Mapping::anon(6 * MIB, 32 * MIB);
+    svm.set_attr(a.addr, 6 * MIB, &[Attr::Access(g1), Attr::Granularity(4)]).unwrap();
+    assert_eq!(svm.range_count(), 1);
+    let ev = svm.subscribe();
+    unmap(a.addr + 2 * MIB, 2 * MIB);
+    assert_eq!(svm.range_count(), 2, "SET/GET and ranges() see the munmap done");
+    let page = (a.addr + 2 * MIB) >> 12;
+    assert!(drain(&ev).contains(&format!("b @{page:x}(200) {:x} 2", g1.0)));
+    let mut q = [Attr::Granularity(0), Attr::Access(g1)];
+    svm.get_attr(a.addr, 2 * MIB, &mut q).unwrap();
+    assert_eq!(q, [Attr::Granularity(4), Attr::Access(g1)]);
+    svm.get_attr(a.addr + 4 * MIB, 2 * MIB, &mut q).unwrap();
+    assert_eq!(q, [Attr::Granularity(4), Attr::Access(g1)]);
+    assert_eq!(errno(svm.get_attr(a.addr + 2 * MIB, 2 * MIB, &mut q)), libc::EFAULT);
+    // A GPU access to the hole is a fatal fault, not a crash of the process.
+    let mut b = [0u8; 8];
+    assert_eq!(errno(svm.gpu_read(g1, a.addr + 3 * MIB, &mut b)), libc::EFAULT);
+    svm.gpu_read(g1, a.addr + 5 * MIB, &mut b).unwrap();
+    assert_eq!(svm.smi()[0].mapped_pages, 1024);
+}
+
+/// T29 with the application's own munmap: the whole range disappears, memory mapped again
+/// at the same place has default attributes.
+#[test]
+fn t29_whole_munmap_then_mmap() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let a = Mapping::anon(2 * MIB, 2 * MIB);
+    svm.set_attr(
+        a.addr,
+        2 * MIB,
+        &[Attr::PreferredLoc(Location::Sysmem), Attr::PrefetchLoc(Location::Gpu(g1))],
+    )
+    .unwrap();
+    assert_eq!(svm.ranges()[0].vram_pages, 512);
+    let addr = a.addr;
+    drop(a);
+    assert_eq!(svm.range_count(), 0);
+    assert_eq!(svm.smi()[0].vram_used, 0, "the VRAM of unmapped memory is released");
+    // SAFETY: mapping fresh memory where ours was; MAP_FIXED_NOREPLACE fails rather than
+    // clobber anything another thread mapped there meanwhile.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut _,
+            2 * MIB,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return; // the address was taken by another thread meanwhile
+    }
+    let mut q = [Attr::PreferredLoc(Location::Gpu(g1))];
+    svm.get_attr(addr, 2 * MIB, &mut q).unwrap();
+    assert_eq!(q, [Attr::PreferredLoc(Location::Undefined)]);
+    // The new memory is plain memory: it reads zero, not the old data.
+    let mut b = [1u8; 1];
+    // SAFETY: reading the mapping just made.
+    b[0] = unsafe { std::ptr::read_volatile(addr as *const u8) };
+    assert_eq!(b[0], 0);
+    unmap(addr, 2 * MIB);
+}
+
+/// T25: XNACK off, MADV_DONTNEED of a page of a mapped range evicts the queues once and
+/// the restore worker remaps; the GPU reads zeros there afterwards, and the VRAM copy of
+/// the page is gone.
+#[test]
+fn t25_dontneed_xnack_off_evicts_and_restores() {
+    let svm = svm2(false);
+    let [g1, g2] = svm.gpu_ids()[..] else { panic!() };
+    let a = Mapping::anon(4 * MIB, 2 * MIB);
+    // SAFETY: our own mapping.
+    unsafe { std::ptr::write_bytes(a.addr as *mut u8, 7, 4 * MIB) };
+    svm.set_attr(a.addr, 4 * MIB, &[Attr::Access(g1)]).unwrap();
+    let ev = svm.subscribe();
+    for i in 0..3 {
+        // SAFETY: dropping pages of our own private mapping; they read as zero after.
+        assert_eq!(unsafe { libc::madvise((a.addr + i * PAGE) as *mut _, PAGE, libc::MADV_DONTNEED) }, 0);
+    }
+    let mut b = [9u8; 8];
+    svm.gpu_read(g1, a.addr + PAGE, &mut b).unwrap(); // waits for the restore
+    assert_eq!(b, [0; 8]);
+    svm.gpu_read(g1, a.addr + 3 * PAGE, &mut b).unwrap();
+    assert_eq!(b, [7; 8]);
+    std::thread::sleep(Duration::from_millis(20));
+    let t = drain(&ev);
+    // Invalidations before the restore share one eviction per GPU; a slow machine may run
+    // the restore between two of the madvise calls, so count pairs, not calls.
+    let evictions = t.iter().filter(|x| x.starts_with("9 ")).count();
+    let restores = t.iter().filter(|x| x.starts_with("a ")).count();
+    assert!((2..=6).contains(&evictions) && evictions % 2 == 0, "one eviction per GPU at a time: {t:?}");
+    assert!(t.contains(&format!("9 {:x} 0", g1.0)) && t.contains(&format!("9 {:x} 0", g2.0)));
+    assert_eq!(restores, evictions, "every eviction is restored: {t:?}");
+    // Data in VRAM that the application drops is gone too.
+    svm.set_attr(a.addr, 4 * MIB, &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+    assert_eq!(svm.ranges()[0].vram_pages, 1024);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::madvise((a.addr + 2 * MIB) as *mut _, 2 * MIB, libc::MADV_DONTNEED) }, 0);
+    assert_eq!(svm.ranges()[0].vram_pages, 512);
+    // SAFETY: reading our own mapping.
+    assert_eq!(unsafe { std::ptr::read_volatile((a.addr + 3 * MIB) as *const u8) }, 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { std::ptr::read_volatile((a.addr + MIB) as *const u8) }, 7);
+}
+
+/// T26: XNACK on, MADV_DONTNEED unmaps the page's extent from the GPUs (trigger 0), with
+/// no queue events; the next GPU access faults and reads zero.
+#[test]
+fn t26_dontneed_xnack_on_unmaps() {
+    let svm = svm2(true);
+    let g1 = svm.gpu_ids()[0];
+    let a = Mapping::anon(2 * MIB, 2 * MIB);
+    // SAFETY: our own mapping.
+    unsafe { std::ptr::write_bytes(a.addr as *mut u8, 5, 2 * MIB) };
+    svm.set_attr(a.addr, 2 * MIB, &[Attr::AccessInPlace(g1)]).unwrap(); // the data stays in RAM
+    let mut b = [9u8; 4];
+    svm.gpu_read(g1, a.addr, &mut b).unwrap(); // a retry fault maps the granule in place
+    assert_eq!(b, [5; 4]);
+    assert!(svm.ranges()[0].mapped_to_gpu);
+    std::thread::sleep(Duration::from_millis(3)); // past the fault dedup window
+    let ev = svm.subscribe();
+    // SAFETY: dropping a page of our own private mapping.
+    assert_eq!(unsafe { libc::madvise((a.addr + PAGE) as *mut _, PAGE, libc::MADV_DONTNEED) }, 0);
+    // The notifier's work runs on usvm's worker right after the madvise returns (any SET /
+    // GET / ranges() call waits for it); wait for its event here.
+    let mut t = Vec::new();
+    for _ in 0..1000 {
+        t.extend(drain(&ev));
+        if t.iter().any(|x| x.starts_with("b ")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    svm.gpu_read(g1, a.addr + PAGE, &mut b).unwrap(); // faults again, maps the zero page
+    assert_eq!(b, [0; 4]);
+    t.extend(drain(&ev));
+    let page = (a.addr >> 12) + 1;
+    assert!(t.contains(&format!("b @{page:x}(1) {:x} 0", g1.0)), "{t:?}");
+    assert!(!t.iter().any(|x| x.starts_with("9 ")), "no queue eviction with XNACK on: {t:?}");
+}
+
+/// mremap moves a range: the data that was in VRAM arrives at the new place, the old place
+/// is no SVM range any more.
+#[test]
+fn mremap_keeps_the_data() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let a = Mapping::anon(2 * MIB, 2 * MIB);
+    let data: Vec<u8> = (0..2 * MIB).map(|i| (i % 241) as u8).collect();
+    // SAFETY: our own mapping, 2 MiB long.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), a.addr as *mut u8, data.len()) };
+    svm.set_attr(a.addr, 2 * MIB, &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+    assert_eq!(svm.residency(a.addr, 1)[0], Residency::Vram(g1));
+    let dst = Mapping::anon(2 * MIB, 2 * MIB);
+    // SAFETY: moving our own mapping over our own destination mapping.
+    let p = unsafe {
+        libc::mremap(
+            a.addr as *mut _,
+            2 * MIB,
+            2 * MIB,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            dst.addr as *mut libc::c_void,
+        )
+    };
+    assert_eq!(p as usize, dst.addr);
+    std::mem::forget(a); // moved away
+    let mut back = vec![0u8; 2 * MIB];
+    // SAFETY: reading the moved mapping.
+    unsafe { std::ptr::copy_nonoverlapping(dst.addr as *const u8, back.as_mut_ptr(), back.len()) };
+    assert!(back == data, "data lost in mremap");
+    assert_eq!(svm.range_count(), 0);
+    assert_eq!(svm.smi()[0].vram_used, 0);
+    let _ = Svm::builder; // keep the import used
+}
