@@ -129,6 +129,7 @@ impl SvmBuilder {
             event_gate: Mutex::new(()),
             work: std::sync::OnceLock::new(),
         });
+        crate::svms::track_for_fork(&inner);
         let handler: Arc<dyn GpuFaultHandler> = inner.clone();
         inner.devs.set_fault_handler(Arc::downgrade(&handler));
         let cpu = CpuFaultHandler::start(&inner, inner.engine.uffd.clone())

@@ -50,3 +50,18 @@ pub fn fork_generation() -> u64 {
     });
     FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+/// Registers fork handlers (`pthread_atfork`): `prepare` runs in the forking thread before
+/// the fork, `parent` and `child` after it on each side.
+pub fn at_fork(prepare: extern "C" fn(), parent: extern "C" fn(), child: extern "C" fn()) {
+    // SAFETY: registers plain function pointers; they run with the fork, in the forking
+    // thread, where taking locks is allowed.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+}
+
+/// Unlocks `m`, which this thread locked and whose guard it forgot (to hold the lock across
+/// `fork`, from the prepare handler to the parent / child handlers).
+pub fn unlock_held<T>(m: &parking_lot::Mutex<T>) {
+    // SAFETY: the contract above: the lock is held, by this thread, with no live guard.
+    unsafe { m.force_unlock() };
+}

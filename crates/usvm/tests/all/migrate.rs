@@ -569,3 +569,44 @@ fn vram_to_vram_goes_through_ram() {
     buf.read_at(0, &mut back);
     assert!(back == data);
 }
+
+/// fork: the child reads correct data for every page, including pages whose data was in
+/// VRAM (usvm brings it back to RAM before the fork).
+#[test]
+fn fork_child_reads_vram_resident_data() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let buf = svm.alloc(4 * MIB).unwrap();
+    let data = pattern(4 * MIB, 99);
+    buf.write_at(0, &data);
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+    assert_eq!(svm.ranges()[0].vram_pages, 1024);
+    let (addr, expect) = (buf.addr(), data.as_ptr() as usize);
+    // SAFETY: the child only compares memory and exits; it uses no lock and no thread.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: both are live 4 MiB regions in the child's copy of the address space.
+        let same = unsafe { libc::memcmp(addr as *const _, expect as *const _, 4 * MIB) } == 0;
+        // SAFETY: leaving the child at once, without running the test harness's code.
+        unsafe { libc::_exit(if same { 0 } else { 1 }) };
+    }
+    assert!(pid > 0);
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child saw wrong data ({status:#x})"
+    );
+    // The parent goes on: its data is in RAM now, intact. Pages still shared with the
+    // child since the fork cannot be collected (UFFDIO_MOVE refuses them, EBUSY) and stay in
+    // RAM; pages the parent wrote since are its own again and migrate.
+    let mut back = vec![0u8; 4 * MIB];
+    buf.read_at(0, &mut back);
+    assert!(back == data);
+    buf.write_at(0, &data[..2 * MIB]);
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+    assert!(svm.ranges()[0].vram_pages >= 512, "{} pages moved", svm.ranges()[0].vram_pages);
+    buf.read_at(0, &mut back);
+    assert!(back == data);
+}
