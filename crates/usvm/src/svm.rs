@@ -43,6 +43,7 @@ pub struct SvmBuilder {
     xnack: bool,
     default_granularity: u8,
     migrate_on_preferred_loc: bool,
+    xgmi_hive: bool,
 }
 
 impl Default for SvmBuilder {
@@ -53,6 +54,7 @@ impl Default for SvmBuilder {
             xnack: false,
             default_granularity: DEFAULT_GRANULARITY,
             migrate_on_preferred_loc: true,
+            xgmi_hive: false,
         }
     }
 }
@@ -91,6 +93,14 @@ impl SvmBuilder {
         self
     }
 
+    /// Whether the GPUs are connected by XGMI in one hive (default false): GPUs of a hive
+    /// map each other's VRAM, so data in one GPU's VRAM stays there when another hive GPU
+    /// accesses it; GPUs outside a hive never map each other's VRAM (PCIe peers).
+    pub fn xgmi_hive(mut self, on: bool) -> Self {
+        self.xgmi_hive = on;
+        self
+    }
+
     /// Creates the instance.
     pub fn build(self) -> Result<Svm> {
         if self.gpus == 0 || self.gpus > MAX_GPUS {
@@ -114,7 +124,7 @@ impl SvmBuilder {
         let max_range_pages = policy::max_range_pages(gpus.iter().map(|g| g.vram_bytes));
         let ids: Vec<GpuId> = gpus.iter().map(|g| g.id).collect();
         let events = Arc::new(EventHub::new(ids.clone()));
-        let devs = Arc::new(Devices::new(&ids, vram, events.clone())?);
+        let devs = Arc::new(Devices::new(&ids, vram, self.xgmi_hive, events.clone())?);
         let inner = Arc::new(SvmInner {
             supported: GpuMask::first(gpus.len()),
             gpus,

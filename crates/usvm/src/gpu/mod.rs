@@ -85,6 +85,8 @@ pub struct Devices {
     vram_base: Vec<usize>,
     /// Events and counters.
     pub events: Arc<EventHub>,
+    /// All GPUs are connected by XGMI (one hive): they map each other's VRAM.
+    hive: bool,
     fault: Mutex<Option<std::sync::Weak<dyn GpuFaultHandler>>>,
 }
 
@@ -104,7 +106,7 @@ pub enum Access<'a> {
 
 impl Devices {
     /// `ids.len()` GPUs with `vram_bytes` of VRAM each.
-    pub fn new(ids: &[GpuId], vram_bytes: u64, events: Arc<EventHub>) -> Result<Self> {
+    pub fn new(ids: &[GpuId], vram_bytes: u64, hive: bool, events: Arc<EventHub>) -> Result<Self> {
         let mut gpus = Vec::with_capacity(ids.len());
         for (idx, &id) in ids.iter().enumerate() {
             gpus.push(Device {
@@ -116,7 +118,7 @@ impl Devices {
             });
         }
         let vram_base = gpus.iter().map(|g| g.vram.base()).collect();
-        Ok(Devices { gpus, vram_base, events, fault: Mutex::new(None) })
+        Ok(Devices { gpus, vram_base, events, hive, fault: Mutex::new(None) })
     }
 
     /// Installs the GPU fault handler (the SVM layer).
@@ -124,9 +126,9 @@ impl Devices {
         *self.fault.lock() = Some(h);
     }
 
-    /// Whether GPU `b` can map GPU `a`'s VRAM (the same GPU; XGMI hives come later).
+    /// Whether GPU `b` can map GPU `a`'s VRAM: the same GPU, or both in the XGMI hive.
     pub fn same_hive(&self, a: usize, b: usize) -> bool {
-        a == b
+        a == b || self.hive
     }
 
     /// Host address of VRAM page `page` of GPU `gpu`.
@@ -294,7 +296,7 @@ mod tests {
 
     fn devices(n: usize) -> Devices {
         let ids: Vec<GpuId> = (0..n).map(|i| GpuId(0x1111 * (i as u32 + 1))).collect();
-        Devices::new(&ids, 16 << 20, Arc::new(EventHub::new(ids.clone()))).unwrap()
+        Devices::new(&ids, 16 << 20, false, Arc::new(EventHub::new(ids.clone()))).unwrap()
     }
 
     #[test]

@@ -610,3 +610,93 @@ fn fork_child_reads_vram_resident_data() {
     buf.read_at(0, &mut back);
     assert!(back == data);
 }
+
+/// T17 with an XGMI hive: the prefetch to G1 happens although G2 maps the range too, and
+/// G2 reads G1's VRAM through a peer mapping (no migration).
+#[test]
+fn xgmi_hive_maps_peer_vram() {
+    let svm = Svm::builder().gpus(2).vram_bytes(1 << 30).xgmi_hive(true).build().unwrap();
+    let [g1, g2] = svm.gpu_ids()[..] else { panic!() };
+    let buf = svm.alloc(2 * MIB).unwrap();
+    let data = pattern(2 * MIB, 17);
+    buf.write_at(0, &data);
+    svm.set_attr(
+        buf.addr(),
+        buf.len(),
+        &[Attr::Access(g1), Attr::Access(g2), Attr::PrefetchLoc(Location::Gpu(g1))],
+    )
+    .unwrap();
+    assert_eq!(svm.ranges()[0].vram_pages, 512);
+    let mut back = vec![0u8; 2 * MIB];
+    svm.gpu_read(g2, buf.addr(), &mut back).unwrap();
+    assert!(back == data, "G2 reads G1's VRAM");
+    svm.gpu_write(g2, buf.addr(), b"peer").unwrap();
+    assert_eq!((svm.counters(g2).page_in, svm.counters(g1).page_out), (0, 0), "no migration");
+    let mut b = [0u8; 4];
+    buf.read_at(0, &mut b);
+    assert_eq!(&b, b"peer");
+}
+
+/// T31: XNACK on, no hive: G1 touches a granule (it moves to G1), G2 touches another
+/// granule of the same range: the whole range leaves G1 first, then the granule moves to G2.
+#[test]
+fn t31_gpu_to_gpu_through_ram() {
+    let svm = svm2(true);
+    let [g1, g2] = svm.gpu_ids()[..] else { panic!() };
+    let buf = svm.alloc(4 * MIB).unwrap();
+    let data = pattern(4 * MIB, 31);
+    buf.write_at(0, &data);
+    svm.set_attr(buf.addr(), buf.len(), &[]).unwrap();
+    let mut b = [0u8; 8];
+    svm.gpu_read(g1, buf.addr(), &mut b).unwrap();
+    assert_eq!(svm.counters(g1).page_in, 512);
+    std::thread::sleep(Duration::from_millis(3)); // past the fault dedup window
+    let ev = svm.subscribe();
+    svm.gpu_read(g2, buf.addr() + 3 * MIB, &mut b).unwrap();
+    assert_eq!(b[..], data[3 * MIB..3 * MIB + 8]);
+    let page = buf.addr() >> 12;
+    let t: Vec<String> = texts(&ev).iter().map(|t| fields(t)).filter(|t| t.starts_with("5 ")).collect();
+    assert_eq!(
+        t,
+        vec![
+            format!("5 @{page:x}(400) 1111->0 ffffffff:ffffffff 1"),
+            format!("5 @{:x}(200) 0->2222 ffffffff:ffffffff 1", page + 512),
+        ]
+    );
+    assert_eq!((svm.counters(g1).page_out, svm.counters(g2).page_in), (512, 512));
+}
+
+/// VRAM pressure (T30, section 6.5): a working set twice the VRAM; each prefetch evicts the
+/// least recently used buffer objects (trigger TTM_EVICTION, every range sharing them back
+/// to RAM), and every byte survives.
+#[test]
+fn oversubscribed_vram_evicts_lru_and_keeps_every_byte() {
+    let svm = Svm::builder().gpus(1).vram_bytes(8 << 20).build().unwrap();
+    let g = svm.gpu_ids()[0];
+    let bufs: Vec<usvm::SvmBuffer> = (0..4).map(|_| svm.alloc(4 * MIB).unwrap()).collect();
+    let datas: Vec<Vec<u8>> = (0..4).map(|k| pattern(4 * MIB, 50 + k as u8)).collect();
+    for (b, d) in bufs.iter().zip(&datas) {
+        b.write_at(0, d);
+    }
+    let ev = svm.subscribe();
+    for round in 0..3 {
+        for (k, b) in bufs.iter().enumerate() {
+            svm.set_attr(b.addr(), b.len(), &[Attr::PrefetchLoc(Location::Gpu(g))]).unwrap();
+            let in_vram: usize = svm
+                .ranges()
+                .iter()
+                .filter(|r| r.start >= b.addr() && r.start < b.addr() + b.len())
+                .map(|r| r.vram_pages)
+                .sum();
+            assert_eq!(in_vram, 1024, "round {round} buffer {k}: the prefetch made room");
+            assert!(svm.smi()[0].vram_used <= 8 << 20);
+        }
+    }
+    let evictions = texts(&ev).iter().filter(|t| t.starts_with("5 ") && t.ends_with(" 3")).count();
+    assert!(evictions >= 4, "TTM evictions: {evictions}");
+    for (k, (b, d)) in bufs.iter().zip(&datas).enumerate() {
+        let mut back = vec![0u8; 4 * MIB];
+        b.read_at(0, &mut back);
+        assert!(back == *d, "buffer {k} changed");
+    }
+}
