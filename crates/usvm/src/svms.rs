@@ -176,12 +176,8 @@ impl SvmInner {
                             if r.page_in_vram(p) {
                                 let src = b.bo.host_addr(b.offset + (p - r.start));
                                 let dst = ((to + (p - from)) << PAGE_SHIFT) as usize;
-                                // Present already (the application wrote there): VRAM holds the data
-                                // that moved, write it over the page. Otherwise copied, or not
-                                // ours to fill any more.
-                                if let (0, Some(libc::EEXIST)) = self.engine.uffd.copy(dst, src, PAGE_SIZE) {
-                                    sys::mmap::copy(dst, src, PAGE_SIZE);
-                                }
+                                // Copied; a page the application has there already keeps its data.
+                                let _ = self.engine.uffd.copy(dst, src, PAGE_SIZE);
                                 self.engine.forget_out(to + (p - from), to + (p - from));
                                 let _ = self.engine.uffd.wake(dst, PAGE_SIZE);
                             }

@@ -71,9 +71,6 @@ fn on_event(inner: &SvmInner, ev: UffdEvent) {
             PendingOp::Unmap { start: s, last: l }
         }
         UffdEvent::Remove { start, end } => {
-            if inner.engine.is_own_removal(start, end) {
-                return;
-            }
             let (s, l) = pages(start, end);
             inner.engine.forget_out(s, l);
             PendingOp::Remove { start: s, last: l }

@@ -82,9 +82,6 @@ pub struct Engine {
     out: Mutex<PageSet>,
     /// Fault injection: the next N page collections fail as if the page were busy.
     pub inject_busy: AtomicU64,
-    /// `MADV_DONTNEED`s of application memory usvm itself is doing (their REMOVE events
-    /// are not the application's).
-    own_removals: Mutex<Vec<(usize, usize, usize)>>,
 }
 
 impl Engine {
@@ -111,7 +108,6 @@ impl Engine {
             pool_level: Mutex::new(0),
             out: Mutex::new(PageSet::default()),
             inject_busy: AtomicU64::new(0),
-            own_removals: Mutex::new(Vec::new()),
         })
     }
 
@@ -144,31 +140,6 @@ impl Engine {
         drop(level);
         sys::mmap::populate(self.staging_in, n as usize * PAGE_SIZE)?;
         Ok(self.staging_in)
-    }
-
-    /// `MADV_DONTNEED` on registered memory of the application, by usvm itself (to free
-    /// empty page tables): the REMOVE events it raises are recognised and ignored. The
-    /// reader consumes the entry (madvise returns as soon as the reader has *read* the
-    /// event, possibly before it has looked at it).
-    fn discard_own(&self, addr: usize, len: usize) -> Result<()> {
-        self.own_removals.lock().push((addr, addr + len, len));
-        let r = sys::mmap::discard(addr, len);
-        if r.is_err() {
-            self.own_removals.lock().retain(|&(s, e, _)| (s, e) != (addr, addr + len));
-        }
-        r
-    }
-
-    /// Whether a REMOVE event for `[start, end)` comes from usvm's own `discard_own` (the
-    /// kernel reports one event per VMA the call covers); accounts for it.
-    pub fn is_own_removal(&self, start: usize, end: usize) -> bool {
-        let mut own = self.own_removals.lock();
-        let Some(i) = own.iter().position(|&(s, e, _)| s <= start && end <= e) else { return false };
-        own[i].2 = own[i].2.saturating_sub(end - start);
-        if own[i].2 == 0 {
-            own.swap_remove(i);
-        }
-        true
     }
 
     /// Forgets that the pages `[start, last]` are out of RAM (their data is gone).
@@ -520,6 +491,19 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
             }
             // --- pages: copy what had memory, zero what was never populated.
             let has = sys::pagemap::has_memory(eng.staging_out, n as usize)?;
+            // A page the move skipped as a hole must really be one: a huge page being split
+            // by a racing copy-on-write can look absent for an instant. A skipped page the
+            // application still has is not collected; it stays in RAM.
+            let app_has = sys::pagemap::has_memory((bs << PAGE_SHIFT) as usize, n as usize)?;
+            {
+                let mut out = eng.out.lock();
+                for i in 0..n as usize {
+                    if collected[i] && !has[i] && app_has[i] {
+                        collected[i] = false;
+                        out.remove(bs + i as u64, bs + i as u64);
+                    }
+                }
+            }
             let bo_addr = |p: PageNo| backing.bo.host_addr(backing.offset + (p - r.start));
             let copied: Vec<u64> = (0..n).filter(|&i| collected[i as usize] && has[i as usize]).collect();
             let ops = merge_ops(
@@ -552,17 +536,6 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
                         out.remove(bs + i, bs + i);
                     }
                 }
-            }
-            // Give back the page tables of every 2 MiB block of the application that is now
-            // wholly out of RAM (CONFIG_PT_RECLAIM frees empty tables on MADV_DONTNEED), so
-            // that the block can come back as one huge page-table entry.
-            let block = SMALL_BATCH_PAGES;
-            let mut b0 = bs.next_multiple_of(block);
-            while b0 + block - 1 <= bl {
-                if (b0..b0 + block).all(|p| ok[(p - bs) as usize]) {
-                    eng.discard_own((b0 << PAGE_SHIFT) as usize, block as usize * PAGE_SIZE)?;
-                }
-                b0 += block;
             }
             // Pages copied back after a failed chunk, or never collected, leave holes:
             // only a batch without holes may feed the pool.
@@ -662,9 +635,9 @@ fn piece_to_ram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: Pa
                 match err {
                     None => {}
                     Some(libc::EEXIST) => {
-                        // The application page exists already (it should not): the data
-                        // from VRAM is the truth, write it over the page.
-                        sys::mmap::copy(dst + done, src + done, PAGE_SIZE);
+                        // The application has the page (a page the collection took for a
+                        // hole, see piece_to_vram): its data is the newer one; the VRAM
+                        // copy is dropped.
                         now_in_ram += 1;
                     }
                     Some(errno) => {
@@ -722,9 +695,8 @@ fn small_to_ram(
         match err {
             None => {}
             Some(libc::EEXIST) => {
-                // The application page exists already (it should not): the data from VRAM
-                // is the truth, write it over the page.
-                sys::mmap::copy(dst + done, src + done, PAGE_SIZE);
+                // The application has the page: its data is the newer one; the VRAM copy
+                // is dropped.
                 now += 1;
             }
             Some(errno) => failure = Some(Error::Sys { call: "UFFDIO_COPY", errno }),

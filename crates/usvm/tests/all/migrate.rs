@@ -402,6 +402,7 @@ fn drop_returns_everything_to_ram() {
 fn concurrent_stores_during_migrations_lose_nothing() {
     const THREADS: usize = 4;
     const WORDS: usize = (8 * MIB) / 8;
+    let _no_fork = FORK_GUARD.read().unwrap_or_else(|e| e.into_inner());
     let svm = svm2(false);
     let g1 = svm.gpu_ids()[0];
     let buf = svm.alloc(8 * MIB).unwrap();
@@ -421,8 +422,14 @@ fn concurrent_stores_during_migrations_lose_nothing() {
                         for (k, &w) in mine.iter().enumerate() {
                             let mut v = [0u8; 8];
                             buf.read_at(w * 8, &mut v);
-                            if u64::from_le_bytes(v) != expect[k] {
-                                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if u64::from_le_bytes(v) != expect[k]
+                                && errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 3
+                            {
+                                eprintln!(
+                                    "thread {t} word {w}: read {} expected {}",
+                                    u64::from_le_bytes(v),
+                                    expect[k]
+                                );
                             }
                             expect[k] += 1;
                             buf.write_at(w * 8, &expect[k].to_le_bytes());
@@ -574,6 +581,7 @@ fn vram_to_vram_goes_through_ram() {
 /// VRAM (usvm brings it back to RAM before the fork).
 #[test]
 fn fork_child_reads_vram_resident_data() {
+    let _alone = FORK_GUARD.write().unwrap_or_else(|e| e.into_inner());
     let svm = svm2(false);
     let g1 = svm.gpu_ids()[0];
     let buf = svm.alloc(4 * MIB).unwrap();
