@@ -465,25 +465,12 @@ fn t29_remap_gets_defaults() {
     let addr = b.addr();
     svm.set_attr(addr, 2 * MIB, &[Attr::PreferredLoc(Location::Sysmem)]).unwrap();
     drop(b);
-    // SAFETY: mapping fresh anonymous memory at the address we just released; MAP_FIXED_NOREPLACE
-    // fails instead of clobbering anything another thread mapped there meanwhile.
-    let p = unsafe {
-        libc::mmap(
-            addr as *mut _,
-            2 * MIB,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
+    let Some(again) = Mapping::at(addr, 2 * MIB) else {
+        return; // the address was taken by another thread meanwhile
     };
-    if p == libc::MAP_FAILED {
-        eprintln!("address reused by another thread; skipping the remap half");
-        return;
-    }
     assert_eq!(pref(&svm, addr, 2 * MIB), Location::Undefined);
     assert_eq!(svm.range_count(), 0);
-    unmap(addr, 2 * MIB);
+    drop(again);
 }
 
 /// set_xnack: same mode is a no-op, and ranges keep their bitmaps.

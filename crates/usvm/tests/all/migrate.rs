@@ -545,7 +545,14 @@ fn stray_fault_still_crashes() {
         .output()
         .unwrap();
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "child ended with {:?}", out.status);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSEGV),
+        "child ended with {:?}; its output: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// VRAM -> VRAM goes through RAM (section 4.7): the whole range leaves the first GPU, then

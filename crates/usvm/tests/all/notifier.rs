@@ -61,21 +61,9 @@ fn t29_whole_munmap_then_mmap() {
     drop(a);
     assert_eq!(svm.range_count(), 0);
     assert_eq!(svm.smi()[0].vram_used, 0, "the VRAM of unmapped memory is released");
-    // SAFETY: mapping fresh memory where ours was; MAP_FIXED_NOREPLACE fails rather than
-    // clobber anything another thread mapped there meanwhile.
-    let p = unsafe {
-        libc::mmap(
-            addr as *mut _,
-            2 * MIB,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
+    let Some(again) = Mapping::at(addr, 2 * MIB) else {
         return; // the address was taken by another thread meanwhile
-    }
+    };
     let mut q = [Attr::PreferredLoc(Location::Gpu(g1))];
     svm.get_attr(addr, 2 * MIB, &mut q).unwrap();
     assert_eq!(q, [Attr::PreferredLoc(Location::Undefined)]);
@@ -84,7 +72,7 @@ fn t29_whole_munmap_then_mmap() {
     // SAFETY: reading the mapping just made.
     b[0] = unsafe { std::ptr::read_volatile(addr as *const u8) };
     assert_eq!(b[0], 0);
-    unmap(addr, 2 * MIB);
+    drop(again);
 }
 
 /// T25: XNACK off, MADV_DONTNEED of a page of a mapped range evicts the queues once and

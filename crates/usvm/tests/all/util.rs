@@ -43,6 +43,24 @@ impl Mapping {
         Mapping { addr, len }
     }
 
+    /// Fresh anonymous memory at exactly `addr`, if nothing is mapped there
+    /// (`MAP_FIXED_NOREPLACE`: another test thread may have taken the address meanwhile).
+    pub fn at(addr: usize, len: usize) -> Option<Mapping> {
+        // SAFETY: MAP_FIXED_NOREPLACE maps only where nothing is mapped; nothing else refers
+        // to the new memory.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut _,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        (p != libc::MAP_FAILED).then_some(Mapping { addr, len })
+    }
+
     /// Unmaps `[addr + off, addr + off + len)` (a hole).
     pub fn punch(&self, off: usize, len: usize) {
         unmap(self.addr + off, len);
