@@ -43,6 +43,8 @@ const BENCHES: &[(&str, BenchFn)] = &[
     ("prefetch_to_sysmem", prefetch_to_sysmem),
     ("cpu_fault_4k", cpu_fault_4k),
     ("cpu_fault_stream_2m", cpu_fault_stream_2m),
+    ("gpu_fault_stream", gpu_fault_stream),
+    ("oversub_1_5x", oversub_1_5x),
     ("set_attr_1e6_vs_1e3", set_attr_scaling),
 ];
 
@@ -171,4 +173,18 @@ fn cpu_fault_stream_2m(quick: bool) -> Result<BenchLine> {
     let (bytes, reps) = mig_size(quick);
     let r = usvm::bench::cpu_fault_stream(bytes, reps)?;
     Ok(BenchLine::of("cpu_fault_stream_2m", "GB/s", r))
+}
+
+/// `gpu_fault_stream`: a GPU kernel streams a 256 MiB system-resident range with XNACK on,
+/// driven by GPU faults; throughput / (prefetch + the same stream). Goal >= 0.6.
+fn gpu_fault_stream(quick: bool) -> Result<BenchLine> {
+    let r = usvm::bench::gpu_fault_stream(if quick { 64 << 20 } else { 256 << 20 })?;
+    Ok(BenchLine::of("gpu_fault_stream", "GB/s", r))
+}
+
+/// `oversub_1_5x`: a kernel sweeping 1.5x VRAM, throughput / the same sweep over 0.5x VRAM.
+/// Goal >= 0.4.
+fn oversub_1_5x(quick: bool) -> Result<BenchLine> {
+    let r = usvm::bench::oversub(if quick { 32 << 20 } else { 128 << 20 })?;
+    Ok(BenchLine::of("oversub_1_5x", "GB/s", r))
 }

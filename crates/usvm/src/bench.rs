@@ -161,3 +161,65 @@ pub fn cpu_fault_stream(bytes: usize, reps: usize) -> Result<Ratio> {
     let floor = memcpy_gbps(bytes, reps)?;
     Ok(Ratio { value: median(v), floor })
 }
+
+/// A GPU kernel on GPU 0 reads every 8-byte word of `[addr, addr + len)` (64 KiB at a
+/// time); returns the bytes per second.
+fn gpu_sweep(svm: &crate::Svm, addr: usize, len: usize) -> Result<f64> {
+    let g = svm.gpu_ids()[0];
+    let q = svm.create_queue(g)?;
+    let t = Instant::now();
+    q.submit(move |ctx| {
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut sum = 0u64;
+        for off in (0..len).step_by(chunk.len()) {
+            ctx.read(addr + off, &mut chunk)?;
+            sum = sum.wrapping_add(chunk[0] as u64);
+        }
+        std::hint::black_box(sum);
+        Ok(())
+    })
+    .wait()?;
+    Ok(len as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+/// `gpu_fault_stream`: with XNACK on, a GPU kernel streams a system-resident range of
+/// `bytes`, every granule brought to VRAM by a GPU retry fault; against an explicit
+/// prefetch of the same range followed by the same stream (prefetch time included).
+pub fn gpu_fault_stream(bytes: usize) -> Result<Ratio> {
+    use crate::{Attr, Location, Svm};
+    let run = |prefetch: bool| -> Result<f64> {
+        let svm = Svm::builder().gpus(1).vram_bytes(2 * bytes as u64).xnack(true).build()?;
+        let g = svm.gpu_ids()[0];
+        let buf = svm.alloc(bytes)?;
+        buf.fill(0, bytes, 1);
+        let t = Instant::now();
+        if prefetch {
+            svm.set_attr(buf.addr(), bytes, &[Attr::PrefetchLoc(Location::Gpu(g))])?;
+        }
+        gpu_sweep(&svm, buf.addr(), bytes)?;
+        Ok(bytes as f64 / t.elapsed().as_secs_f64() / 1e9)
+    };
+    let value = run(false)?;
+    let floor = run(true)?;
+    Ok(Ratio { value, floor })
+}
+
+/// `oversub_1_5x`: with XNACK on, a GPU kernel sweeps twice over a working set of 1.5x its
+/// VRAM (granules fault in, least recently used buffer objects are evicted), against the
+/// same sweeps over 0.5x its VRAM.
+pub fn oversub(vram: usize) -> Result<Ratio> {
+    use crate::Svm;
+    let run = |set: usize| -> Result<f64> {
+        let svm = Svm::builder().gpus(1).vram_bytes(vram as u64).xnack(true).build()?;
+        let buf = svm.alloc(set)?;
+        buf.fill(0, set, 2);
+        let t = Instant::now();
+        for _ in 0..2 {
+            gpu_sweep(&svm, buf.addr(), set)?;
+        }
+        Ok(2.0 * set as f64 / t.elapsed().as_secs_f64() / 1e9)
+    };
+    let value = run(vram / 2 * 3)?;
+    let floor = run(vram / 2)?;
+    Ok(Ratio { value, floor })
+}

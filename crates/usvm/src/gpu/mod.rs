@@ -205,8 +205,29 @@ impl Devices {
             Access::Write(b) => b.len(),
         };
         addr.checked_add(len).ok_or(Error::BadInterval { start: addr as u64, size: len as u64 })?;
+        // One bounce buffer per thread, kept: allocating and zeroing 64 KiB per access
+        // would cost as much as the copy itself.
+        thread_local! {
+            static BOUNCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let mut bounce = BOUNCE.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        if bounce.len() < len.min(ACCESS_CHUNK_BYTES) {
+            bounce.resize(len.min(ACCESS_CHUNK_BYTES), 0);
+        }
+        let r = self.access_with(gpu, addr, &mut buf, len, &mut bounce);
+        BOUNCE.with(|b| *b.borrow_mut() = bounce);
+        r
+    }
+
+    fn access_with(
+        &self,
+        gpu: usize,
+        addr: usize,
+        buf: &mut Access<'_>,
+        len: usize,
+        bounce: &mut [u8],
+    ) -> Result<()> {
         let write = matches!(buf, Access::Write(_));
-        let mut bounce = vec![0u8; len.min(ACCESS_CHUNK_BYTES)];
         let mut off = 0;
         let mut retries = 0;
         let mut first_fault = None;
@@ -239,7 +260,7 @@ impl Devices {
             }
             retries = 0;
             first_fault = None;
-            if let Access::Read(dst) = &mut buf {
+            if let Access::Read(dst) = buf {
                 dst[off..off + n].copy_from_slice(b);
             }
             off += n;
