@@ -98,6 +98,12 @@ pub enum Error {
     /// The queue no longer accepts work.
     #[error("queue is gone")]
     QueueGone,
+    /// The system-memory limit of SVM ranges (XNACK off) would be exceeded.
+    #[error("cannot reserve {bytes} bytes of system memory for new ranges (limit reached)")]
+    NoMemory {
+        /// Bytes asked for.
+        bytes: u64,
+    },
     /// VRAM -> VRAM could not empty the source GPU (section 4.7).
     #[error("could not move the range out of its GPU's VRAM")]
     Deadlock,
@@ -133,6 +139,7 @@ impl Error {
             Error::KernelPanic(_) => libc::EIO,
             Error::QueueGone => libc::ENODEV,
             Error::Deadlock => libc::EDEADLK,
+            Error::NoMemory { .. } => libc::ENOMEM,
             Error::Sys { errno, .. } => *errno,
         }
     }

@@ -44,6 +44,7 @@ pub struct SvmBuilder {
     default_granularity: u8,
     migrate_on_preferred_loc: bool,
     xgmi_hive: bool,
+    system_memory_limit: Option<u64>,
 }
 
 impl Default for SvmBuilder {
@@ -55,6 +56,7 @@ impl Default for SvmBuilder {
             default_granularity: DEFAULT_GRANULARITY,
             migrate_on_preferred_loc: true,
             xgmi_hive: false,
+            system_memory_limit: None,
         }
     }
 }
@@ -101,6 +103,14 @@ impl SvmBuilder {
         self
     }
 
+    /// The bytes of SVM ranges that may exist under XNACK off (KFD reserves every range
+    /// made under XNACK off against its system-memory limit; beyond it SET_ATTR and
+    /// switching XNACK off fail with ENOMEM). Default: 15/16 of the machine's memory.
+    pub fn system_memory_limit(mut self, bytes: u64) -> Self {
+        self.system_memory_limit = Some(bytes);
+        self
+    }
+
     /// Creates the instance.
     pub fn build(self) -> Result<Svm> {
         if self.gpus == 0 || self.gpus > MAX_GPUS {
@@ -135,6 +145,7 @@ impl SvmBuilder {
             events,
             engine: Engine::new()?,
             migrate_on_preferred_loc: self.migrate_on_preferred_loc,
+            system_memory_limit: self.system_memory_limit.unwrap_or(sys::physical_memory_bytes() / 16 * 15),
             pending: Mutex::new(Vec::new()),
             event_gate: Mutex::new(()),
             work: std::sync::OnceLock::new(),
@@ -312,12 +323,18 @@ impl Svm {
     }
 
     /// Switches XNACK (`AMDKFD_IOC_SET_XNACK_MODE`): `EBUSY` while queues exist; the same
-    /// mode is a no-op. Existing ranges keep their ACCESS bitmaps.
+    /// mode is a no-op. Existing ranges keep their ACCESS bitmaps. Turning XNACK off
+    /// reserves every range against the system-memory limit (`ENOMEM`, mode unchanged,
+    /// when they do not fit); turning it on releases the reservations.
     pub fn set_xnack(&self, on: bool) -> Result<()> {
         let mut st = self.inner.lock_state();
         if st.queues > 0 {
             return Err(Error::Busy("XNACK mode cannot change while queues exist"));
         }
+        if st.xnack == on {
+            return Ok(());
+        }
+        st.set_accounting(!on, self.inner.system_memory_limit)?;
         st.xnack = on;
         Ok(())
     }

@@ -80,12 +80,32 @@ pub(crate) struct SvmState {
     pub(crate) queues: usize,
     /// XNACK-off invalidations waiting for the restore worker (`evicted_ranges`).
     evicted_ranges: u32,
+    /// Bytes of ranges reserved against the system-memory limit (XNACK off).
+    pub(crate) reserved_bytes: u64,
 }
 
 impl SvmState {
+    /// Reserves every range against `limit` (`on`; ENOMEM and nothing changed when they do
+    /// not fit) or releases every reservation (`!on`): the XNACK switch's accounting.
+    pub(crate) fn set_accounting(&mut self, on: bool, limit: u64) -> Result<()> {
+        if on {
+            let total: u64 = self.tree.iter().map(|r| r.npages() << PAGE_SHIFT).sum();
+            if total > limit {
+                return Err(Error::NoMemory { bytes: total });
+            }
+            self.reserved_bytes = total;
+        } else {
+            self.reserved_bytes = 0;
+        }
+        for k in self.tree.iter().map(|r| r.start).collect::<Vec<_>>() {
+            self.tree.get_mut(k).expect("range").accounted = on;
+        }
+        Ok(())
+    }
+
     /// A state with no range.
     pub(crate) fn new(xnack: bool) -> Self {
-        SvmState { tree: RangeTree::new(), xnack, queues: 0, evicted_ranges: 0 }
+        SvmState { tree: RangeTree::new(), xnack, queues: 0, evicted_ranges: 0, reserved_bytes: 0 }
     }
 }
 
@@ -102,6 +122,9 @@ pub(crate) struct SvmInner {
     pub(crate) engine: Engine,
     /// The seed's migration on a PREFERRED_LOC change (on by default).
     pub(crate) migrate_on_preferred_loc: bool,
+    /// Bytes of SVM ranges the instance may create under XNACK off (KFD's system-memory
+    /// limit for userptr / SVM memory).
+    pub(crate) system_memory_limit: u64,
     /// Page-table changes reported by the userfaultfd, not applied yet (a leaf lock).
     pub(crate) pending: Mutex<Vec<PendingOp>>,
     /// Held by the reader thread from reading an event until the change is queued.
@@ -199,7 +222,11 @@ impl SvmInner {
             drop_vram(r, start, last);
         }
         self.engine.forget_out(start, last);
-        st.tree.remove_interval(start, last);
+        for gone in st.tree.remove_interval(start, last) {
+            if gone.accounted {
+                st.reserved_bytes -= gone.npages() << PAGE_SHIFT;
+            }
+        }
     }
 
     /// The restore worker (section 6.3): remap every invalidated range, then resume the
@@ -283,8 +310,15 @@ impl SvmInner {
         let mut st = self.lock_state();
         check_mapped(start, last)?;
         let xnack = st.xnack;
+        // XNACK off: the new ranges reserve their size against the system-memory limit;
+        // beyond it the whole call fails with ENOMEM and changes nothing (section 1.7).
+        let new_bytes = if xnack { 0 } else { st.tree.gap_pages(start, last) << PAGE_SHIFT };
+        if st.reserved_bytes + new_bytes > self.system_memory_limit {
+            return Err(Error::NoMemory { bytes: new_bytes });
+        }
         let defaults = self.new_range_attrs(xnack);
-        let out = st.tree.add(start, last, &ops, &defaults, self.max_range_pages);
+        let out = st.tree.add(start, last, &ops, &defaults, self.max_range_pages, !xnack);
+        st.reserved_bytes += new_bytes;
         // Anonymous memory of every range is watched from now on: the application's
         // munmap, mremap and MADV_DONTNEED of it reach usvm as the MMU notifier's do.
         for s in &out.updated {

@@ -180,6 +180,9 @@ pub struct SvmRange {
     /// Whether the range's anonymous memory is registered with the instance's
     /// userfaultfd (done at its first migration to VRAM).
     pub registered: bool,
+    /// Whether the range's size is reserved against the system-memory limit (ranges made
+    /// under XNACK off; split pieces keep it, as KFD's do).
+    pub accounted: bool,
     /// Whether the whole range has been validated and mapped to the GPUs it should be.
     pub mapped_to_gpu: bool,
     /// GPUs whose page tables may hold entries of this range (cleared on a full unmap).
@@ -202,6 +205,7 @@ impl SvmRange {
             vram: None,
             in_vram: PageBits::default(),
             registered: false,
+            accounted: false,
             mapped_to_gpu: false,
             mapped_gpus: GpuMask::EMPTY,
             invalid: 0,

@@ -128,12 +128,15 @@ impl RangeTree {
         last: PageNo,
         defaults: &RangeAttrs,
         max_pages: u64,
+        accounted: bool,
         out: &mut AddOutcome,
     ) {
         while start <= last {
             let end = (start + max_pages) / max_pages * max_pages - 1;
             let l = last.min(end);
-            self.insert(SvmRange::new(start, l, *defaults));
+            let mut r = SvmRange::new(start, l, *defaults);
+            r.accounted = accounted;
+            self.insert(r);
             out.updated.push(start);
             out.created += 1;
             start = l + 1;
@@ -150,7 +153,8 @@ impl RangeTree {
     /// - a range inside the interval is updated as a whole;
     /// - gaps get new ranges with `defaults`, cut at multiples of `max_pages`.
     ///
-    /// Ranges are never merged. Attributes are applied in `ops` order.
+    /// Ranges are never merged. Attributes are applied in `ops` order. New ranges are
+    /// marked `accounted` as asked (XNACK off reserves their size).
     pub fn add(
         &mut self,
         start: PageNo,
@@ -158,6 +162,7 @@ impl RangeTree {
         ops: &[AttrOp],
         defaults: &RangeAttrs,
         max_pages: u64,
+        accounted: bool,
     ) -> AddOutcome {
         debug_assert!(start <= last && max_pages.is_power_of_two());
         let mut out = AddOutcome::default();
@@ -192,12 +197,12 @@ impl RangeTree {
             // As the kernel does, the gap before a range is filled after the range itself
             // was handled, so `updated` lists ranges in the kernel's processing order.
             if rs > cursor {
-                self.fill_gap(cursor, rs - 1, defaults, max_pages, &mut out);
+                self.fill_gap(cursor, rs - 1, defaults, max_pages, accounted, &mut out);
             }
             cursor = rl.min(last) + 1;
         }
         if cursor <= last {
-            self.fill_gap(cursor, last, defaults, max_pages, &mut out);
+            self.fill_gap(cursor, last, defaults, max_pages, accounted, &mut out);
         }
         for &s in &out.updated {
             let r = self.map.get_mut(&s).expect("updated range");
@@ -235,6 +240,13 @@ impl RangeTree {
         agg.preferred_loc = preferred.unwrap_or(Location::Undefined);
         agg.prefetch_loc = prefetch.unwrap_or(Location::Undefined);
         any.then_some(agg)
+    }
+
+    /// Pages of `[start, last]` that no range covers (what SET_ATTR would create).
+    pub fn gap_pages(&self, start: PageNo, last: PageNo) -> u64 {
+        let covered: u64 =
+            self.overlapping(start, last).map(|r| r.last.min(last) - r.start.max(start) + 1).sum();
+        last - start + 1 - covered
     }
 
     /// Removes the pages `[start, last]` from every range (the bookkeeping of munmap):
@@ -277,7 +289,7 @@ mod tests {
     #[test]
     fn gaps_are_cut_at_max_pages_multiples() {
         let mut t = RangeTree::new();
-        let out = t.add(100, 1500, &[], &defaults(), MAX);
+        let out = t.add(100, 1500, &[], &defaults(), MAX, false);
         assert_eq!(bounds(&t), vec![(100, 511), (512, 1023), (1024, 1500)]);
         assert_eq!(out.created, 3);
         assert_eq!(out.updated, vec![100, 512, 1024]);
@@ -287,14 +299,14 @@ mod tests {
     fn partial_overlap_splits_and_never_merges() {
         let mut t = RangeTree::new();
         let g1 = Location::Gpu(GpuId(0x1111));
-        t.add(0, 2047, &[AttrOp::Preferred(g1)], &defaults(), 4096);
+        t.add(0, 2047, &[AttrOp::Preferred(g1)], &defaults(), 4096, false);
         assert_eq!(bounds(&t), vec![(0, 2047)]);
-        let out = t.add(512, 1023, &[AttrOp::Preferred(Location::Sysmem)], &defaults(), 4096);
+        let out = t.add(512, 1023, &[AttrOp::Preferred(Location::Sysmem)], &defaults(), 4096, false);
         assert_eq!(bounds(&t), vec![(0, 511), (512, 1023), (1024, 2047)]);
         assert_eq!(out.updated, vec![512]);
         assert!(out.remap.is_empty(), "cuts at 512 and 1024 are 2 MiB aligned");
         // Setting the middle back does not merge anything.
-        t.add(512, 1023, &[AttrOp::Preferred(g1)], &defaults(), 4096);
+        t.add(512, 1023, &[AttrOp::Preferred(g1)], &defaults(), 4096, false);
         assert_eq!(t.len(), 3);
         assert!(t.iter().all(|r| r.attrs.preferred_loc == g1));
     }
@@ -302,8 +314,8 @@ mod tests {
     #[test]
     fn unaligned_cuts_are_queued_for_remap() {
         let mut t = RangeTree::new();
-        t.add(0, 1023, &[], &defaults(), 4096);
-        let out = t.add(10, 20, &[AttrOp::Granularity(0)], &defaults(), 4096);
+        t.add(0, 1023, &[], &defaults(), 4096, false);
+        let out = t.add(10, 20, &[AttrOp::Granularity(0)], &defaults(), 4096, false);
         assert_eq!(bounds(&t), vec![(0, 9), (10, 20), (21, 1023)]);
         assert_eq!(out.remap, vec![0, 21]);
         assert_eq!(t.get(10).unwrap().attrs.granularity, 0);
@@ -313,17 +325,17 @@ mod tests {
     #[test]
     fn mapped_ranges_with_same_attrs_are_left_alone() {
         let mut t = RangeTree::new();
-        t.add(0, 1023, &[AttrOp::Granularity(4)], &defaults(), 4096);
+        t.add(0, 1023, &[AttrOp::Granularity(4)], &defaults(), 4096, false);
         t.get_mut(0).unwrap().mapped_to_gpu = true;
-        let out = t.add(100, 200, &[AttrOp::Granularity(4)], &defaults(), 4096);
+        let out = t.add(100, 200, &[AttrOp::Granularity(4)], &defaults(), 4096, false);
         assert_eq!(bounds(&t), vec![(0, 1023)]);
         assert!(out.updated.is_empty());
         // A raw granularity above 63 is never "same" (stored as 63, compared raw).
-        t.add(0, 1023, &[AttrOp::Granularity(100)], &defaults(), 4096);
-        let out = t.add(0, 1023, &[AttrOp::Granularity(100)], &defaults(), 4096);
+        t.add(0, 1023, &[AttrOp::Granularity(100)], &defaults(), 4096, false);
+        let out = t.add(0, 1023, &[AttrOp::Granularity(100)], &defaults(), 4096, false);
         assert_eq!(out.updated, vec![0]);
         // Prefetch is never "same".
-        let out = t.add(0, 1023, &[AttrOp::Prefetch(Location::Sysmem)], &defaults(), 4096);
+        let out = t.add(0, 1023, &[AttrOp::Prefetch(Location::Sysmem)], &defaults(), 4096, false);
         assert_eq!(out.updated, vec![0]);
     }
 
@@ -332,11 +344,11 @@ mod tests {
         let mut t = RangeTree::new();
         let g1 = Location::Gpu(GpuId(1));
         assert_eq!(t.aggregate(0, 10, GpuMask(3)), None);
-        t.add(0, 511, &[AttrOp::Preferred(g1)], &defaults(), MAX);
-        t.add(1024, 1535, &[AttrOp::Preferred(g1)], &defaults(), MAX);
+        t.add(0, 511, &[AttrOp::Preferred(g1)], &defaults(), MAX, false);
+        t.add(1024, 1535, &[AttrOp::Preferred(g1)], &defaults(), MAX, false);
         assert_eq!(t.aggregate(0, 1535, GpuMask(3)).unwrap().preferred_loc, g1);
-        t.add(2048, 2559, &[], &defaults(), MAX);
-        t.add(3072, 3583, &[AttrOp::Preferred(g1)], &defaults(), MAX);
+        t.add(2048, 2559, &[], &defaults(), MAX, false);
+        t.add(3072, 3583, &[AttrOp::Preferred(g1)], &defaults(), MAX, false);
         // An UNDEFINED range in the middle freezes the result even if later ones agree.
         assert_eq!(t.aggregate(0, 3583, GpuMask(3)).unwrap().preferred_loc, Location::Undefined);
     }
@@ -344,7 +356,7 @@ mod tests {
     #[test]
     fn remove_interval_keeps_survivors() {
         let mut t = RangeTree::new();
-        t.add(0, 1535, &[AttrOp::Granularity(3)], &defaults(), 4096);
+        t.add(0, 1535, &[AttrOp::Granularity(3)], &defaults(), 4096, false);
         let gone = t.remove_interval(512, 1023);
         assert_eq!(gone.len(), 1);
         assert_eq!((gone[0].start, gone[0].last), (512, 1023));

@@ -65,3 +65,10 @@ pub fn unlock_held<T>(m: &parking_lot::Mutex<T>) {
     // SAFETY: the contract above: the lock is held, by this thread, with no live guard.
     unsafe { m.force_unlock() };
 }
+
+/// Bytes of physical memory of the machine.
+pub fn physical_memory_bytes() -> u64 {
+    // SAFETY: sysconf only reads system configuration.
+    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    (pages.max(0) as u64).saturating_mul(size.max(0) as u64)
+}

@@ -500,3 +500,42 @@ fn errors_are_clear() {
     let e = svm.set_attr(4096, 4096, &[Attr::Access(GpuId(0xdead))]).unwrap_err();
     assert!(e.to_string().contains("0xdead"), "{e}");
 }
+
+/// T33: XNACK off, new ranges reserve their size against the system-memory limit: beyond it
+/// SET_ATTR fails with ENOMEM and creates nothing; XNACK on reserves nothing. Unmapping
+/// releases the reservation.
+#[test]
+fn t33_system_memory_limit() {
+    let svm = Svm::builder().gpus(1).system_memory_limit(8 * MIB as u64).build().unwrap();
+    let a = Mapping::anon(16 * MIB, 2 * MIB);
+    svm.set_attr(a.addr, 6 * MIB, &[]).unwrap();
+    assert_eq!(errno(svm.set_attr(a.addr, 16 * MIB, &[])), libc::ENOMEM);
+    assert_eq!(svm.range_count(), 1, "nothing was created");
+    // Existing ranges cost nothing again; 2 MiB more fit exactly.
+    svm.set_attr(a.addr, 8 * MIB, &[Attr::Granularity(1)]).unwrap();
+    assert_eq!(errno(svm.set_attr(a.addr + 8 * MIB, PAGE, &[])), libc::ENOMEM);
+    // Unmapping gives the reservation back.
+    a.punch(0, 4 * MIB);
+    svm.set_attr(a.addr + 8 * MIB, 4 * MIB, &[]).unwrap();
+    let on = Svm::builder().gpus(1).system_memory_limit(MIB as u64).xnack(true).build().unwrap();
+    let b = Mapping::anon(16 * MIB, 2 * MIB);
+    on.set_attr(b.addr, 16 * MIB, &[]).unwrap();
+}
+
+/// T32: switching XNACK off reserves every range; when they do not fit it is ENOMEM and the
+/// mode does not change. Switching on releases everything.
+#[test]
+fn t32_xnack_switch_accounting() {
+    let svm = Svm::builder().gpus(1).system_memory_limit(4 * MIB as u64).xnack(true).build().unwrap();
+    let a = Mapping::anon(8 * MIB, 2 * MIB);
+    svm.set_attr(a.addr, 8 * MIB, &[]).unwrap();
+    assert_eq!(errno(svm.set_xnack(false)), libc::ENOMEM);
+    assert!(svm.xnack());
+    a.punch(4 * MIB, 4 * MIB);
+    assert_eq!(svm.range_count(), 1);
+    svm.set_xnack(false).unwrap();
+    assert!(!svm.xnack());
+    assert_eq!(errno(svm.set_attr(a.addr + 4 * MIB, PAGE, &[])), libc::EFAULT, "unmapped");
+    svm.set_xnack(true).unwrap();
+    svm.set_xnack(false).unwrap();
+}
