@@ -280,10 +280,27 @@ impl Devices {
         let t = self.gpus[gpu].pt.read();
         let first = (addr >> PAGE_SHIFT) as u64;
         let last = ((addr + b.len() - 1) >> PAGE_SHIFT) as u64;
+        let mut system = None;
         for p in first..=last {
             let pte = t.get(p);
             if !pte.valid() || (write && !pte.writable()) {
                 return Err(((p as usize) << PAGE_SHIFT).max(addr));
+            }
+            if system.is_none() && pte.target() == Some(Target::System) {
+                system = Some(p);
+            }
+        }
+        // System pages are the process's own: userfaultfd reports no mprotect, so check
+        // that the mappings still allow the access before touching them (a stale entry
+        // would otherwise crash the process instead of faulting the GPU).
+        if let Some(p) = system {
+            let mut a = ((p as usize) << PAGE_SHIFT).max(addr);
+            let end = addr + b.len();
+            while a < end {
+                match crate::sys::vma::lookup(a, false) {
+                    Ok(Some(v)) if v.read && (!write || v.write) => a = v.end,
+                    _ => return Err(a),
+                }
             }
         }
         let mut off = 0;

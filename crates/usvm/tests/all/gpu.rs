@@ -296,3 +296,23 @@ fn xnack_on_fault_dedup_window() {
     // The second access was usually deduplicated at least once (counted, no events).
     assert!(svm.counters(g1).faults >= 2);
 }
+
+/// mprotect is not reported to usvm: a device access through a mapping made before it is
+/// checked against the current permissions and faults (EFAULT) instead of crashing.
+#[test]
+fn mprotect_after_mapping_faults_the_gpu_not_the_process() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let a = Mapping::anon(2 * MIB, 2 * MIB);
+    svm.set_attr(a.addr, 2 * MIB, &[Attr::Access(g1)]).unwrap();
+    svm.gpu_write(g1, a.addr, &[1; 8]).unwrap();
+    mprotect(a.addr, 2 * MIB, libc::PROT_READ);
+    let mut b = [0u8; 8];
+    svm.gpu_read(g1, a.addr, &mut b).unwrap();
+    assert_eq!(b, [1; 8]);
+    assert_eq!(svm.gpu_write(g1, a.addr, &[2; 8]).unwrap_err().errno(), libc::EFAULT);
+    mprotect(a.addr, 2 * MIB, libc::PROT_NONE);
+    assert_eq!(svm.gpu_read(g1, a.addr, &mut b).unwrap_err().errno(), libc::EFAULT);
+    mprotect(a.addr, 2 * MIB, libc::PROT_READ | libc::PROT_WRITE);
+    svm.gpu_write(g1, a.addr, &[3; 8]).unwrap();
+}
