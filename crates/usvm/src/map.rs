@@ -3,12 +3,12 @@
 //! state and `policy`; the page-table writes are the device layer's.
 
 use crate::attr::SvmFlags;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::events::{EventKind, UnmapTrigger};
 use crate::gpu::Devices;
 use crate::gpu::pagetable::{Pte, PteFlags};
 use crate::range::{GpuMask, PageNo, SvmRange};
-use crate::sys::{PAGE_SHIFT, vma};
+use crate::sys::vma;
 use std::time::Instant;
 
 /// The PTE bits a range gets in a VMA: writable unless GPU_RO or the VMA is read-only,
@@ -38,14 +38,9 @@ pub fn validate_and_map(
     if gpus == GpuMask::EMPTY {
         return Ok(());
     }
-    let mut page = first;
     let mut mapped_last_piece = false;
-    while page <= last {
-        let addr = (page << PAGE_SHIFT) as usize;
-        let v = vma::lookup(addr, false)
-            .map_err(|errno| Error::Sys { call: "PROCMAP_QUERY", errno })?
-            .ok_or(Error::NotMapped { addr: addr as u64 })?;
-        let end = ((v.end >> PAGE_SHIFT) as PageNo - 1).min(last);
+    for piece in vma::pieces(first, last) {
+        let vma::Piece { first: page, last: end, vma: v } = piece?;
         if !v.read {
             unmap_from_gpus(devs, r, page, end, UnmapTrigger::UnmapFromCpu);
             mapped_last_piece = false;
@@ -70,7 +65,6 @@ pub fn validate_and_map(
             }
             mapped_last_piece = true;
         }
-        page = end + 1;
     }
     if mapped_last_piece {
         r.mapped_to_gpu = true;

@@ -724,16 +724,11 @@ impl GpuFaultHandler for SvmInner {
 /// `svm_range_is_valid`: every page of `[start, last]` must lie in an ordinary mapping of
 /// the process, with no hole and no device (I/O, PFN) mapping, else EFAULT.
 fn check_mapped(start: PageNo, last: PageNo) -> Result<()> {
-    let mut addr = (start << PAGE_SHIFT) as usize;
-    let end = ((last + 1) << PAGE_SHIFT) as usize;
-    while addr < end {
-        let v = vma::lookup(addr, false)
-            .map_err(|errno| Error::Sys { call: "PROCMAP_QUERY", errno })?
-            .ok_or(Error::NotMapped { addr: addr as u64 })?;
+    for piece in vma::pieces(start, last) {
+        let v = piece?.vma;
         if v.kind == vma::VmaKind::Device {
             return Err(Error::DeviceMapping { addr: v.start as u64, name: "I/O or PFN mapping".into() });
         }
-        addr = v.end;
     }
     Ok(())
 }

@@ -312,19 +312,18 @@ pub fn register(inner: &SvmInner, r: &mut SvmRange) -> Result<()> {
     if r.registered {
         return Ok(());
     }
-    let mut page = r.start;
-    while page <= r.last {
-        let addr = (page << PAGE_SHIFT) as usize;
-        let Some(v) =
-            vma::lookup(addr, false).map_err(|errno| Error::Sys { call: "PROCMAP_QUERY", errno })?
-        else {
-            break;
+    for piece in vma::pieces(r.start, r.last) {
+        let p = match piece {
+            Ok(p) => p,
+            Err(Error::NotMapped { .. }) => break,
+            Err(e) => return Err(e),
         };
-        let end = ((v.end >> PAGE_SHIFT) as PageNo - 1).min(r.last);
-        if v.migratable() {
-            inner.engine.uffd.register(addr, (end - page + 1) as usize * PAGE_SIZE)?;
+        if p.vma.migratable() {
+            inner
+                .engine
+                .uffd
+                .register((p.first << PAGE_SHIFT) as usize, (p.last - p.first + 1) as usize * PAGE_SIZE)?;
         }
-        page = end + 1;
     }
     r.registered = true;
     Ok(())
@@ -415,14 +414,8 @@ pub fn to_vram(
     let inv = invalidate(inner, r, first, last, xnack);
     let mut moved = 0;
     let mut result = Ok(());
-    let mut page = first;
-    while page <= last {
-        let addr = (page << PAGE_SHIFT) as usize;
-        let v = match vma::lookup(addr, false) {
-            Ok(Some(v)) => v,
-            _ => break, // a missing VMA ends the migration early, without error
-        };
-        let end = ((v.end >> PAGE_SHIFT) as PageNo - 1).min(last);
+    // A missing VMA ends the migration early, without error.
+    for vma::Piece { first: page, last: end, vma: v } in vma::pieces(first, last).map_while(Result::ok) {
         let ids = (0, dev.id.0);
         let locs = (r.attrs.prefetch_loc.to_raw(), r.attrs.preferred_loc.to_raw());
         let res = piece_events(inner, locs, (page, end), ids, trigger, || {
@@ -432,7 +425,6 @@ pub fn to_vram(
             Ok(n) => moved += n,
             Err(e) => result = Err(e),
         }
-        page = end + 1;
     }
     if moved > 0 {
         r.actual_loc = Location::Gpu(dev.id);
@@ -564,19 +556,18 @@ pub fn to_ram(
     let id = inner.devs.gpus[g].id.0;
     let mut moved = 0;
     let mut result = Ok(());
-    let mut page = first;
-    while page <= last {
-        let addr = (page << PAGE_SHIFT) as usize;
-        // A single page is its own VMA piece (a CPU fault at granularity 0): skip the walk.
-        let end = if page == last {
-            page
-        } else {
-            match vma::lookup(addr, false) {
-                Ok(Some(v)) => ((v.end >> PAGE_SHIFT) as PageNo - 1).min(last),
-                _ => {
-                    result = Err(Error::NotMapped { addr: addr as u64 });
-                    break;
-                }
+    // A single page is its own VMA piece (a CPU fault at granularity 0): no walk needed.
+    let bounds: Vec<Result<(PageNo, PageNo)>> = if first == last {
+        vec![Ok((first, last))]
+    } else {
+        vma::pieces(first, last).map(|p| p.map(|p| (p.first, p.last))).collect()
+    };
+    for b in bounds {
+        let (page, end) = match b {
+            Ok(b) => b,
+            Err(e) => {
+                result = Err(e);
+                break;
             }
         };
         let locs = (r.attrs.prefetch_loc.to_raw(), r.attrs.preferred_loc.to_raw());
@@ -586,7 +577,6 @@ pub fn to_ram(
             Ok(n) => moved += n,
             Err(e) => result = Err(e),
         }
-        page = end + 1;
     }
     inner.events.count(g, Counter::PageOut, moved);
     if r.vram_pages() == 0 {

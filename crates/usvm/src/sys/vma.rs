@@ -165,6 +165,43 @@ pub fn lookup(addr: usize, or_next: bool) -> Result<Option<Vma>, i32> {
     }))
 }
 
+/// One mapping's part of a page interval.
+#[derive(Clone, Copy, Debug)]
+pub struct Piece {
+    /// First page of the part.
+    pub first: u64,
+    /// Last page of the part (inclusive).
+    pub last: u64,
+    /// The mapping.
+    pub vma: Vma,
+}
+
+/// The mappings covering the pages `[first, last]`, in address order, each clipped to the
+/// interval. The walk ends after the first error: `NotMapped` at the first address with no
+/// mapping, or the lookup's own failure.
+pub fn pieces(first: u64, last: u64) -> impl Iterator<Item = crate::error::Result<Piece>> {
+    let mut page = first;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done || page > last {
+            return None;
+        }
+        let addr = (page << super::PAGE_SHIFT) as usize;
+        let r = match lookup(addr, false) {
+            Ok(Some(vma)) => {
+                let end = ((vma.end >> super::PAGE_SHIFT) as u64 - 1).min(last);
+                let p = Piece { first: page, last: end, vma };
+                page = end + 1;
+                Ok(p)
+            }
+            Ok(None) => Err(crate::error::Error::NotMapped { addr: addr as u64 }),
+            Err(errno) => Err(crate::error::Error::Sys { call: "PROCMAP_QUERY", errno }),
+        };
+        done = r.is_err();
+        Some(r)
+    })
+}
+
 /// Sorts a mapping into a [`VmaKind`] from its name, inode and sharing.
 fn classify(name: &[u8], inode: u64, shared: bool) -> VmaKind {
     match name {
