@@ -607,7 +607,11 @@ impl SvmInner {
             result = map::validate_and_map(&self.devs, r, one, first, last);
         }
         self.events.emit(|| EventKind::PageFaultEnd { addr: page, gpu: id, migrated });
-        result
+        match result {
+            // The address space changed under the fault: the GPU retries (section 5.4).
+            Err(e) if e.errno() == libc::EAGAIN => Ok(()),
+            r => r,
+        }
     }
 
     /// The GPU index of a location, if it is one of this instance's GPUs.

@@ -37,12 +37,23 @@ pub struct CpuFaultHandler {
 
 /// Serves a fault on a page whose data is out of RAM, with the instance lock held.
 fn serve_slow(inner: &SvmInner, page: PageNo, f: Fault, st: &mut SvmState) {
-    if inner.cpu_fault(st, page).is_err() {
-        // As the kernel does when migrate_to_ram fails: SIGBUS, then let the thread run
-        // into it (a thread left waiting would hang forever).
-        signal_thread(f.tid, libc::SIGBUS);
-        let _ = inner.engine.uffd.wake(f.addr, PAGE_SIZE);
+    match inner.cpu_fault(st, page) {
+        Ok(()) => {}
+        // The address space is changing under an event not read yet: let the thread fault
+        // again; its new fault arrives after the event.
+        Err(e) if e.errno() == libc::EAGAIN => {
+            let _ = inner.engine.uffd.wake(f.addr, PAGE_SIZE);
+        }
+        Err(_) => fail(inner, f),
     }
+}
+
+/// A fault that cannot be served: SIGBUS, then a wake-up.
+fn fail(inner: &SvmInner, f: Fault) {
+    // As the kernel does when migrate_to_ram fails: SIGBUS, then let the thread run into it
+    // (a thread left waiting would hang forever).
+    signal_thread(f.tid, libc::SIGBUS);
+    let _ = inner.engine.uffd.wake(f.addr, PAGE_SIZE);
 }
 
 /// The reader's part of an event.
@@ -58,10 +69,10 @@ fn on_event(inner: &SvmInner, ev: UffdEvent) {
                     Some(mut st) => serve_slow(inner, page, f, &mut st),
                     None => inner.post(Work::Fault(f)),
                 },
-                Err(_) => {
-                    signal_thread(f.tid, libc::SIGBUS);
+                Err(e) if e.errno() == libc::EAGAIN => {
                     let _ = inner.engine.uffd.wake(f.addr, PAGE_SIZE);
                 }
+                Err(_) => fail(inner, f),
             }
             return;
         }
@@ -119,6 +130,7 @@ impl CpuFaultHandler {
         let r: Weak<SvmInner> = Arc::downgrade(inner);
         let u = uffd.clone();
         let reader = std::thread::Builder::new().name("usvm-fault".into()).spawn(move || {
+            crate::sys::uffd::set_event_reader();
             loop {
                 match u.wait_readable() {
                     Ok(true) => {}

@@ -218,7 +218,8 @@ impl Uffd {
         match ioctl(&self.fd, UFFDIO_ZEROPAGE, &mut z) {
             Ok(()) => Ok(()),
             Err(libc::EEXIST) => self.wake(addr, len),
-            Err(libc::EAGAIN) => self.zeropage(addr, len),
+            // EAGAIN: the address space is changing (an unmap or remap event waits to be
+            // read); the caller lets the thread fault again later.
             Err(errno) => Err(Error::Sys { call: "UFFDIO_ZEROPAGE", errno }),
         }
     }
@@ -248,6 +249,7 @@ impl Uffd {
     /// stopped the copy early, if any (`EEXIST`: a destination page is present).
     pub fn copy(&self, dst: usize, src: usize, len: usize) -> (usize, Option<i32>) {
         let mut done = 0;
+        let since = std::time::Instant::now();
         loop {
             let mut c = UffdioCopy {
                 dst: (dst + done) as u64,
@@ -259,10 +261,11 @@ impl Uffd {
             match ioctl(&self.fd, UFFDIO_COPY, &mut c) {
                 Ok(()) => return (len, None),
                 // The address space is changing (an mremap or munmap event in flight):
-                // try again once it settled.
-                Err(libc::EAGAIN) => {
+                // wait for it to settle, except on the thread that reads the events (it
+                // would wait for itself): that one gets EAGAIN at once.
+                Err(libc::EAGAIN) if !is_event_reader() && since.elapsed() < EAGAIN_PATIENCE => {
                     done += c.copy.max(0) as usize;
-                    std::thread::yield_now();
+                    std::thread::sleep(std::time::Duration::from_micros(50));
                 }
                 Err(errno) => return (done + c.copy.max(0) as usize, Some(errno)),
             }
@@ -361,6 +364,23 @@ impl Uffd {
         // SAFETY: writing 8 bytes from a live u64 to our own eventfd.
         unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
     }
+}
+
+/// How long a thread other than the event reader waits for the address space to settle.
+const EAGAIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+thread_local! {
+    static EVENT_READER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as the one that reads a userfaultfd's events.
+pub fn set_event_reader() {
+    EVENT_READER.with(|c| c.set(true));
+}
+
+/// Whether the calling thread reads a userfaultfd's events.
+pub fn is_event_reader() -> bool {
+    EVENT_READER.with(|c| c.get())
 }
 
 /// Sends `sig` to thread `tid` of this process (SIGBUS for a CPU fault that cannot be

@@ -5,4 +5,5 @@ mod gpu;
 mod migrate;
 mod model;
 mod notifier;
+mod stress;
 mod util;
