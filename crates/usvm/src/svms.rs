@@ -704,6 +704,7 @@ extern "C" fn before_fork() {
     for inner in live {
         let mut st = inner.lock_state();
         inner.evacuate_locked(&mut st);
+        inner.engine.drain_pool();
         std::mem::forget(st); // held until after_fork
         held.push(inner);
     }

@@ -142,6 +142,14 @@ impl Engine {
         Ok(self.staging_in)
     }
 
+    /// Gives the RAM pool back to the kernel (before a fork: pages shared copy-on-write with
+    /// a child must not be reused as fresh pages).
+    pub fn drain_pool(&self) {
+        let mut level = self.pool_level.lock();
+        let _ = sys::mmap::discard(self.pool, *level as usize * PAGE_SIZE);
+        *level = 0;
+    }
+
     /// Forgets that the pages `[start, last]` are out of RAM (their data is gone).
     pub fn forget_out(&self, start: PageNo, last: PageNo) {
         self.out.lock().remove(start, last);
