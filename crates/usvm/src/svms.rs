@@ -316,11 +316,17 @@ impl SvmInner {
         if st.reserved_bytes + new_bytes > self.system_memory_limit {
             return Err(Error::NoMemory { bytes: new_bytes });
         }
+        // Anonymous memory of every range is watched from now on: the application's munmap,
+        // mremap and MADV_DONTNEED of it reach usvm as the MMU notifier's do. Done before
+        // anything changes: memory another instance watches is refused (EADDRINUSE).
+        let watched =
+            st.tree.gap_pages(start, last) == 0 && st.tree.overlapping(start, last).all(|r| r.registered);
+        if !watched {
+            migrate::register_interval(self, start, last)?;
+        }
         let defaults = self.new_range_attrs(xnack);
         let out = st.tree.add(start, last, &ops, &defaults, self.max_range_pages, !xnack);
         st.reserved_bytes += new_bytes;
-        // Anonymous memory of every range is watched from now on: the application's
-        // munmap, mremap and MADV_DONTNEED of it reach usvm as the MMU notifier's do.
         for s in &out.updated {
             if let Some(r) = st.tree.get_mut(*s)
                 && !r.registered

@@ -320,20 +320,28 @@ pub fn register(inner: &SvmInner, r: &mut SvmRange) -> Result<()> {
     if r.registered {
         return Ok(());
     }
-    for piece in vma::pieces(r.start, r.last) {
+    register_interval(inner, r.start, r.last)?;
+    r.registered = true;
+    Ok(())
+}
+
+/// Registers the anonymous private memory of the pages `[first, last]` with the
+/// userfaultfd (again is harmless). `EADDRINUSE` when another instance watches some of it.
+pub fn register_interval(inner: &SvmInner, first: PageNo, last: PageNo) -> Result<()> {
+    for piece in vma::pieces(first, last) {
         let p = match piece {
             Ok(p) => p,
             Err(Error::NotMapped { .. }) => break,
             Err(e) => return Err(e),
         };
         if p.vma.migratable() {
-            inner
-                .engine
-                .uffd
-                .register((p.first << PAGE_SHIFT) as usize, (p.last - p.first + 1) as usize * PAGE_SIZE)?;
+            let len = (p.last - p.first + 1) as usize * PAGE_SIZE;
+            inner.engine.uffd.register((p.first << PAGE_SHIFT) as usize, len).map_err(|e| match e {
+                Error::Sys { errno: libc::EBUSY, .. } => Error::AddressInUse { addr: p.first << PAGE_SHIFT },
+                e => e,
+            })?;
         }
     }
-    r.registered = true;
     Ok(())
 }
 

@@ -539,3 +539,17 @@ fn t32_xnack_switch_accounting() {
     svm.set_xnack(true).unwrap();
     svm.set_xnack(false).unwrap();
 }
+
+/// One instance never touches another's ranges: SET_ATTR on anonymous memory another
+/// instance manages is EADDRINUSE and changes nothing.
+#[test]
+fn memory_of_another_instance_is_eaddrinuse() {
+    let a = svm2(false);
+    let b = svm2(false);
+    let m = Mapping::anon(4 * MIB, 2 * MIB);
+    a.set_attr(m.addr, 2 * MIB, &[Attr::Granularity(3)]).unwrap();
+    assert_eq!(errno(b.set_attr(m.addr, 4 * MIB, &[])), libc::EADDRINUSE);
+    assert_eq!(b.range_count(), 0);
+    b.set_attr(m.addr + 2 * MIB, 2 * MIB, &[]).unwrap();
+    assert_eq!(a.range_count(), 1);
+}

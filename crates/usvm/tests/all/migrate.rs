@@ -402,7 +402,6 @@ fn drop_returns_everything_to_ram() {
 fn concurrent_stores_during_migrations_lose_nothing() {
     const THREADS: usize = 4;
     const WORDS: usize = (8 * MIB) / 8;
-    let _no_fork = FORK_GUARD.read().unwrap_or_else(|e| e.into_inner());
     let svm = svm2(false);
     let g1 = svm.gpu_ids()[0];
     let buf = svm.alloc(8 * MIB).unwrap();
@@ -588,7 +587,25 @@ fn vram_to_vram_goes_through_ram() {
 /// VRAM (usvm brings it back to RAM before the fork).
 #[test]
 fn fork_child_reads_vram_resident_data() {
-    let _alone = FORK_GUARD.write().unwrap_or_else(|e| e.into_inner());
+    // The fork brings the VRAM data of every instance of the process back to RAM: run it
+    // in a process of its own (this test binary, on this test alone), so that it does not
+    // disturb the residency other tests check.
+    if std::env::var_os("USVM_FORK_CHILD_TEST").is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "migrate::fork_child_reads_vram_resident_data",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("USVM_FORK_CHILD_TEST", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
+        return;
+    }
     let svm = svm2(false);
     let g1 = svm.gpu_ids()[0];
     let buf = svm.alloc(4 * MIB).unwrap();

@@ -100,8 +100,3 @@ pub fn mprotect(addr: usize, len: usize, prot: i32) {
     let r = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) };
     assert_eq!(r, 0, "mprotect: {}", std::io::Error::last_os_error());
 }
-
-/// Taken for writing by the test that forks, for reading by the test that stores from
-/// several threads while the memory migrates: see DESIGN.md, "fork" (a known gap when the
-/// two happen at once).
-pub static FORK_GUARD: std::sync::RwLock<()> = std::sync::RwLock::new(());
