@@ -312,26 +312,25 @@ impl SvmInner {
         let xnack = st.xnack;
         // XNACK off: the new ranges reserve their size against the system-memory limit;
         // beyond it the whole call fails with ENOMEM and changes nothing (section 1.7).
-        let new_bytes = if xnack { 0 } else { st.tree.gap_pages(start, last) << PAGE_SHIFT };
+        let gap_pages = st.tree.gap_pages(start, last);
+        let new_bytes = if xnack { 0 } else { gap_pages << PAGE_SHIFT };
         if st.reserved_bytes + new_bytes > self.system_memory_limit {
             return Err(Error::NoMemory { bytes: new_bytes });
         }
         // Anonymous memory of every range is watched from now on: the application's munmap,
         // mremap and MADV_DONTNEED of it reach usvm as the MMU notifier's do. Done before
         // anything changes: memory another instance watches is refused (EADDRINUSE).
-        let watched =
-            st.tree.gap_pages(start, last) == 0 && st.tree.overlapping(start, last).all(|r| r.registered);
+        let watched = gap_pages == 0 && st.tree.overlapping(start, last).all(|r| r.registered);
         if !watched {
             migrate::register_interval(self, start, last)?;
         }
         let defaults = self.new_range_attrs(xnack);
         let out = st.tree.add(start, last, &ops, &defaults, self.max_range_pages, !xnack);
         st.reserved_bytes += new_bytes;
+        // The updated ranges lie inside the interval just registered.
         for s in &out.updated {
-            if let Some(r) = st.tree.get_mut(*s)
-                && !r.registered
-            {
-                migrate::register(self, r)?;
+            if let Some(r) = st.tree.get_mut(*s) {
+                r.registered = true;
             }
         }
         let update_mapping = policy::ops_update_mapping(&ops, xnack, !out.remap.is_empty());
