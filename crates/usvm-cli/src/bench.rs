@@ -59,10 +59,14 @@ pub fn run(quick: bool, json: bool, filter: Option<&str>) -> Result<()> {
         );
     }
     let mut t = Table::new(&["benchmark", "value", "floor", "unit", "ratio"]);
-    for (_, f) in chosen {
+    let bar = crate::progress::bar("bench");
+    bar.set_length(chosen.len() as u64);
+    for (name, f) in chosen {
+        bar.set_message(name.to_string());
         let line = f(quick)?;
+        bar.inc(1);
         if json {
-            println!("{}", serde_json::to_string(&line)?);
+            crate::progress::print_line(&bar, false, &serde_json::to_string(&line)?);
         } else {
             t.row(vec![
                 line.name.to_string(),
@@ -73,8 +77,9 @@ pub fn run(quick: bool, json: bool, filter: Option<&str>) -> Result<()> {
             ]);
         }
     }
+    bar.finish_and_clear();
     if !json {
-        print!("{}", t.render());
+        crate::progress::out(&t.render());
     }
     Ok(())
 }

@@ -1,7 +1,14 @@
-//! `usvm demo`: the SVM attribute API, step by step, on two emulated GPUs.
+//! `usvm demo`: a guided run on two emulated GPUs: the SVM attribute API step by step, the
+//! seed's migrations end to end, a short workload with a progress bar, and a closing
+//! summary of everything that moved.
 
+use crate::progress;
+use crate::record::{Live, Recorder};
+use crate::summary::{self, Settings};
 use crate::table::{Table, bytes};
+use crate::workload::{Ctx, Workload};
 use anyhow::Result;
+use std::sync::Arc;
 use usvm::{Attr, Location, RangeInfo, Svm, SvmFlags};
 
 fn show_ranges(svm: &Svm, base: usize) {
@@ -58,8 +65,40 @@ fn step(n: u32, what: &str) {
 
 /// Runs the demo.
 pub fn run() -> Result<()> {
+    let svm = Arc::new(Svm::builder().gpus(2).vram_bytes(256 << 20).build()?);
+    let rec = Recorder::start(svm.clone(), false, false, Live::Off, |_, _| {})?;
+    attributes(&svm)?;
+    seed(&svm)?;
+    step(13, "a short `stream` workload on both GPUs: CPU writes, GPU kernels transform, CPU checks");
+    let bar = progress::bar("stream");
+    let mut ctx = Ctx::new(svm.clone(), 32 << 20, 4, 1, rec.kernel_log(), bar.clone(), None);
+    let outcome = Workload::Stream.run(&mut ctx);
+    bar.finish_and_clear();
+    let record = rec.finish();
+    let ranges = svm.ranges();
+    drop(ctx);
+    let outcome = outcome?;
+    let settings = Settings {
+        gpus: 2,
+        vram: 256 << 20,
+        xnack: svm.xnack(),
+        granularity: 9,
+        size: 32 << 20,
+        iterations: 4,
+    };
+    let s = summary::summarize("demo", settings, outcome, &record, &svm, &ranges);
+    println!("\n=== Summary of the whole demo (every migration since step 1) ===");
+    print!("{}", summary::render(&s));
+    println!("\nmore: `usvm run --help` (workloads, --events, --trace, --plot, --smi), `usvm bench`");
+    if s.outcome.mismatches > 0 {
+        anyhow::bail!("{} word(s) did not hold the expected value", s.outcome.mismatches);
+    }
+    Ok(())
+}
+
+/// Part one: the attribute API.
+fn attributes(svm: &Svm) -> Result<()> {
     const MIB: usize = 1 << 20;
-    let svm = Svm::builder().gpus(2).vram_bytes(256 << 20).build()?;
     let [g1, g2] = svm.gpu_ids()[..] else { unreachable!("two GPUs were asked for") };
     println!("usvm demo: shared virtual memory with KFD SVM semantics, in user space");
     println!(
@@ -87,16 +126,16 @@ pub fn run() -> Result<()> {
         &[Attr::Access(g1), Attr::Access(g2), Attr::PreferredLoc(Location::Gpu(g1))],
     )?;
     println!("the buffer is cut into ranges of at most {} (VRAM / 32):", bytes(svm.max_range_bytes()));
-    show_ranges(&svm, base);
+    show_ranges(svm, base);
 
     step(3, "SET_ATTR on 4 MiB in the middle: granularity 0 (4 KiB migrations), GPU read-only");
     svm.set_attr(base + 6 * MIB, 4 * MIB, &[Attr::Granularity(0), Attr::SetFlags(SvmFlags::GPU_RO)])?;
     println!("ranges that stick out are split; the covered parts change, the rest keeps its attributes:");
-    show_ranges(&svm, base);
+    show_ranges(svm, base);
 
     step(4, "SET_ATTR on the last 2 MiB: GPU 2222 only in place, prefetch to system memory");
     svm.set_attr(base + 14 * MIB, 2 * MIB, &[Attr::AccessInPlace(g2), Attr::PrefetchLoc(Location::Sysmem)])?;
-    show_ranges(&svm, base);
+    show_ranges(svm, base);
 
     step(5, "GET_ATTR aggregates over several ranges");
     let mut t = Table::new(&[
@@ -150,8 +189,7 @@ pub fn run() -> Result<()> {
         println!("  {what:<26} -> errno {:>2} ({e})", e.errno());
     }
     assert_eq!(before, svm.ranges().len());
-    drop(buf);
-    seed(&svm)
+    Ok(())
 }
 
 /// The KFD SMI lines of the events that arrived, indented.
@@ -232,9 +270,6 @@ fn seed(svm: &Svm) -> Result<()> {
     }
     print!("{}", t.render());
     show_ranges(svm, base);
-    println!(
-        "\nnext for usvm (see the issues): GPU faults and eviction in full, the CLI's workloads, soak tests"
-    );
     Ok(())
 }
 

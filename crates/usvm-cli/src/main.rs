@@ -1,12 +1,25 @@
 //! `usvm`: the command line of the usvm shared-virtual-memory library.
 //!
-//! - `usvm demo`: a guided tour of the SVM attribute API on two emulated GPUs.
+//! - `usvm demo`: a guided run of the seed on two emulated GPUs.
+//! - `usvm run WORKLOAD`: a built-in workload, ending with a summary; `--events`,
+//!   `--trace FILE`, `--plot DIR`, `--smi`, `--json`.
+//! - `usvm smi`: the per-GPU snapshot of a fresh instance.
 //! - `usvm bench [--quick] [--json]`: benchmarks, each against a floor measured in the
 //!   same run.
+//!
+//! Logging goes through `tracing`; set `RUST_LOG` (e.g. `RUST_LOG=usvm=debug`).
 
 mod bench;
 mod demo;
+mod plot;
+mod progress;
+mod record;
+mod run;
+mod smi;
+mod summary;
 mod table;
+mod trace;
+mod workload;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -20,8 +33,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// A guided run: two emulated GPUs, a buffer, SET_ATTR / GET_ATTR and the range table.
+    /// A guided run of the seed: two emulated GPUs, SET_ATTR / GET_ATTR, migrations both
+    /// ways, and a closing summary.
     Demo,
+    /// Runs a built-in workload and ends with a summary of faults, migrations and VRAM.
+    Run(run::RunArgs),
+    /// Prints the per-GPU snapshot (VRAM, BOs, pages, queues) of a fresh instance.
+    Smi {
+        #[command(flatten)]
+        machine: run::Machine,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Runs the benchmarks; each prints its ratio against a floor measured in the same run.
     Bench {
         /// Smaller sizes and fewer repetitions (every benchmark still runs).
@@ -37,9 +61,20 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // A closed standard error (`usvm ... 2>&1 | head`) must not turn into a panic.
+        .log_internal_errors(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Demo => demo::run(),
+        Cmd::Run(a) => run::run(&a),
+        Cmd::Smi { machine, json } => machine.build().map(|svm| smi::print(&svm, "idle", json)),
         Cmd::Bench { quick, json, filter } => bench::run(quick, json, filter.as_deref()),
     };
     match r {

@@ -55,3 +55,15 @@ pub fn bytes(n: usize) -> String {
         n => format!("{n} B"),
     }
 }
+
+/// Bytes in the largest binary unit that keeps a number of at least 1, with one decimal
+/// when not whole (e.g. "1.5 GiB", "512 KiB", "0 B").
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut u = 0;
+    while u + 1 < UNITS.len() && n >= 1 << (10 * (u + 1)) {
+        u += 1;
+    }
+    let v = n as f64 / (1u64 << (10 * u)) as f64;
+    if v.fract() == 0.0 { format!("{v:.0} {}", UNITS[u]) } else { format!("{v:.1} {}", UNITS[u]) }
+}

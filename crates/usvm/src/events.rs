@@ -257,6 +257,11 @@ impl fmt::Display for Event {
     }
 }
 
+/// The clock of [`Event::ns`]: `CLOCK_BOOTTIME` in nanoseconds, as KFD's SMI events use.
+pub fn clock_ns() -> u64 {
+    crate::sys::boottime_ns()
+}
+
 /// The per-GPU counters of KFD's sysfs (`counters_<gpuid>/{faults,page_in,page_out}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Counters {
@@ -298,6 +303,7 @@ impl EventStream {
 pub struct EventHub {
     pid: u32,
     counters: Vec<GpuCounters>,
+    cpu_faults: AtomicU64,
     subscribers: AtomicUsize,
     subs: Mutex<Vec<mpsc::Sender<Event>>>,
 }
@@ -319,6 +325,7 @@ impl EventHub {
         EventHub {
             pid: std::process::id(),
             counters: gpus.iter().map(|_| GpuCounters::default()).collect(),
+            cpu_faults: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
             subs: Mutex::new(Vec::new()),
         }
@@ -343,7 +350,7 @@ impl EventHub {
         if !self.listening() {
             return;
         }
-        let ev = Event { ns: crate::sys::boottime_ns(), pid: self.pid, kind: f() };
+        let ev = Event { ns: clock_ns(), pid: self.pid, kind: f() };
         self.emit_event(ev);
     }
 
@@ -363,6 +370,16 @@ impl EventHub {
             Counter::PageOut => &c.page_out,
         };
         a.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one CPU fault resolved.
+    pub fn cpu_fault(&self) {
+        self.cpu_faults.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// CPU faults resolved so far.
+    pub fn cpu_faults(&self) -> u64 {
+        self.cpu_faults.load(Ordering::Relaxed)
     }
 
     /// The counters of GPU `idx`.

@@ -38,7 +38,9 @@ pub mod uapi;
 
 pub use attr::{Attr, GpuId, Location, SvmFlags};
 pub use error::{Error, Result};
-pub use events::{Counters, Event, EventKind, EventStream, EvictTrigger, MigrateTrigger, UnmapTrigger};
+pub use events::{
+    Counters, Event, EventKind, EventStream, EvictTrigger, MigrateTrigger, UnmapTrigger, clock_ns,
+};
 pub use gpu::fence::Fence;
 pub use gpu::queue::{KernelCtx, Queue};
 pub use svm::{

@@ -201,6 +201,10 @@ pub struct GpuSnapshot {
     pub vram_used: u64,
     /// VRAM free.
     pub vram_free: u64,
+    /// The most VRAM ever held at once since the instance was built.
+    pub vram_peak: u64,
+    /// Pages of SVM ranges whose data is in this GPU's VRAM.
+    pub resident_pages: u64,
     /// Live buffer objects.
     pub bos: usize,
     /// VRAM bytes held by accounting reservations (migrations in flight).
@@ -421,6 +425,12 @@ impl Svm {
     /// A per-GPU snapshot, as `amd-smi` shows it: VRAM total, used and free, BOs, mapped
     /// pages and queue state.
     pub fn smi(&self) -> Vec<GpuSnapshot> {
+        let mut resident = vec![0u64; self.inner.gpus.len()];
+        for r in self.inner.lock_state().tree.iter() {
+            if let Some(g) = self.inner.gpu_of(r.actual_loc) {
+                resident[g] += r.vram_pages();
+            }
+        }
         self.inner
             .devs
             .gpus
@@ -433,6 +443,8 @@ impl Svm {
                     vram_bytes: u.total_pages * PAGE_SIZE as u64,
                     vram_used: (u.total_pages - u.free_pages) * PAGE_SIZE as u64,
                     vram_free: u.free_pages * PAGE_SIZE as u64,
+                    vram_peak: u.peak_used_pages * PAGE_SIZE as u64,
+                    resident_pages: resident[i],
                     bos: u.bos,
                     vram_reserved: u.reserved_bytes,
                     mapped_pages: d.pt.mapped_pages(),
@@ -451,6 +463,12 @@ impl Svm {
     /// GPU that is not this instance's.
     pub fn counters(&self, g: GpuId) -> Counters {
         self.inner.gpu(g).map(|i| self.inner.events.counters(i)).unwrap_or_default()
+    }
+
+    /// CPU page faults usvm has resolved on this instance's memory: data brought back from
+    /// VRAM, and first touches of pages that held no data yet.
+    pub fn cpu_faults(&self) -> u64 {
+        self.inner.events.cpu_faults()
     }
 
     /// Where each of `npages` pages from `addr` (rounded down to a page) lives.

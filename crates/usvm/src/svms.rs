@@ -237,6 +237,7 @@ impl SvmInner {
             return;
         }
         let snapshot = st.evicted_ranges;
+        tracing::debug!(evicted_ranges = snapshot, "restore worker: revalidating evicted ranges");
         let xnack = st.xnack;
         let keys: Vec<PageNo> = st.tree.iter().filter(|r| r.invalid > 0).map(|r| r.start).collect();
         let mut ok = true;
@@ -507,6 +508,7 @@ impl SvmInner {
     /// A fatal GPU VM fault: VMFAULT event and EFAULT.
     fn fatal_fault(&self, gpu: usize, addr: usize, write: bool) -> Error {
         let id = self.gpus[gpu].id;
+        tracing::warn!(gpu = %id, addr = format_args!("{addr:#x}"), write, "fatal GPU VM fault");
         self.events.emit(|| EventKind::VmFault { gpu: id, task: sys::process_name() });
         Error::GpuVmFault { gpu: id.0, addr: addr as u64, write }
     }

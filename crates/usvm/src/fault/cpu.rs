@@ -23,6 +23,7 @@ use crate::range::PageNo;
 use crate::svms::{PendingOp, RESTORE_DELAY, SvmInner, SvmState, Work};
 use crate::sys::uffd::{Fault, Uffd, UffdEvent, signal_thread};
 use crate::sys::{PAGE_SHIFT, PAGE_SIZE};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -50,10 +51,22 @@ fn serve_slow(inner: &SvmInner, page: PageNo, f: Fault, st: &mut SvmState) {
 
 /// A fault that cannot be served: SIGBUS, then a wake-up.
 fn fail(inner: &SvmInner, f: Fault) {
+    tracing::warn!(addr = format_args!("{:#x}", f.addr), tid = f.tid, "CPU fault cannot be served: SIGBUS");
     // As the kernel does when migrate_to_ram fails: SIGBUS, then let the thread run into it
     // (a thread left waiting would hang forever).
     signal_thread(f.tid, libc::SIGBUS);
     let _ = inner.engine.uffd.wake(f.addr, PAGE_SIZE);
+}
+
+/// [`on_event`], surviving a panic inside it (a bug, or a logger whose output went away):
+/// the reader must never die, since every later fault would wait forever. A fault whose
+/// handling panicked gets SIGBUS, like any fault that cannot be served.
+fn on_event_guarded(inner: &SvmInner, ev: UffdEvent) {
+    if catch_unwind(AssertUnwindSafe(|| on_event(inner, ev))).is_err()
+        && let UffdEvent::Fault(f) = ev
+    {
+        fail(inner, f);
+    }
 }
 
 /// The reader's part of an event.
@@ -62,6 +75,7 @@ fn on_event(inner: &SvmInner, ev: UffdEvent) {
         |a: usize, b: usize| ((a >> PAGE_SHIFT) as PageNo, ((b >> PAGE_SHIFT) as PageNo).saturating_sub(1));
     let op = match ev {
         UffdEvent::Fault(f) => {
+            inner.events.cpu_fault();
             let page = (f.addr >> PAGE_SHIFT) as PageNo;
             match inner.engine.resolve_if_in_ram(page) {
                 Ok(true) => {}
@@ -114,7 +128,9 @@ impl CpuFaultHandler {
                 // An instance that is gone has closed its userfaultfd, which woke every
                 // waiting thread: nothing left to do.
                 let Some(inner) = w.upgrade() else { continue };
-                match job {
+                // As for the reader: a panic must not end the worker.
+                let fault = if let Work::Fault(f) = &job { Some(*f) } else { None };
+                let handled = catch_unwind(AssertUnwindSafe(|| match job {
                     Work::Fault(f) => {
                         let mut st = inner.lock_state();
                         serve_slow(&inner, (f.addr >> PAGE_SHIFT) as PageNo, f, &mut st);
@@ -124,6 +140,9 @@ impl CpuFaultHandler {
                         std::thread::sleep(RESTORE_DELAY);
                         inner.restore_work();
                     }
+                }));
+                if let (Err(_), Some(f)) = (handled, fault) {
+                    fail(&inner, f);
                 }
             }
         })?;
@@ -136,7 +155,7 @@ impl CpuFaultHandler {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => {
-                        eprintln!("usvm: userfaultfd poll failed: {e}");
+                        tracing::error!("userfaultfd poll failed: {e}");
                         std::thread::sleep(std::time::Duration::from_millis(1));
                         continue;
                     }
@@ -153,9 +172,9 @@ impl CpuFaultHandler {
                 // instance lock next must find the change queued (see `lock_state`).
                 let gate = inner.event_gate.lock();
                 match u.read_event() {
-                    Ok(Some(ev)) => on_event(&inner, ev),
+                    Ok(Some(ev)) => on_event_guarded(&inner, ev),
                     Ok(None) => {}
-                    Err(e) => eprintln!("usvm: userfaultfd read failed: {e}"),
+                    Err(e) => tracing::error!("userfaultfd read failed: {e}"),
                 }
                 drop(gate);
             }

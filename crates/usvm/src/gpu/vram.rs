@@ -53,6 +53,8 @@ struct Buddy {
     /// Free blocks per order, by first page (lowest address first).
     free: Vec<BTreeSet<u64>>,
     free_pages: u64,
+    /// The fewest free pages there ever were (for the peak use).
+    min_free: u64,
     /// One bit per page: the page held data since it was last zeroed.
     dirty: Vec<u64>,
 }
@@ -62,6 +64,7 @@ impl Buddy {
         let mut b = Buddy {
             free: vec![BTreeSet::new(); MAX_ORDER as usize + 1],
             free_pages: 0,
+            min_free: npages,
             dirty: vec![0; npages.div_ceil(64) as usize],
         };
         b.free_run(0, npages);
@@ -105,6 +108,7 @@ impl Buddy {
             self.free[o as usize].insert(page + (1 << o)); // the upper half stays free
         }
         self.free_pages -= 1 << order;
+        self.min_free = self.min_free.min(self.free_pages);
         Some(page)
     }
 
@@ -309,6 +313,8 @@ pub struct VramUsage {
     pub total_pages: u64,
     /// Free pages.
     pub free_pages: u64,
+    /// The most pages ever in use at once.
+    pub peak_used_pages: u64,
     /// Live BOs.
     pub bos: usize,
     /// Bytes held by accounting reservations.
@@ -424,9 +430,11 @@ impl VramManager {
     /// Current use.
     pub fn usage(&self) -> VramUsage {
         let pool = self.p();
+        let buddy = pool.buddy.lock();
         VramUsage {
             total_pages: pool.npages,
-            free_pages: pool.buddy.lock().free_pages,
+            free_pages: buddy.free_pages,
+            peak_used_pages: pool.npages - buddy.min_free,
             bos: pool.live.lock().len(),
             reserved_bytes: pool.reserved.load(Ordering::Acquire),
         }

@@ -377,6 +377,12 @@ fn alloc_evicting(
                     .map(|r| (r.start, r.last))
                     .collect();
                 drop(victims);
+                tracing::debug!(
+                    gpu = g,
+                    need_pages = npages,
+                    victims = holders.len(),
+                    "VRAM full: evicting LRU ranges"
+                );
                 for (s, l) in holders {
                     for _ in 0..VRAM_TO_VRAM_TRIES {
                         let done = st.tree.get_mut(s).is_none_or(|r| r.vram.is_none());
@@ -452,6 +458,15 @@ pub fn to_vram(
         b.bo.touch();
     }
     restore(inner, r, inv, xnack);
+    tracing::debug!(
+        addr = format_args!("{:#x}", first << PAGE_SHIFT),
+        pages = last - first + 1,
+        gpu = g,
+        ?trigger,
+        moved,
+        ok = result.is_ok(),
+        "RAM -> VRAM"
+    );
     result.map(|()| moved)
 }
 
@@ -603,6 +618,15 @@ pub fn to_ram(
     // Only now, with the bookkeeping done, may the threads that faulted on these pages go on.
     let _ =
         inner.engine.uffd.wake((first << PAGE_SHIFT) as usize, ((last - first + 1) << PAGE_SHIFT) as usize);
+    tracing::debug!(
+        addr = format_args!("{:#x}", first << PAGE_SHIFT),
+        pages = last - first + 1,
+        gpu = g,
+        ?trigger,
+        moved,
+        ok = result.is_ok(),
+        "VRAM -> RAM"
+    );
     result.map(|()| moved)
 }
 

@@ -1,0 +1,184 @@
+//! `usvm run WORKLOAD`: runs a built-in workload on a fresh instance, records it, and ends
+//! with a summary (text or `--json`), optionally the live event stream (`--events`), a
+//! Chrome trace (`--trace`), SVG plots (`--plot`) and SMI snapshots (`--smi`).
+
+use crate::record::{Live, Recorder};
+use crate::summary::{self, Settings, Summary};
+use crate::workload::{Ctx, HalfWay, Workload};
+use crate::{plot, progress, smi, trace};
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::sync::Arc;
+use usvm::Svm;
+
+/// The settings of the emulated machine, shared by `run` and `smi`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Machine {
+    /// Emulated GPUs.
+    #[arg(long, default_value_t = 2)]
+    pub gpus: usize,
+    /// VRAM per GPU (e.g. 256M, 1G).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub vram: u64,
+    /// XNACK (GPU retry faults): on or off.
+    #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set, value_name = "on|off")]
+    pub xnack: bool,
+    /// Default migration granularity, log2 of pages (9: 2 MiB).
+    #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u8).range(0..=30))]
+    pub granularity: u8,
+}
+
+impl Machine {
+    /// Builds the instance.
+    pub fn build(&self) -> Result<Svm> {
+        if self.gpus == 0 || self.gpus > 16 {
+            bail!("--gpus must be between 1 and 16, not {}", self.gpus);
+        }
+        Svm::builder()
+            .gpus(self.gpus)
+            .vram_bytes(self.vram)
+            .xnack(self.xnack)
+            .default_granularity(self.granularity)
+            .build()
+            .context("cannot build the emulated GPUs")
+    }
+}
+
+/// `usvm run` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The workload.
+    #[arg(value_enum)]
+    pub workload: Workload,
+    #[command(flatten)]
+    pub machine: Machine,
+    /// Working-set size (default: 64M; pingpong 8M; oversub 1.5x the VRAM of all GPUs).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Iterations (default: per workload).
+    #[arg(long)]
+    pub iterations: Option<u64>,
+    /// Seed of the workload's data and random choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Print every event as it happens, in the KFD SMI text format (to standard error
+    /// with --json).
+    #[arg(long)]
+    pub events: bool,
+    /// Write a Chrome-trace JSON file (open it in Perfetto or chrome://tracing).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Write SVG plots (VRAM use, fault rate, residency heat map) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
+    /// Print the per-GPU SMI snapshot half way through the run and at its end.
+    #[arg(long)]
+    pub smi: bool,
+}
+
+/// Parses a size: a number with an optional K, M, G or T suffix (powers of 1024), with
+/// or without "iB" / "B".
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let body = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (num, shift) = match body.chars().last() {
+        Some('k') => (&body[..body.len() - 1], 10),
+        Some('m') => (&body[..body.len() - 1], 20),
+        Some('g') => (&body[..body.len() - 1], 30),
+        Some('t') => (&body[..body.len() - 1], 40),
+        _ => (body, 0),
+    };
+    let bad = || format!("bad size '{s}': use a number with an optional K, M, G or T suffix, e.g. 64M");
+    let n: u64 = num.trim().parse().map_err(|_| bad())?;
+    let v = n.checked_mul(1 << shift).ok_or_else(bad)?;
+    if v == 0 {
+        return Err(format!("bad size '{s}': must be more than 0"));
+    }
+    Ok(v)
+}
+
+fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "1" | "true" => Ok(true),
+        "off" | "0" | "false" => Ok(false),
+        _ => Err(format!("'{s}' is neither on nor off")),
+    }
+}
+
+/// Runs a workload and reports; fails (non-zero exit) when any word mismatched.
+pub fn run(a: &RunArgs) -> Result<()> {
+    let svm = Arc::new(a.machine.build()?);
+    let size = a.size.unwrap_or_else(|| a.workload.default_size(a.machine.vram, a.machine.gpus));
+    if !size.is_multiple_of(4096) {
+        bail!("--size must be a multiple of 4 KiB, not {size}");
+    }
+    let iterations = a.iterations.unwrap_or_else(|| a.workload.default_iterations());
+    if iterations == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    let live = match (a.events, a.json) {
+        (false, _) => Live::Off,
+        (true, false) => Live::Stdout,
+        (true, true) => Live::Stderr,
+    };
+    let bar = progress::bar(a.workload.name());
+    let printer = bar.clone();
+    let rec = Recorder::start(
+        svm.clone(),
+        a.trace.is_some() || a.plot.is_some(),
+        a.plot.is_some(),
+        live,
+        move |to, line| progress::print_line(&printer, to == Live::Stderr, &line),
+    )?;
+    let json = a.json;
+    let on_half: Option<HalfWay> =
+        if a.smi { Some(Box::new(move |svm: &Svm| smi::print(svm, "half way", json))) } else { None };
+    let mut ctx =
+        Ctx::new(svm.clone(), size as usize, iterations, a.seed, rec.kernel_log(), bar.clone(), on_half);
+    let result = a.workload.run(&mut ctx);
+    bar.finish_and_clear();
+    let record = rec.finish();
+    let ranges = svm.ranges();
+    let end_smi = a.smi.then(|| smi::text(&svm, "at the end", a.json));
+    drop(ctx);
+    let outcome = result.with_context(|| format!("the {} workload failed", a.workload.name()))?;
+    let settings = Settings {
+        gpus: a.machine.gpus,
+        vram: a.machine.vram,
+        xnack: a.machine.xnack,
+        granularity: a.machine.granularity,
+        size,
+        iterations,
+    };
+    let s: Summary = summary::summarize(a.workload.name(), settings, outcome, &record, &svm, &ranges);
+    if let Some(path) = &a.trace {
+        trace::write(&record, path)?;
+    }
+    let plots = match &a.plot {
+        Some(dir) => plot::write_all(&record, a.machine.vram, dir)?,
+        None => Vec::new(),
+    };
+    if a.json {
+        progress::out(&format!("{}\n", serde_json::to_string(&s)?));
+    } else {
+        let mut text = summary::render(&s);
+        if let Some(path) = &a.trace {
+            text += &format!("trace: {}\n", path.display());
+        }
+        for p in &plots {
+            text += &format!("plot: {}\n", p.display());
+        }
+        progress::out(&text);
+    }
+    if let Some(t) = end_smi {
+        progress::out(&t);
+    }
+    if s.outcome.mismatches > 0 {
+        bail!("{} word(s) did not hold the expected value", s.outcome.mismatches);
+    }
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! `oversub`: each GPU sweeps its share of a working set larger than its VRAM (1.5 times by
+//! default), incrementing every word, a tile at a time; VRAM fills up and the least
+//! recently used data is evicted to RAM to make room. With XNACK off the application
+//! prefetches each tile before the kernel that works on it.
+
+use super::{Ctx, cpu_verify, cpu_write, gpu_update, mix, wait_all};
+use crate::summary::Outcome;
+use anyhow::Result;
+
+/// Bytes a kernel works on (one tile).
+const TILE: usize = 8 << 20;
+
+pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
+    let buf = ctx.buffer(ctx.size, &[])?;
+    let queues = ctx.queues()?;
+    let parts = ctx.partition(&buf)?;
+    let seed = ctx.seed;
+    let init = move |i: usize| mix(seed ^ i as u64) >> 8;
+    cpu_write(&buf, 0, buf.len(), init);
+    let mut out = Outcome::default();
+    ctx.steps(ctx.iterations);
+    for it in 0..ctx.iterations {
+        let rounds = parts.iter().map(|p| p.1.div_ceil(TILE)).max().unwrap_or(0);
+        for r in 0..rounds {
+            // One tile of each GPU's share per round, the GPUs side by side.
+            let off = r * TILE;
+            let mut fences = Vec::new();
+            for (q, &(poff, plen)) in queues.iter().zip(&parts).filter(|(_, p)| off < p.1) {
+                let len = TILE.min(plen - off);
+                let addr = buf.addr() + poff + off;
+                ctx.before_kernel(addr, len, q.gpu)?;
+                let base = buf.addr();
+                fences.push(q.launch("sweep", move |k| gpu_update(k, base, addr, len, |_, w| w + 1)));
+                out.operations += (len / 8) as u64;
+            }
+            wait_all(fences)?;
+        }
+        ctx.step(&format!("sweep {}", it + 1));
+    }
+    let sweeps = ctx.iterations;
+    out.mismatches += cpu_verify(&buf, 0, buf.len(), |i| init(i) + sweeps);
+    out.bytes_verified += buf.len() as u64;
+    Ok(out)
+}

@@ -1,0 +1,282 @@
+//! The `usvm` binary, end to end: every subcommand at small sizes, its JSON, the trace
+//! file, the plots, and the errors.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn usvm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_usvm")).args(args).output().expect("the usvm binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = usvm(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "usvm {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// The one-line error of a failing command.
+fn fails(args: &[&str]) -> String {
+    let out = usvm(args);
+    assert!(!out.status.success(), "usvm {args:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("valid JSON"))
+        .collect()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("usvm-cli-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Checks the summary's fields and that nothing mismatched; returns it.
+fn check_summary<'a>(v: &'a Value, workload: &str, gpus: usize) -> &'a Value {
+    assert_eq!(v["workload"], workload);
+    assert_eq!(v["outcome"]["mismatches"], 0, "{v}");
+    assert!(v["outcome"]["bytes_verified"].as_u64().unwrap() > 0);
+    assert!(v["outcome"]["operations"].as_u64().unwrap() > 0);
+    assert_eq!(v["gpus"].as_array().unwrap().len(), gpus);
+    for g in v["gpus"].as_array().unwrap().iter().chain([&v["total"]]) {
+        for k in ["cpu_faults", "gpu_faults", "queue_evictions", "vram_peak", "failed_migrations"] {
+            assert!(g[k].is_u64(), "{k} in {g}");
+        }
+        for dir in ["h2d", "d2h"] {
+            for t in ["prefetch", "gpu_fault", "cpu_fault", "eviction", "total"] {
+                assert!(g[dir][t]["pages"].is_u64() && g[dir][t]["bytes"].is_u64(), "{dir}.{t}");
+            }
+        }
+        assert!(g["throughput_gbps"].is_number());
+    }
+    assert!(v["top_ranges"].is_array());
+    v
+}
+
+#[test]
+fn every_workload_runs_small_with_xnack_on_and_off() {
+    for (w, size, gpus) in [
+        ("stream", "8M", "2"),
+        ("stencil", "8M", "2"),
+        ("random", "8M", "2"),
+        ("oversub", "24M", "2"),
+        ("pingpong", "2M", "2"),
+        ("stream", "4M", "1"),
+    ] {
+        for xnack in ["on", "off"] {
+            let text = ok(&[
+                "run",
+                w,
+                "--gpus",
+                gpus,
+                "--vram",
+                "8M",
+                "--size",
+                size,
+                "--iterations",
+                "2",
+                "--xnack",
+                xnack,
+                "--json",
+            ]);
+            let lines = json_lines(&text);
+            assert_eq!(lines.len(), 1, "{text}");
+            let s = check_summary(&lines[0], w, gpus.parse().unwrap());
+            assert_eq!(s["settings"]["xnack"], xnack == "on");
+            let total = &s["total"];
+            let h2d = total["h2d"]["total"]["bytes"].as_u64().unwrap();
+            if w != "pingpong" || xnack == "on" {
+                assert!(h2d > 0, "{w} xnack {xnack}: nothing migrated to VRAM: {s}");
+            }
+            if xnack == "on" {
+                assert!(total["gpu_faults"].as_u64().unwrap() > 0, "{w}: no GPU fault");
+                assert!(total["h2d"]["gpu_fault"]["bytes"].as_u64().unwrap() > 0);
+            }
+            if w == "oversub" {
+                assert!(total["d2h"]["eviction"]["bytes"].as_u64().unwrap() > 0, "no eviction: {s}");
+                assert_eq!(total["vram_peak"], total["vram_bytes"]);
+            }
+        }
+    }
+}
+
+#[test]
+fn text_summary_has_the_tables() {
+    let text = ok(&["run", "stream", "--size", "4M", "--iterations", "1"]);
+    for want in ["== stream", "mismatches 0 (ok)", "gpu faults", "h2d gpu fault", "total", "top ranges"] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+}
+
+#[test]
+fn events_are_printed_live_in_kfd_smi_text() {
+    let text = ok(&["run", "stream", "--size", "4M", "--iterations", "1", "--events"]);
+    let events: Vec<&str> = text.lines().filter(|l| l.starts_with(|c: char| c.is_ascii_hexdigit())).collect();
+    // MIGRATE_START: "5 <ns> -<pid> @<page>(<npages>) <from>-><to> <prefetch>:<preferred> <trigger>"
+    let start = events.iter().find(|l| l.starts_with("5 ")).expect("a MIGRATE_START line");
+    let f: Vec<&str> = start.split(' ').collect();
+    assert_eq!(f.len(), 7, "{start}");
+    assert!(
+        f[1].parse::<u64>().is_ok() && f[2].starts_with('-') && f[3].starts_with('@') && f[4].contains("->")
+    );
+    assert!(events.iter().any(|l| l.starts_with("7 ")), "a PAGE_FAULT_START line");
+    assert!(events.iter().any(|l| l.starts_with("6 ")), "a MIGRATE_END line");
+    // With --json the events go to standard error and standard output stays JSON.
+    let out = usvm(&["run", "stream", "--size", "4M", "--iterations", "1", "--events", "--json"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(json_lines(&stdout).len(), stdout.lines().count());
+    assert!(String::from_utf8_lossy(&out.stderr).lines().any(|l| l.starts_with("5 ")));
+}
+
+#[test]
+fn trace_file_is_chrome_trace_json_with_the_tracks() {
+    let dir = tmp("trace");
+    let path = dir.join("run.json");
+    ok(&[
+        "run",
+        "oversub",
+        "--vram",
+        "8M",
+        "--size",
+        "24M",
+        "--iterations",
+        "2",
+        "--trace",
+        path.to_str().unwrap(),
+    ]);
+    let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).expect("valid JSON");
+    let events = v["traceEvents"].as_array().expect("traceEvents");
+    let tracks: Vec<String> = events
+        .iter()
+        .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
+        .map(|e| e["args"]["name"].as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "CPU faults",
+        "GPU 0x1111 copy engine",
+        "GPU 0x1111 queue 0",
+        "GPU 0x1111 faults",
+        "GPU 0x2222 copy engine",
+        "GPU 0x2222 queue 0",
+    ] {
+        assert!(tracks.iter().any(|t| t == want), "no track {want:?} in {tracks:?}");
+    }
+    let has =
+        |ph: &str, cat: &str| events.iter().any(|e| e["ph"] == ph && (cat.is_empty() || e["cat"] == cat));
+    assert!(has("X", "migrate"), "migration spans");
+    assert!(has("X", "kernel"), "kernel spans");
+    assert!(has("X", "fault"), "GPU fault spans");
+    assert!(events.iter().any(|e| e["ph"] == "C" && e["name"] == "VRAM used (MiB)"), "VRAM counter track");
+    assert!(
+        events.iter().any(|e| e["ph"] == "C" && e["name"] == "resident pages"),
+        "residency counter track"
+    );
+    assert!(events.iter().any(|e| e["ph"] == "X" && e["name"] == "d2h eviction"), "eviction spans");
+    for e in events.iter().filter(|e| e["ph"] != "M") {
+        assert!(e["ts"].as_f64().unwrap() >= 0.0 && e["pid"] == 1, "{e}");
+        if e["ph"] == "X" {
+            assert!(e["dur"].as_f64().unwrap() >= 0.0, "{e}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plots_are_valid_svg() {
+    let dir = tmp("plots");
+    let text = ok(&["run", "stream", "--size", "8M", "--iterations", "2", "--plot", dir.to_str().unwrap()]);
+    for name in ["vram.svg", "faults.svg", "residency.svg"] {
+        let p = dir.join(name);
+        assert!(text.contains(p.to_str().unwrap()), "the summary names {name}");
+        let svg = std::fs::read_to_string(&p).unwrap();
+        let doc = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let root = doc.root_element();
+        assert_eq!(root.tag_name().name(), "svg");
+        assert!(root.descendants().any(|n| n.tag_name().name() == "path" || n.tag_name().name() == "rect"));
+    }
+    let heat = std::fs::read_to_string(dir.join("residency.svg")).unwrap();
+    assert!(heat.contains("#1f77b4") && heat.contains("#ff7f0e"), "both GPUs appear in the heat map");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn smi_prints_snapshots() {
+    let idle = json_lines(&ok(&["smi", "--json", "--gpus", "3", "--vram", "64M"]));
+    assert_eq!(idle.len(), 1);
+    let gpus = idle[0]["gpus"].as_array().unwrap();
+    assert_eq!(gpus.len(), 3);
+    assert_eq!(gpus[0]["vram_total"], 64 << 20);
+    assert_eq!(gpus[0]["vram_used"], 0);
+    let table = ok(&["smi"]);
+    assert!(table.contains("vram total") && table.contains("0x1111"), "{table}");
+    let lines = json_lines(&ok(&["run", "stream", "--size", "8M", "--iterations", "2", "--smi", "--json"]));
+    let whens: Vec<&str> = lines.iter().filter_map(|l| l["smi"].as_str()).collect();
+    assert_eq!(whens, ["half way", "at the end"]);
+    let half = lines.iter().find(|l| l["smi"] == "half way").unwrap();
+    assert!(half["gpus"][0]["resident_pages"].as_u64().unwrap() > 0, "data in VRAM half way: {half}");
+    assert!(lines.iter().any(|l| l["workload"] == "stream"));
+}
+
+#[test]
+fn bench_quick_json_lines() {
+    let lines = json_lines(&ok(&["bench", "--quick", "--json", "--filter", "set_attr"]));
+    assert_eq!(lines.len(), 1);
+    let l = &lines[0];
+    assert_eq!(l["name"], "set_attr_1e6_vs_1e3");
+    for k in ["value", "floor", "ratio"] {
+        assert!(l[k].as_f64().unwrap() > 0.0, "{k}: {l}");
+    }
+    assert!(l["unit"].is_string());
+    let table = ok(&["bench", "--quick", "--filter", "set_attr"]);
+    assert!(table.contains("benchmark") && table.contains("set_attr_1e6_vs_1e3"));
+}
+
+#[test]
+fn demo_runs_to_its_summary() {
+    let text = ok(&["demo"]);
+    for want in ["[1]", "[8]", "[13]", "Summary of the whole demo", "mismatches 0 (ok)", "top ranges"] {
+        assert!(text.contains(want), "missing {want:?}");
+    }
+}
+
+#[test]
+fn bad_input_is_one_clear_error_line() {
+    for (args, want) in [
+        (&["run", "stream", "--size", "12X"][..], "bad size '12X'"),
+        (&["run", "stream", "--size", "0"][..], "must be more than 0"),
+        (&["run", "nosuch"][..], "invalid value 'nosuch'"),
+        (&["run", "stream", "--xnack", "maybe"][..], "neither on nor off"),
+        (&["run", "stream", "--gpus", "0"][..], "--gpus must be between 1 and 16"),
+        (&["run", "stencil", "--gpus", "1", "--size", "8M"][..], "at least 2 GPUs"),
+        (&["run", "stream", "--size", "5000"][..], "multiple of 4 KiB"),
+        (&["run", "stream", "--iterations", "0"][..], "at least 1"),
+        (&["bench", "--filter", "nosuch"][..], "no benchmark matches"),
+    ] {
+        let err = fails(args);
+        let first = err.lines().next().unwrap_or("");
+        assert!(first.contains("error"), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err}");
+    }
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in
+        [&["--help"][..], &["demo", "--help"], &["run", "--help"], &["smi", "--help"], &["bench", "--help"]]
+    {
+        let text = ok(args);
+        assert!(text.contains("Usage"), "{args:?}: {text}");
+    }
+    let run = ok(&["run", "--help"]);
+    for w in ["stream", "stencil", "random", "oversub", "pingpong", "--events", "--trace", "--plot", "--smi"]
+    {
+        assert!(run.contains(w), "run --help mentions {w}");
+    }
+}
