@@ -11,6 +11,7 @@
 
 mod bench;
 mod demo;
+mod os;
 mod plot;
 mod progress;
 mod record;

@@ -58,6 +58,9 @@ pub struct RunArgs {
     /// Iterations (default: per workload).
     #[arg(long)]
     pub iterations: Option<u64>,
+    /// How long the stress workload runs (seconds).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
     /// Seed of the workload's data and random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -120,6 +123,9 @@ pub fn run(a: &RunArgs) -> Result<()> {
     if iterations == 0 {
         bail!("--iterations must be at least 1");
     }
+    if a.seconds == 0 {
+        bail!("--seconds must be at least 1");
+    }
     let live = match (a.events, a.json) {
         (false, _) => Live::Off,
         (true, false) => Live::Stdout,
@@ -139,6 +145,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         if a.smi { Some(Box::new(move |svm: &Svm| smi::print(svm, "half way", json))) } else { None };
     let mut ctx =
         Ctx::new(svm.clone(), size as usize, iterations, a.seed, rec.kernel_log(), bar.clone(), on_half);
+    ctx.seconds = a.seconds;
     let result = a.workload.run(&mut ctx);
     bar.finish_and_clear();
     let record = rec.finish();

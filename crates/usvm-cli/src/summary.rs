@@ -118,6 +118,9 @@ pub struct Outcome {
     pub bytes_verified: u64,
     /// Words that differed from the expected values (anything but 0 is a bug).
     pub mismatches: u64,
+    /// Operations that returned an error and changed nothing (allowed: e.g. a GPU access
+    /// that gave up while two GPUs pulled the same range back and forth).
+    pub errors: u64,
 }
 
 /// The run's settings, as the summary shows them.
@@ -295,8 +298,9 @@ pub fn render(s: &Summary) -> String {
     );
     let o = &s.outcome;
     out += &format!(
-        "operations {}, bytes verified {}, mismatches {}{}\n\n",
+        "operations {}, errors {}, bytes verified {}, mismatches {}{}\n\n",
         o.operations,
+        o.errors,
         gib(o.bytes_verified),
         o.mismatches,
         if o.mismatches == 0 { " (ok)" } else { "  <-- DATA MISMATCH" }

@@ -280,3 +280,36 @@ fn every_subcommand_has_help() {
         assert!(run.contains(w), "run --help mentions {w}");
     }
 }
+
+/// The soak of the reliability issue: a 60-second `usvm run stress` (XNACK on), then a
+/// shorter one with XNACK off; every byte verified, no mismatch.
+#[test]
+fn stress_soak_loses_nothing() {
+    for (xnack, seconds) in [("on", "60"), ("off", "10")] {
+        let text = ok(&[
+            "run",
+            "stress",
+            "--vram",
+            "16M",
+            "--size",
+            "48M",
+            "--seconds",
+            seconds,
+            "--xnack",
+            xnack,
+            "--json",
+        ]);
+        let lines = json_lines(&text);
+        let s = check_summary(&lines[0], "stress", 2);
+        let o = &s["outcome"];
+        assert!(o["operations"].as_u64().unwrap() > 100_000, "{o}");
+        assert!(o["bytes_verified"].as_u64().unwrap() > 48 << 20, "{o}");
+        assert!(s["seconds"].as_f64().unwrap() >= seconds.parse::<f64>().unwrap());
+        if xnack == "on" {
+            let t = &s["total"];
+            assert!(t["gpu_faults"].as_u64().unwrap() > 0 && t["cpu_faults"].as_u64().unwrap() > 0, "{t}");
+            assert!(t["d2h"]["eviction"]["bytes"].as_u64().unwrap() > 0, "oversubscribed: {t}");
+        }
+        eprintln!("stress xnack {xnack}: {o}");
+    }
+}

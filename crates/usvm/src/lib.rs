@@ -44,7 +44,7 @@ pub use events::{
 pub use gpu::fence::Fence;
 pub use gpu::queue::{KernelCtx, Queue};
 pub use svm::{
-    ALLOC_ALIGN, DEFAULT_GPUS, DEFAULT_GRANULARITY, DEFAULT_VRAM_BYTES, GpuSnapshot, MAX_GPUS, RangeInfo,
-    Residency, Svm, SvmBuffer, SvmBuilder,
+    ALLOC_ALIGN, DEFAULT_GPUS, DEFAULT_GRANULARITY, DEFAULT_VRAM_BYTES, GpuSnapshot, InjectUffd, MAX_GPUS,
+    RangeInfo, Residency, Svm, SvmBuffer, SvmBuilder,
 };
 pub use uapi::RawAttr;

@@ -178,6 +178,20 @@ impl Drop for Svm {
     }
 }
 
+/// Which userfaultfd operation [`Svm::inject_uffd_error`] makes fail (tests).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectUffd {
+    /// `UFFDIO_MOVE` collecting the application's pages for a migration to VRAM.
+    Collect,
+    /// `UFFDIO_MOVE` of data coming back from VRAM into the application.
+    MoveIn,
+    /// `UFFDIO_COPY` of data coming back from VRAM (small batches).
+    Copy,
+    /// `UFFDIO_ZEROPAGE` resolving a first touch.
+    Zeropage,
+}
+
 /// Where one page's data is ([`Svm::residency`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Residency {
@@ -490,6 +504,29 @@ impl Svm {
         let idx = self.inner.gpu(g)?;
         self.inner.devs.gpus[idx].sdma.fail_chunk_in(n);
         Ok(())
+    }
+
+    /// Fault injection for tests: the `nth` (1 = next) VRAM allocation on GPU `g` fails as
+    /// if the VRAM were full and nothing could be evicted.
+    #[doc(hidden)]
+    pub fn inject_vram_alloc_failure(&self, g: GpuId, nth: u64) -> Result<()> {
+        let idx = self.inner.gpu(g)?;
+        self.inner.devs.gpus[idx].vram.fail_alloc_in(nth);
+        Ok(())
+    }
+
+    /// Fault injection for tests: the `nth` (1 = next) userfaultfd operation of kind `op`
+    /// fails with `errno` without doing anything, as if the kernel had refused it.
+    #[doc(hidden)]
+    pub fn inject_uffd_error(&self, op: InjectUffd, errno: i32, nth: u64) {
+        use crate::sys::uffd::UffdOp;
+        let e = &self.inner.engine;
+        match op {
+            InjectUffd::Collect => e.own.inject_error(UffdOp::Move, errno, nth),
+            InjectUffd::MoveIn => e.uffd.inject_error(UffdOp::Move, errno, nth),
+            InjectUffd::Copy => e.uffd.inject_error(UffdOp::Copy, errno, nth),
+            InjectUffd::Zeropage => e.uffd.inject_error(UffdOp::Zeropage, errno, nth),
+        }
     }
 
     /// Number of SVM ranges (cheaper than `ranges().len()`).

@@ -11,6 +11,7 @@ mod pingpong;
 mod random;
 mod stencil;
 mod stream;
+mod stress;
 
 use crate::record::{KernelLog, KernelSpan};
 use crate::summary::Outcome;
@@ -36,6 +37,9 @@ pub enum Workload {
     Oversub,
     /// CPU and GPU take turns incrementing the same pages.
     Pingpong,
+    /// Everything at once for --seconds: CPU threads, kernels on every GPU, prefetches,
+    /// attribute changes, munmap / mmap and MADV_DONTNEED, oversubscribed VRAM.
+    Stress,
 }
 
 impl Workload {
@@ -47,6 +51,7 @@ impl Workload {
             Workload::Random => "random",
             Workload::Oversub => "oversub",
             Workload::Pingpong => "pingpong",
+            Workload::Stress => "stress",
         }
     }
 
@@ -58,6 +63,7 @@ impl Workload {
             Workload::Random => 8,
             Workload::Oversub => 3,
             Workload::Pingpong => 16,
+            Workload::Stress => 1,
         }
     }
 
@@ -65,7 +71,7 @@ impl Workload {
     pub fn default_size(self, vram: u64, gpus: usize) -> u64 {
         match self {
             // 1.5x the VRAM of all GPUs together, in 2 MiB steps.
-            Workload::Oversub => (vram * gpus as u64 * 3 / 2).next_multiple_of(2 << 20),
+            Workload::Oversub | Workload::Stress => (vram * gpus as u64 * 3 / 2).next_multiple_of(2 << 20),
             Workload::Pingpong => 8 << 20,
             _ => 64 << 20,
         }
@@ -79,6 +85,7 @@ impl Workload {
             Workload::Random => random::run(ctx),
             Workload::Oversub => oversub::run(ctx),
             Workload::Pingpong => pingpong::run(ctx),
+            Workload::Stress => stress::run(ctx),
         }
     }
 }
@@ -100,11 +107,15 @@ pub struct Ctx {
     pub iterations: u64,
     /// Seed of every random choice.
     pub seed: u64,
+    /// How long a time-bounded workload (stress) runs.
+    pub seconds: u64,
     log: KernelLog,
     progress: ProgressBar,
     on_half: Option<HalfWay>,
     /// Every buffer of the run, kept alive until the summary has seen the final ranges.
     buffers: Vec<Arc<SvmBuffer>>,
+    /// Other memory kept alive as long (regions the workload mapped itself).
+    kept: Vec<Box<dyn std::any::Any>>,
 }
 
 /// A queue of one GPU that records its kernels' spans.
@@ -151,10 +162,12 @@ impl Ctx {
             size,
             iterations,
             seed,
+            seconds: 10,
             log,
             progress,
             on_half,
             buffers: Vec::new(),
+            kept: Vec::new(),
         }
     }
 
@@ -209,6 +222,11 @@ impl Ctx {
             self.svm.set_attr(buf.addr() + off, len, &[Attr::Access(g)]).context("SET_ATTR ACCESS")?;
         }
         Ok(parts)
+    }
+
+    /// Keeps `t` alive until the run's summary is done.
+    pub fn keep<T: 'static>(&mut self, t: T) {
+        self.kept.push(Box::new(t));
     }
 
     /// ACCESS for every GPU.

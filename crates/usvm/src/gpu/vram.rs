@@ -176,6 +176,8 @@ struct Pool {
     live: Mutex<HashMap<u64, Weak<BoInner>>>,
     next_id: AtomicU64,
     clock: AtomicU64,
+    /// Fault injection: allocations left until one fails (0: none armed).
+    fail_in: AtomicU64,
 }
 
 impl Drop for Pool {
@@ -335,6 +337,7 @@ impl VramManager {
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             clock: AtomicU64::new(1),
+            fail_in: AtomicU64::new(0),
         };
         Ok(VramManager { pool: Arc::new(PoolRef(Arc::new(pool))) })
     }
@@ -374,6 +377,9 @@ impl VramManager {
         let pool = self.p();
         let fail = Error::NoVram { gpu: pool.gpu, npages };
         if npages == 0 || npages > pool.npages {
+            return Err(fail);
+        }
+        if pool.fail_in.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1)) == Ok(1) {
             return Err(fail);
         }
         let (runs, dirty) = {
@@ -425,6 +431,12 @@ impl VramManager {
             out.push(b);
         }
         out
+    }
+
+    /// Fault injection (tests): the `nth` allocation from now (1 = the next) fails as if
+    /// nothing could be found or evicted.
+    pub fn fail_alloc_in(&self, nth: u64) {
+        self.p().fail_in.store(nth, Ordering::Release);
     }
 
     /// Current use.

@@ -70,7 +70,7 @@ pub struct Engine {
     /// A second userfaultfd, without events, for usvm's own areas (`staging_out`, `pool`):
     /// moving pages into them, and dropping theirs, must raise no event for the reader
     /// thread to wait on (it may be the one migrating).
-    own: Uffd,
+    pub(crate) own: Uffd,
     /// Registered with `uffd`, empty between batches: receives collected pages.
     staging_out: usize,
     /// Not registered: fresh RAM pages for large batches are populated here.
@@ -664,7 +664,7 @@ fn piece_to_ram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: Pa
                 let mut now_in_ram = (done / PAGE_SIZE) as u64;
                 match err {
                     None => {}
-                    Some(libc::EEXIST) => {
+                    Some(libc::EEXIST) if app_has_page(bs + i + now_in_ram) => {
                         // The application has the page (a page the collection took for a
                         // hole, see piece_to_vram): its data is the newer one; the VRAM
                         // copy is dropped.
@@ -692,6 +692,13 @@ fn piece_to_ram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: Pa
         }
     }
     Ok(moved)
+}
+
+/// Whether the application really has `page` in memory: an `EEXIST` is believed (and the
+/// VRAM copy dropped for the application's newer data) only when this says so; otherwise
+/// it is an error like any other and the data stays in VRAM.
+fn app_has_page(page: PageNo) -> bool {
+    sys::pagemap::has_memory((page << PAGE_SHIFT) as usize, 1).is_ok_and(|v| v[0])
 }
 
 /// VRAM -> RAM of a batch smaller than a huge page (a CPU fault at a small granularity):
@@ -724,7 +731,7 @@ fn small_to_ram(
         let mut failure = None;
         match err {
             None => {}
-            Some(libc::EEXIST) => {
+            Some(libc::EEXIST) if app_has_page(bs + i + now) => {
                 // The application has the page: its data is the newer one; the VRAM copy
                 // is dropped.
                 now += 1;

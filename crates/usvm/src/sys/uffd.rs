@@ -7,6 +7,7 @@
 use super::last_errno;
 use crate::error::{Error, Result};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
 
 const UFFD_API: u64 = 0xaa;
 const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
@@ -143,6 +144,44 @@ pub struct Fault {
 pub struct Uffd {
     fd: OwnedFd,
     wake: OwnedFd,
+    inject: Injector,
+}
+
+/// The `UFFDIO_*` operations whose failure tests can inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UffdOp {
+    /// `UFFDIO_MOVE`.
+    Move = 1,
+    /// `UFFDIO_COPY`.
+    Copy = 2,
+    /// `UFFDIO_ZEROPAGE`.
+    Zeropage = 3,
+}
+
+/// Fault injection (tests): the `n`-th call of one operation from now fails with an errno
+/// before doing anything, as if the kernel had refused it.
+#[derive(Debug, Default)]
+struct Injector {
+    op: AtomicU8,
+    errno: AtomicI32,
+    countdown: AtomicU64,
+}
+
+impl Injector {
+    /// The errno to fail this call of `op` with, if one is due.
+    fn due(&self, op: UffdOp) -> Option<i32> {
+        if self.op.load(Ordering::Acquire) != op as u8 {
+            return None;
+        }
+        let fire =
+            self.countdown.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1)) == Ok(1);
+        if fire {
+            self.op.store(0, Ordering::Release);
+            Some(self.errno.load(Ordering::Acquire))
+        } else {
+            None
+        }
+    }
 }
 
 fn ioctl<T>(fd: &OwnedFd, req: libc::c_ulong, arg: &mut T) -> std::result::Result<(), i32> {
@@ -185,7 +224,15 @@ impl Uffd {
         }
         // SAFETY: `w` was just returned by the kernel and is owned by nobody else.
         let wake = unsafe { OwnedFd::from_raw_fd(w) };
-        Ok(Uffd { fd, wake })
+        Ok(Uffd { fd, wake, inject: Injector::default() })
+    }
+
+    /// Fault injection (tests): the `nth` call (1 = the next) of `op` fails with `errno`
+    /// without doing anything.
+    pub fn inject_error(&self, op: UffdOp, errno: i32, nth: u64) {
+        self.inject.errno.store(errno, Ordering::Release);
+        self.inject.countdown.store(nth, Ordering::Release);
+        self.inject.op.store(if nth == 0 { 0 } else { op as u8 }, Ordering::Release);
     }
 
     /// Registers `[addr, addr + len)` for missing-page faults. Registering again an
@@ -215,7 +262,11 @@ impl Uffd {
             mode: 0,
             zeropage: 0,
         };
-        match ioctl(&self.fd, UFFDIO_ZEROPAGE, &mut z) {
+        let r = match self.inject.due(UffdOp::Zeropage) {
+            Some(errno) => Err(errno),
+            None => ioctl(&self.fd, UFFDIO_ZEROPAGE, &mut z),
+        };
+        match r {
             Ok(()) => Ok(()),
             Err(libc::EEXIST) => self.wake(addr, len),
             // EAGAIN: the address space is changing (an unmap or remap event waits to be
@@ -236,6 +287,9 @@ impl Uffd {
             mode |= UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES;
         }
         let mut m = UffdioMove { dst: dst as u64, src: src as u64, len: len as u64, mode, moved: 0 };
+        if let Some(errno) = self.inject.due(UffdOp::Move) {
+            return (0, Some(errno));
+        }
         match ioctl(&self.fd, UFFDIO_MOVE, &mut m) {
             Ok(()) => (len, None),
             Err(errno) => ((m.moved.max(0)) as usize, Some(errno)),
@@ -258,7 +312,11 @@ impl Uffd {
                 mode: UFFDIO_COPY_MODE_DONTWAKE,
                 copy: 0,
             };
-            match ioctl(&self.fd, UFFDIO_COPY, &mut c) {
+            let r = match self.inject.due(UffdOp::Copy) {
+                Some(errno) => Err(errno),
+                None => ioctl(&self.fd, UFFDIO_COPY, &mut c),
+            };
+            match r {
                 Ok(()) => return (len, None),
                 // The address space is changing (an mremap or munmap event in flight):
                 // wait for it to settle, except on the thread that reads the events (it

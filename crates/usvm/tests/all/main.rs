@@ -2,6 +2,8 @@
 
 mod attrs;
 mod gpu;
+mod hygiene;
+mod inject;
 mod migrate;
 mod model;
 mod notifier;

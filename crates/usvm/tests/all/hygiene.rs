@@ -1,0 +1,155 @@
+//! Isolation and hygiene: a fault outside every usvm range crashes the program as it would
+//! without usvm; dropping an instance with migrations in flight returns every byte to RAM
+//! and leaves no thread behind; bad pointers and sizes through the API are errors.
+//!
+//! Tests that look at the whole process (signals, thread counts) run in a process of their
+//! own: this test binary, re-executed on that one test.
+
+use crate::util::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use usvm::{Attr, Location, Svm};
+
+const CHILD_ENV: &str = "USVM_ISOLATED_TEST";
+
+/// Runs test `name` alone in a child process; returns its exit status and output.
+fn isolated(name: &str) -> (std::process::ExitStatus, String) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, name)
+        .output()
+        .unwrap();
+    (out.status, String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// Whether this process is the child running test `name`.
+fn in_child(name: &str) -> bool {
+    std::env::var(CHILD_ENV).is_ok_and(|v| v == name)
+}
+
+fn signal_of(status: std::process::ExitStatus) -> Option<i32> {
+    std::os::unix::process::ExitStatusExt::signal(&status)
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+#[test]
+fn a_fault_outside_usvm_memory_crashes_as_without_usvm() {
+    const NAME: &str = "hygiene::a_fault_outside_usvm_memory_crashes_as_without_usvm";
+    if !in_child(NAME) {
+        let (status, text) = isolated(NAME);
+        assert_eq!(signal_of(status), Some(libc::SIGSEGV), "{status:?}: {text}");
+        return;
+    }
+    let svm = svm2(true);
+    let buf = svm.alloc(4 * MIB).unwrap();
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(svm.gpu_ids()[0]))]).unwrap();
+    // Memory that was mapped and is gone: usvm's userfaultfd never sees this fault.
+    let gone = Mapping::anon(2 * MIB, 2 * MIB);
+    let addr = gone.addr;
+    drop(gone);
+    // SAFETY: deliberately touching unmapped memory: the process must die of SIGSEGV.
+    let v = unsafe { (addr as *const u64).read_volatile() };
+    println!("read {v} from unmapped memory: not reached");
+}
+
+#[test]
+fn a_write_to_read_only_svm_memory_crashes_as_without_usvm() {
+    const NAME: &str = "hygiene::a_write_to_read_only_svm_memory_crashes_as_without_usvm";
+    if !in_child(NAME) {
+        let (status, text) = isolated(NAME);
+        assert_eq!(signal_of(status), Some(libc::SIGSEGV), "{status:?}: {text}");
+        return;
+    }
+    let svm = svm2(false);
+    let m = Mapping::anon(2 * MIB, 2 * MIB);
+    svm.set_attr(m.addr, m.len, &[Attr::PrefetchLoc(Location::Gpu(svm.gpu_ids()[0]))]).unwrap();
+    mprotect(m.addr, m.len, libc::PROT_READ);
+    // SAFETY: deliberately writing read-only memory: the process must die of SIGSEGV.
+    unsafe { (m.addr as *mut u64).write_volatile(1) };
+    println!("wrote read-only memory: not reached");
+}
+
+#[test]
+fn dropping_an_instance_in_the_middle_of_migrations_returns_every_byte() {
+    const NAME: &str = "hygiene::dropping_an_instance_in_the_middle_of_migrations_returns_every_byte";
+    if !in_child(NAME) {
+        let (status, text) = isolated(NAME);
+        assert!(status.success() && text.contains("1 passed"), "{status:?}: {text}");
+        return;
+    }
+    let before = threads();
+    let m = Mapping::anon(16 * MIB, 2 * MIB);
+    let data: Vec<u8> = (0..m.len).map(|i| (i * 7 + (i >> 12)) as u8).collect();
+    // SAFETY: `m` is this test's own mapping of `m.len` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), m.addr as *mut u8, m.len) };
+    for round in 0..5 {
+        let svm = Arc::new(Svm::builder().gpus(2).vram_bytes(8 << 20).xnack(round % 2 == 0).build().unwrap());
+        let gpus = svm.gpu_ids();
+        svm.set_attr(m.addr, m.len, &[Attr::Access(gpus[0]), Attr::Access(gpus[1])]).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        // Threads keep migrating (VRAM is half the data: evictions too) while the last
+        // handle to the instance is dropped, by whichever thread lets go last.
+        let workers: Vec<_> = (0..2)
+            .map(|t| {
+                let (svm, stop, addr) = (svm.clone(), stop.clone(), m.addr);
+                std::thread::spawn(move || {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let off = ((i * 3 + t) % 8) * 2 * MIB;
+                        let loc = Location::Gpu(svm.gpu_ids()[(i + t) % 2]);
+                        let _ = svm.set_attr(addr + off, 2 * MIB, &[Attr::PrefetchLoc(loc)]);
+                        let mut b = [0u8; 8];
+                        let _ = svm.gpu_read(svm.gpu_ids()[t], addr + off + 4096, &mut b);
+                        i += 1;
+                    }
+                    drop(svm);
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        drop(svm);
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.join().unwrap();
+        }
+        // SAFETY: reading this test's own mapping; no usvm instance is left.
+        let now = unsafe { std::slice::from_raw_parts(m.addr as *const u8, m.len) };
+        assert!(now == &data[..], "round {round}: every byte is back in RAM");
+    }
+    // Every thread of every instance has ended (worker threads joined above).
+    assert_eq!(threads(), before, "no thread left behind");
+    // The memory is plain memory again: usable without any usvm.
+    // SAFETY: this test's own mapping.
+    unsafe { (m.addr as *mut u64).write_volatile(42) };
+}
+
+#[test]
+fn bad_pointers_and_sizes_are_errors() {
+    let svm = svm2(true);
+    let g = svm.gpu_ids()[0];
+    let mut b = [0u8; 16];
+    for addr in [0usize, 8, usize::MAX - 7, 1 << 47, usize::MAX & !4095] {
+        assert_ne!(errno(svm.gpu_read(g, addr, &mut b)), 0, "GPU read at {addr:#x}");
+        assert_ne!(errno(svm.gpu_write(g, addr, &b)), 0, "GPU write at {addr:#x}");
+    }
+    // Lengths that overflow the address space.
+    assert_eq!(errno(svm.gpu_read(g, usize::MAX - 4, &mut b)), libc::EINVAL);
+    for (addr, size) in [(0usize, 4096usize), (4096, 0), (1, 4096), (4096, 1), (usize::MAX & !4095, 8192)] {
+        assert_ne!(errno(svm.set_attr(addr, size, &[])), 0, "SET_ATTR {addr:#x}+{size:#x}");
+        let mut q = [Attr::Granularity(0)];
+        assert_ne!(errno(svm.get_attr(addr, size, &mut q)), 0, "GET_ATTR {addr:#x}+{size:#x}");
+    }
+    assert_eq!(errno(svm.svm_ioctl(7, 4096, 4096, &mut [])), libc::EINVAL, "unknown op");
+    assert_eq!(errno(svm.alloc(0)), libc::EINVAL);
+    assert_ne!(errno(svm.alloc(usize::MAX - 10)), 0);
+    // A kernel with a bad pointer gets an error on its fence; the queue goes on.
+    let q = svm.create_queue(g).unwrap();
+    assert_ne!(errno(q.submit(|k| k.read_u64(usize::MAX - 3).map(|_| ())).wait()), 0);
+    assert_ne!(errno(q.submit(|k| k.write_u64(16, 1)).wait()), 0);
+    assert_eq!(errno(q.submit(|_| Ok(())).wait()), 0);
+    // Nothing above created a range.
+    assert_eq!(svm.range_count(), 0);
+}
