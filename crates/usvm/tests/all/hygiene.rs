@@ -153,3 +153,73 @@ fn bad_pointers_and_sizes_are_errors() {
     // Nothing above created a range.
     assert_eq!(svm.range_count(), 0);
 }
+
+/// The `[stack]` or `[heap]` mapping of this process: (start, end).
+fn special_mapping(name: &str) -> Option<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines().find(|l| l.ends_with(name)).map(|l| {
+        let range = l.split(' ').next().unwrap();
+        let (a, b) = range.split_once('-').unwrap();
+        (usize::from_str_radix(a, 16).unwrap(), usize::from_str_radix(b, 16).unwrap())
+    })
+}
+
+/// T20: XNACK on, GPU faults in the brk heap and in the initial stack create ranges with
+/// PREFERRED_LOC = system memory; nothing migrates (PAGE_FAULT_END `U`), the GPU reads the
+/// bytes the CPU sees.
+#[test]
+fn t20_heap_and_stack_faults_stay_in_system_memory() {
+    const NAME: &str = "hygiene::t20_heap_and_stack_faults_stay_in_system_memory";
+    if !in_child(NAME) {
+        let (status, text) = isolated(NAME);
+        assert!(status.success() && text.contains("1 passed"), "{status:?}: {text}");
+        return;
+    }
+    // A heap of our own at the top of the brk area: 2 MiB more, filled with a pattern.
+    // SAFETY: sbrk(0) only reads the current break.
+    let old = unsafe { libc::sbrk(0) } as usize;
+    // SAFETY: grows the break; the new 2 MiB belong to this test alone (malloc treats a
+    // foreign sbrk as a gap in its heap and never hands out these bytes).
+    let grown = unsafe { libc::sbrk(2 * MIB as libc::intptr_t) } as usize;
+    assert_eq!(grown, old, "sbrk");
+    let heap = old.next_multiple_of(PAGE);
+    let len = MIB;
+    let data: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+    // SAFETY: `[heap, heap + len)` lies in the 2 MiB just added to the break.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), heap as *mut u8, len) };
+    let (hs, he) = special_mapping("[heap]").expect("a [heap] mapping");
+    assert!(hs <= heap && heap + len <= he);
+    let (ss, se) = special_mapping("[stack]").expect("a [stack] mapping");
+
+    let svm = svm2(true);
+    let g = svm.gpu_ids()[0];
+    let events = svm.subscribe();
+    let mut back = vec![0u8; len];
+    svm.gpu_read(g, heap, &mut back).unwrap();
+    assert!(back == data, "the GPU reads the heap in place");
+    // The top page of the initial stack holds the environment strings: compare with the CPU.
+    let top = se - PAGE;
+    let mut on_gpu = vec![0u8; PAGE];
+    svm.gpu_read(g, top, &mut on_gpu).unwrap();
+    // SAFETY: the top page of the main thread's stack is mapped and readable.
+    let on_cpu = unsafe { std::slice::from_raw_parts(top as *const u8, PAGE) };
+    assert!(on_gpu == on_cpu, "the GPU reads the stack in place");
+
+    let ranges = svm.ranges();
+    for (what, addr) in [("heap", heap), ("stack", top)] {
+        let r = ranges.iter().find(|r| r.start <= addr && addr < r.start + r.size).expect(what);
+        assert_eq!(r.preferred_loc, Location::Sysmem, "{what}: {r:?}");
+        assert_eq!(r.actual_loc, Location::Sysmem, "{what}");
+        assert_eq!(r.vram_pages, 0, "{what}");
+    }
+    assert!(ranges.iter().all(|r| r.start + r.size <= se && (r.start >= ss || r.start + r.size <= he)));
+    assert_eq!(svm.counters(g).page_in, 0, "nothing migrated");
+    assert!(svm.counters(g).faults >= 2);
+    let ends: Vec<String> =
+        events.try_iter().map(|e| e.to_string()).filter(|l| l.starts_with("8 ")).collect();
+    assert!(!ends.is_empty() && ends.iter().all(|l| l.ends_with(" U")), "{ends:?}");
+    drop(svm);
+    // SAFETY: the heap part is still ours and plain memory again.
+    let still = unsafe { std::slice::from_raw_parts(heap as *const u8, len) };
+    assert!(still == &data[..]);
+}
