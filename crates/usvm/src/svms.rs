@@ -162,7 +162,8 @@ impl SvmInner {
     /// Applies the page-table changes the userfaultfd reported (section 6.1-6.4).
     fn apply_pending(&self, st: &mut SvmState) {
         let ops = std::mem::take(&mut *self.pending.lock());
-        for op in ops {
+        let mut ops = ops.into_iter();
+        while let Some(op) = ops.next() {
             match op {
                 PendingOp::Unmap { start, last } => self.cpu_unmapped(st, start, last),
                 PendingOp::Remove { start, last } => {
@@ -189,22 +190,36 @@ impl SvmInner {
                 }
                 PendingOp::Remap { from, to, npages } => {
                     // The pages whose data is in VRAM did not move with the mapping: give
-                    // their data to the new place, then forget the old one.
+                    // their data to the new place (a page the application has there already
+                    // keeps its data), then forget the old one.
                     let last = from + npages - 1;
                     let keys: Vec<PageNo> = st.tree.overlapping(from, last).map(|r| r.start).collect();
+                    let mut copied = true;
                     for k in keys {
                         let r = st.tree.get_mut(k).expect("range");
                         let Some(b) = r.vram.clone() else { continue };
                         for p in from.max(r.start)..=last.min(r.last) {
                             if r.page_in_vram(p) {
                                 let src = b.bo.host_addr(b.offset + (p - r.start));
-                                let dst = ((to + (p - from)) << PAGE_SHIFT) as usize;
-                                // Copied; a page the application has there already keeps its data.
-                                let _ = self.engine.uffd.copy(dst, src, PAGE_SIZE);
-                                self.engine.forget_out(to + (p - from), to + (p - from));
-                                let _ = self.engine.uffd.wake(dst, PAGE_SIZE);
+                                let dst = to + (p - from);
+                                let (_, err) = self.engine.commit_in(dst, 1, src, migrate::Fill::Copy);
+                                copied &= err.is_none();
+                                let _ = self.engine.uffd.wake((dst << PAGE_SHIFT) as usize, PAGE_SIZE);
                             }
                         }
+                    }
+                    if !copied {
+                        // An event still waits to be read (EAGAIN, on the reader thread): keep
+                        // this change and the later ones for the next lock holder, with the
+                        // old data still in VRAM.
+                        let mut pending = self.pending.lock();
+                        let later = std::mem::take(&mut *pending);
+                        pending.push(PendingOp::Remap { from, to, npages });
+                        pending.extend(ops.by_ref());
+                        pending.extend(later);
+                        drop(pending);
+                        self.post(Work::Flush);
+                        break;
                     }
                     self.cpu_unmapped(st, from, last);
                 }

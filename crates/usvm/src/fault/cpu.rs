@@ -69,6 +69,47 @@ fn on_event_guarded(inner: &SvmInner, ev: UffdEvent) {
     }
 }
 
+/// Reads the next event. For the application's munmap, MADV_DONTNEED and mremap, the
+/// pages' "out of RAM" state changes under the same hold of the `out` lock as the read:
+/// a migration putting data back into the application checks that state and does its
+/// ioctl under that lock (`Engine::commit_in`), so it either comes before the event (the
+/// ioctl fails with EAGAIN, or the kernel's unmap or zap that follows the read removes the
+/// data), or after it and skips the pages: stale data never lands in memory the
+/// application dropped.
+fn read_event(inner: &SvmInner, u: &Uffd) -> crate::error::Result<Option<UffdEvent>> {
+    let pages =
+        |a: usize, b: usize| ((a >> PAGE_SHIFT) as PageNo, ((b >> PAGE_SHIFT) as PageNo).saturating_sub(1));
+    let mut out = inner.engine.out.lock();
+    let ev = u.read_event()?;
+    match ev {
+        Some(UffdEvent::Unmap { start, end }) => {
+            let (s, l) = pages(start, end);
+            out.remove(s, l);
+            inner.engine.dropped.lock().remove(s, l);
+        }
+        Some(UffdEvent::Remove { start, end }) => {
+            // The kernel zaps the pages after this read: until then a migration may still
+            // collect their old data (see `Engine::dropped`).
+            let (s, l) = pages(start, end);
+            out.remove(s, l);
+            inner.engine.dropped.lock().insert(s, l);
+        }
+        Some(UffdEvent::Remap { from, to, len }) => {
+            let (s, l) = pages(from, from + len);
+            let t = (to >> PAGE_SHIFT) as PageNo;
+            // Faults at the new place on pages whose data is in VRAM must wait for it.
+            for p in s..=l {
+                if out.contains(p) {
+                    out.insert(t + (p - s), t + (p - s));
+                }
+            }
+            out.remove(s, l);
+        }
+        _ => {}
+    }
+    Ok(ev)
+}
+
 /// The reader's part of an event.
 fn on_event(inner: &SvmInner, ev: UffdEvent) {
     let pages =
@@ -90,26 +131,18 @@ fn on_event(inner: &SvmInner, ev: UffdEvent) {
             }
             return;
         }
+        // The `out` set was adjusted when the event was read (`read_event`).
         UffdEvent::Unmap { start, end } => {
             let (s, l) = pages(start, end);
-            inner.engine.forget_out(s, l);
             PendingOp::Unmap { start: s, last: l }
         }
         UffdEvent::Remove { start, end } => {
             let (s, l) = pages(start, end);
-            inner.engine.forget_out(s, l);
             PendingOp::Remove { start: s, last: l }
         }
         UffdEvent::Remap { from, to, len } => {
             let (s, l) = pages(from, from + len);
             let t = (to >> PAGE_SHIFT) as PageNo;
-            // Faults at the new place on pages whose data is in VRAM must wait for it.
-            for p in s..=l {
-                if inner.engine.is_out(p) {
-                    inner.engine.mark_out(t + (p - s), t + (p - s));
-                }
-            }
-            inner.engine.forget_out(s, l);
             PendingOp::Remap { from: s, to: t, npages: l - s + 1 }
         }
     };
@@ -171,7 +204,7 @@ impl CpuFaultHandler {
                 // madvise returns as soon as its event is read, and whoever takes the
                 // instance lock next must find the change queued (see `lock_state`).
                 let gate = inner.event_gate.lock();
-                match u.read_event() {
+                match read_event(&inner, &u) {
                     Ok(Some(ev)) => on_event_guarded(&inner, ev),
                     Ok(None) => {}
                     Err(e) => tracing::error!("userfaultfd read failed: {e}"),

@@ -79,9 +79,24 @@ pub struct Engine {
     pool: usize,
     pool_level: Mutex<u64>,
     /// Pages whose data usvm moved out of the application's RAM (or is moving).
-    out: Mutex<PageSet>,
+    pub(crate) out: Mutex<PageSet>,
+    /// Pages the application dropped (MADV_DONTNEED) whose zap may not have happened yet:
+    /// the REMOVE event comes before the kernel zaps the pages, so a migration can still
+    /// collect their old data in between. Such data must never be committed or come back.
+    /// An entry goes when usvm resolves the page's next fault (the zap is then done).
+    /// Locked inside `out`, and only with it held.
+    pub(crate) dropped: Mutex<PageSet>,
     /// Fault injection: the next N page collections fail as if the page were busy.
     pub inject_busy: AtomicU64,
+}
+
+/// How [`Engine::commit_in`] puts data into the application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// `UFFDIO_MOVE` the source pages (they leave the source area).
+    Move,
+    /// `UFFDIO_COPY` them (fresh pages; the source stays).
+    Copy,
 }
 
 impl Engine {
@@ -107,6 +122,7 @@ impl Engine {
             pool,
             pool_level: Mutex::new(0),
             out: Mutex::new(PageSet::default()),
+            dropped: Mutex::new(PageSet::default()),
             inject_busy: AtomicU64::new(0),
         })
     }
@@ -142,6 +158,74 @@ impl Engine {
         Ok(self.staging_in)
     }
 
+    /// Puts data into the application's pages `[first, first + n)` from `src` (`n` pages
+    /// there, in order), by `UFFDIO_MOVE` or `UFFDIO_COPY`, and marks them back in RAM.
+    ///
+    /// The check "is the page still out of RAM, and not dropped" and the ioctl happen under
+    /// the `out` lock,
+    /// which the reader holds while it reads an munmap / MADV_DONTNEED / mremap event and
+    /// takes the pages out of the set: so a page the application dropped or unmapped while
+    /// its data was away is skipped (its old data must not come back: the kernel's
+    /// invalidation retry). While such an event waits to be read, the ioctl fails with
+    /// `EAGAIN`: the lock is let go so the reader can take the event in, and the page is
+    /// tried again (at once `EAGAIN` on the reader thread itself, which must not wait for
+    /// itself). An `EEXIST` is believed only when the application really has the page: its
+    /// data is then the newer one.
+    ///
+    /// Returns how many pages from `first` are settled (now in RAM, or dropped by the
+    /// application) and the error that stopped it, if any.
+    pub fn commit_in(&self, first: PageNo, n: u64, src: usize, fill: Fill) -> (u64, Option<i32>) {
+        let since = std::time::Instant::now();
+        let mut i = 0;
+        while i < n {
+            let mut out = self.out.lock();
+            let dropped = self.dropped.lock();
+            let wanted = |p: PageNo| out.contains(p) && !dropped.contains(p);
+            if !wanted(first + i) {
+                // Dropped or unmapped by the application meanwhile: its data must not come back.
+                drop(dropped);
+                out.remove(first + i, first + i);
+                i += 1;
+                continue;
+            }
+            let mut k = 1;
+            while i + k < n && wanted(first + i + k) {
+                k += 1;
+            }
+            drop(dropped);
+            let dst = ((first + i) << PAGE_SHIFT) as usize;
+            let s = src + i as usize * PAGE_SIZE;
+            let len = k as usize * PAGE_SIZE;
+            let (bytes, err) = match fill {
+                Fill::Move => self.uffd.move_pages(dst, s, len, false),
+                Fill::Copy => self.uffd.copy(dst, s, len),
+            };
+            let mut m = (bytes / PAGE_SIZE) as u64;
+            let err = match err {
+                Some(libc::EEXIST) if app_has_page(first + i + m) => {
+                    m += 1;
+                    None
+                }
+                e => e,
+            };
+            if m > 0 {
+                out.remove(first + i, first + i + m - 1);
+            }
+            drop(out);
+            i += m;
+            match err {
+                None => {}
+                Some(libc::EAGAIN)
+                    if !sys::uffd::is_event_reader() && since.elapsed() < sys::uffd::EAGAIN_PATIENCE =>
+                {
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+                Some(e) => return (i, Some(e)),
+            }
+        }
+        (n, None)
+    }
+
     /// Gives the RAM pool back to the kernel (before a fork: pages shared copy-on-write with
     /// a child must not be reused as fresh pages).
     pub fn drain_pool(&self) {
@@ -153,16 +237,6 @@ impl Engine {
     /// Forgets that the pages `[start, last]` are out of RAM (their data is gone).
     pub fn forget_out(&self, start: PageNo, last: PageNo) {
         self.out.lock().remove(start, last);
-    }
-
-    /// Marks the pages `[start, last]` as out of RAM (data on its way elsewhere).
-    pub fn mark_out(&self, start: PageNo, last: PageNo) {
-        self.out.lock().insert(start, last);
-    }
-
-    /// Whether the data of `page` is out of RAM.
-    pub fn is_out(&self, page: PageNo) -> bool {
-        self.out.lock().contains(page)
     }
 
     /// Resolves a CPU fault on `page` if its data is in RAM: the page was never populated
@@ -186,10 +260,13 @@ impl Engine {
             // Pages of the block outside the registered mapping are refused: not ours.
             if self.uffd.zeropage((s << PAGE_SHIFT) as usize, ((l - s + 1) as usize) * PAGE_SIZE).is_ok() {
                 zeroed_faulting |= s <= page && page <= l;
+                // Absent, so any zap is done: what the application writes there now is new.
+                self.dropped.lock().remove(s, l);
             }
         }
         if !zeroed_faulting {
             self.uffd.zeropage((page << PAGE_SHIFT) as usize, PAGE_SIZE)?;
+            self.dropped.lock().remove(page, page);
         }
         Ok(true)
     }
@@ -535,15 +612,11 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
             let (arrived, _err) = dev.sdma.copy_sync(&ops);
             let mut ok = collected.clone();
             for &i in copied.iter().skip(arrived as usize) {
-                // A failed chunk: the page goes back to the application as it was.
+                // A failed chunk: the page goes back to the application as it was (unless
+                // the application dropped it meanwhile).
                 ok[i as usize] = false;
-                let (back, _) = eng.uffd.move_pages(
-                    ((bs + i) << PAGE_SHIFT) as usize,
-                    eng.staging_out + i as usize * PAGE_SIZE,
-                    PAGE_SIZE,
-                    false,
-                );
-                debug_assert_eq!(back, PAGE_SIZE);
+                let (_, err) = eng.commit_in(bs + i, 1, eng.staging_out + i as usize * PAGE_SIZE, Fill::Move);
+                debug_assert!(err.is_none(), "moving a page back failed: {err:?}");
             }
             for i in (0..n).filter(|&i| collected[i as usize] && !has[i as usize]) {
                 sys::mmap::fill(bo_addr(bs + i), PAGE_SIZE, 0);
@@ -551,11 +624,16 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
             // --- finalize: commit residency, free the RAM pages.
             {
                 let mut out = eng.out.lock();
+                let dropped = eng.dropped.lock();
                 for i in 0..n {
-                    if ok[i as usize] {
+                    // A page the application dropped since (its REMOVE event read, its zap
+                    // perhaps not yet done) may have been collected with its old data: that
+                    // data is not committed; the page stays absent and reads zero.
+                    if ok[i as usize] && !dropped.contains(bs + i) {
                         r.in_vram.set(bs + i - r.start, true);
                         moved += 1;
                     } else {
+                        ok[i as usize] = false;
                         out.remove(bs + i, bs + i);
                     }
                 }
@@ -656,30 +734,13 @@ fn piece_to_ram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: Pa
             let (arrived, copy_err) = dev.sdma.copy_sync(&ops);
             // --- finalize: move the copies into the application, drop the VRAM pages
             // (`to_ram` wakes the waiting threads at the end).
-            let mut i = 0u64;
-            while i < arrived {
-                let dst = ((bs + i) << PAGE_SHIFT) as usize;
-                let src = fresh + i as usize * PAGE_SIZE;
-                let (done, err) = eng.uffd.move_pages(dst, src, (arrived - i) as usize * PAGE_SIZE, false);
-                let mut now_in_ram = (done / PAGE_SIZE) as u64;
-                match err {
-                    None => {}
-                    Some(libc::EEXIST) if app_has_page(bs + i + now_in_ram) => {
-                        // The application has the page (a page the collection took for a
-                        // hole, see piece_to_vram): its data is the newer one; the VRAM
-                        // copy is dropped.
-                        now_in_ram += 1;
-                    }
-                    Some(errno) => {
-                        sys::mmap::discard(fresh, bytes)?;
-                        return Err(Error::Sys { call: "UFFDIO_MOVE", errno });
-                    }
-                }
-                eng.out.lock().remove(bs + i, bs + i + now_in_ram - 1);
-                for p in bs + i..bs + i + now_in_ram {
-                    r.in_vram.set(p - r.start, false);
-                }
-                i += now_in_ram;
+            let (settled, err) = eng.commit_in(bs, arrived, fresh, Fill::Move);
+            for p in bs..bs + settled {
+                r.in_vram.set(p - r.start, false);
+            }
+            if let Some(errno) = err {
+                sys::mmap::discard(fresh, bytes)?;
+                return Err(Error::Sys { call: "UFFDIO_MOVE", errno });
             }
             moved += arrived;
             // Whatever did not move in (a failed copy chunk) is dropped, leaving the area empty;
@@ -725,29 +786,14 @@ fn small_to_ram(
             k += 1;
         }
         dev.sdma.account_external(k as usize * PAGE_SIZE)?;
-        let dst = ((bs + i) << PAGE_SHIFT) as usize;
-        let (done, err) = eng.uffd.copy(dst, src, k as usize * PAGE_SIZE);
-        let mut now = (done / PAGE_SIZE) as u64;
-        let mut failure = None;
-        match err {
-            None => {}
-            Some(libc::EEXIST) if app_has_page(bs + i + now) => {
-                // The application has the page: its data is the newer one; the VRAM copy
-                // is dropped.
-                now += 1;
-            }
-            Some(errno) => failure = Some(Error::Sys { call: "UFFDIO_COPY", errno }),
+        let (settled, err) = eng.commit_in(bs + i, k, src, Fill::Copy);
+        for p in bs + i..bs + i + settled {
+            r.in_vram.set(p - r.start, false);
         }
-        if now > 0 {
-            eng.out.lock().remove(bs + i, bs + i + now - 1);
-            for p in bs + i..bs + i + now {
-                r.in_vram.set(p - r.start, false);
-            }
+        if let Some(errno) = err {
+            return Err(Error::Sys { call: "UFFDIO_COPY", errno });
         }
-        i += now;
-        if let Some(e) = failure {
-            return Err(e);
-        }
+        i += k;
     }
     Ok(n)
 }

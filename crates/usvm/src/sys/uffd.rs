@@ -302,31 +302,20 @@ impl Uffd {
     /// shootdown (nothing is unmapped). Returns the bytes copied and the error that
     /// stopped the copy early, if any (`EEXIST`: a destination page is present).
     pub fn copy(&self, dst: usize, src: usize, len: usize) -> (usize, Option<i32>) {
-        let mut done = 0;
-        let since = std::time::Instant::now();
-        loop {
-            let mut c = UffdioCopy {
-                dst: (dst + done) as u64,
-                src: (src + done) as u64,
-                len: (len - done) as u64,
-                mode: UFFDIO_COPY_MODE_DONTWAKE,
-                copy: 0,
-            };
-            let r = match self.inject.due(UffdOp::Copy) {
-                Some(errno) => Err(errno),
-                None => ioctl(&self.fd, UFFDIO_COPY, &mut c),
-            };
-            match r {
-                Ok(()) => return (len, None),
-                // The address space is changing (an mremap or munmap event in flight):
-                // wait for it to settle, except on the thread that reads the events (it
-                // would wait for itself): that one gets EAGAIN at once.
-                Err(libc::EAGAIN) if !is_event_reader() && since.elapsed() < EAGAIN_PATIENCE => {
-                    done += c.copy.max(0) as usize;
-                    std::thread::sleep(std::time::Duration::from_micros(50));
-                }
-                Err(errno) => return (done + c.copy.max(0) as usize, Some(errno)),
-            }
+        let mut c = UffdioCopy {
+            dst: dst as u64,
+            src: src as u64,
+            len: len as u64,
+            mode: UFFDIO_COPY_MODE_DONTWAKE,
+            copy: 0,
+        };
+        let r = match self.inject.due(UffdOp::Copy) {
+            Some(errno) => Err(errno),
+            None => ioctl(&self.fd, UFFDIO_COPY, &mut c),
+        };
+        match r {
+            Ok(()) => (len, None),
+            Err(errno) => (c.copy.max(0) as usize, Some(errno)),
         }
     }
 
@@ -424,8 +413,9 @@ impl Uffd {
     }
 }
 
-/// How long a thread other than the event reader waits for the address space to settle.
-const EAGAIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a thread other than the event reader waits for the address space to settle
+/// (an `EAGAIN` from `UFFDIO_MOVE` / `UFFDIO_COPY`: an event waits to be read).
+pub const EAGAIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 thread_local! {
     static EVENT_READER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
