@@ -3,7 +3,6 @@
 mod attrs;
 mod gpu;
 mod migrate;
-mod model;
 mod notifier;
 mod stress;
 mod util;
