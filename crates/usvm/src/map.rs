@@ -81,6 +81,12 @@ pub fn validate_and_map(
 /// here a stale entry could outlive the memory it points at).
 pub fn unmap_from_gpus(devs: &Devices, r: &mut SvmRange, first: PageNo, last: PageNo, trigger: UnmapTrigger) {
     if r.mapped_gpus == GpuMask::EMPTY {
+        // No GPU holds entries, but a range validated on an empty GPU set is still
+        // `mapped_to_gpu`: an unmap over its whole extent clears that, as the kernel's does
+        // (the `ioctl` fuzzer found an XNACK-on migration leaving it set).
+        if first <= r.start && last >= r.last {
+            r.mapped_to_gpu = false;
+        }
         return;
     }
     let (first, last) = (first.max(r.start), last.min(r.last));

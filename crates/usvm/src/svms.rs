@@ -575,6 +575,12 @@ impl SvmInner {
         if !v.read || (write && !v.write) {
             return Err(self.fatal_fault(gpu, addr, write)); // EPERM in the kernel
         }
+        if write && r.attrs.flags.contains(SvmFlags::GPU_RO) {
+            // The range is mapped read-only on every GPU: a store is a permission fault,
+            // which mapping again cannot resolve (retrying until FAULT_RETRY_TIMEOUT made
+            // every such store take 2 s).
+            return Err(self.fatal_fault(gpu, addr, write));
+        }
         let preferred = match r.attrs.preferred_loc {
             Location::Undefined => None,
             Location::Sysmem => Some(None),

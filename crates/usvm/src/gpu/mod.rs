@@ -240,7 +240,23 @@ impl Devices {
             self.enter(gpu);
             let copied = self.copy_chunk(gpu, addr + off, b, write);
             self.leave(gpu);
-            if let Err(fault_addr) = copied {
+            // The pages before a faulting one are done, as on a GPU, which accesses memory
+            // page by page: the access makes progress even when the pages of one chunk
+            // cannot all be mapped at once (two granules that do not both fit in VRAM
+            // would otherwise evict each other forever).
+            let done = match copied {
+                Ok(()) => n,
+                Err((done, _)) => done,
+            };
+            if let Access::Read(dst) = buf {
+                dst[off..off + done].copy_from_slice(&b[..done]);
+            }
+            off += done;
+            if done > 0 {
+                retries = 0;
+                first_fault = None;
+            }
+            if let Err((_, fault_addr)) = copied {
                 let since = *first_fault.get_or_insert_with(std::time::Instant::now);
                 let handler = self.fault.lock().as_ref().and_then(|w| w.upgrade());
                 match handler {
@@ -256,35 +272,33 @@ impl Devices {
                 if retries > FAULT_RETRY_SPIN {
                     std::thread::sleep(std::time::Duration::from_micros(100));
                 }
-                continue;
             }
-            retries = 0;
-            first_fault = None;
-            if let Access::Read(dst) = buf {
-                dst[off..off + n].copy_from_slice(b);
-            }
-            off += n;
         }
         Ok(())
     }
 
     /// Translates and copies one chunk under the page-table read lock. On a missing or
-    /// read-only mapping, returns the faulting byte address and copies nothing.
+    /// read-only mapping, copies the bytes before the faulting page only and returns how
+    /// many they are with the faulting byte address.
     fn copy_chunk(
         &self,
         gpu: usize,
         addr: usize,
         b: &mut [u8],
         write: bool,
-    ) -> std::result::Result<(), usize> {
+    ) -> std::result::Result<(), (usize, usize)> {
         let t = self.gpus[gpu].pt.read();
         let first = (addr >> PAGE_SHIFT) as u64;
         let last = ((addr + b.len() - 1) >> PAGE_SHIFT) as u64;
+        let mut end = addr + b.len();
+        let mut fault = None;
         let mut system = None;
         for p in first..=last {
             let pte = t.get(p);
             if !pte.valid() || (write && !pte.writable()) {
-                return Err(((p as usize) << PAGE_SHIFT).max(addr));
+                end = ((p as usize) << PAGE_SHIFT).max(addr);
+                fault = Some(end);
+                break;
             }
             if system.is_none() && pte.target() == Some(Target::System) {
                 system = Some(p);
@@ -295,20 +309,22 @@ impl Devices {
         // would otherwise crash the process instead of faulting the GPU).
         if let Some(p) = system {
             let mut a = ((p as usize) << PAGE_SHIFT).max(addr);
-            let end = addr + b.len();
             while a < end {
                 match crate::sys::vma::lookup(a, false) {
                     Ok(Some(v)) if v.read && (!write || v.write) => a = v.end,
-                    _ => return Err(a),
+                    _ => {
+                        end = a;
+                        fault = Some(a);
+                    }
                 }
             }
         }
         let mut off = 0;
-        while off < b.len() {
+        while off < end - addr {
             let a = addr + off;
             let p = (a >> PAGE_SHIFT) as u64;
             let in_page = a & (PAGE_SIZE - 1);
-            let n = (PAGE_SIZE - in_page).min(b.len() - off);
+            let n = (PAGE_SIZE - in_page).min(end - a);
             let host = match t.get(p).target().expect("checked above") {
                 Target::System => a,
                 Target::Vram { gpu: owner, page } => self.vram_addr(owner, page) + in_page,
@@ -321,7 +337,10 @@ impl Devices {
             }
             off += n;
         }
-        Ok(())
+        match fault {
+            Some(f) => Err((end - addr, f)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -299,17 +299,19 @@ enum Invalidation {
 /// The invalidation a migration issues over `[first, last]` of `r` (the MMU notifier's
 /// MIGRATE event: section 6.1, 6.2), even when nothing ends up moving.
 fn invalidate(inner: &SvmInner, r: &mut SvmRange, first: PageNo, last: PageNo, xnack: bool) -> Invalidation {
-    if r.mapped_gpus.iter().next().is_none() {
-        return Invalidation::None;
-    }
+    let mapped = r.mapped_gpus.iter().next().is_some();
     if !xnack || r.attrs.flags.contains(SvmFlags::GPU_ALWAYS_MAPPED) {
+        if !mapped {
+            return Invalidation::None;
+        }
         for g in 0..inner.devs.gpus.len() {
             inner.devs.evict_queues(g, EvictTrigger::Svm);
         }
         Invalidation::QueuesEvicted
     } else {
+        // Also when no GPU holds entries: the unmap clears `mapped_to_gpu`.
         map::unmap_from_gpus(&inner.devs, r, first, last, UnmapTrigger::MmuNotifyMigrate);
-        Invalidation::Unmapped
+        if mapped { Invalidation::Unmapped } else { Invalidation::None }
     }
 }
 

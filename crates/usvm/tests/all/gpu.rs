@@ -316,3 +316,41 @@ fn mprotect_after_mapping_faults_the_gpu_not_the_process() {
     mprotect(a.addr, 2 * MIB, libc::PROT_READ | libc::PROT_WRITE);
     svm.gpu_write(g1, a.addr, &[3; 8]).unwrap();
 }
+
+/// Found by the `access` fuzzer: XNACK on, one device access over two granules that do
+/// not both fit in VRAM. Each retry fault migrated its granule and evicted the other, so
+/// an access that needed both pages of one chunk mapped at once never completed (EFAULT
+/// after 2 s). An access now completes the pages before a faulting one first.
+#[test]
+fn xnack_on_access_across_granules_larger_than_vram_completes() {
+    let svm = usvm::Svm::builder().gpus(2).vram_bytes(3 * MIB as u64).xnack(true).build().unwrap();
+    let g2 = svm.gpu_ids()[1];
+    let buf = svm.alloc(4 * MIB).unwrap();
+    let pattern: Vec<u8> = (0..144659).map(|i| (i % 251) as u8 + 1).collect();
+    let off = 2 * MIB - 64 * 1024 + 100; // one 64 KiB chunk holds the last page of each side
+    buf.write_at(off, &pattern);
+    let t = std::time::Instant::now();
+    let mut back = vec![0u8; pattern.len()];
+    svm.gpu_read(g2, buf.addr() + off, &mut back).unwrap();
+    assert_eq!(back, pattern);
+    assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
+}
+
+/// Found by the `access` fuzzer: XNACK on, a GPU store to a GPU_RO range is a fatal fault
+/// at once (it used to be retried for 2 s), and stores nothing.
+#[test]
+fn xnack_on_store_to_gpu_ro_is_fatal_at_once() {
+    let svm = svm2(true);
+    let g1 = svm.gpu_ids()[0];
+    let buf = svm.alloc(2 * MIB).unwrap();
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::SetFlags(SvmFlags::GPU_RO)]).unwrap();
+    for _ in 0..2 {
+        let t = std::time::Instant::now();
+        let e = svm.gpu_write(g1, buf.addr() + 5000, &[1u8; 100]).unwrap_err();
+        assert_eq!(e.errno(), libc::EFAULT);
+        assert!(t.elapsed() < Duration::from_millis(500), "took {:?}", t.elapsed());
+        let mut b = [0u8; 8];
+        svm.gpu_read(g1, buf.addr() + 5000, &mut b).unwrap();
+        assert_eq!(b, [0; 8]);
+    }
+}

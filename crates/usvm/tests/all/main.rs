@@ -5,7 +5,6 @@ mod gpu;
 mod hygiene;
 mod inject;
 mod migrate;
-mod model;
 mod notifier;
 mod stress;
 mod util;

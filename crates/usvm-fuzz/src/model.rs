@@ -1,38 +1,47 @@
-//! Property test: random sequences of SET_ATTR / GET_ATTR (valid and invalid) against a
-//! simple per-page reference model. Every errno, every GET result and the range boundaries
-//! with their attributes must agree after every call.
+//! The per-page reference model of SET_ATTR / GET_ATTR, shared by the property test
+//! (`tests/model.rs`) and the `ioctl` fuzz target.
 //!
 //! The model keeps, for each page of a small window, the attributes of the range holding it
 //! and an id naming that range; a range is a run of pages with the same id. It implements
 //! the kernel's rules directly on pages, with no tree and no shared code with the library.
+//! Every errno, every GET result and the range boundaries with their attributes, GPU-mapping
+//! state and residency must agree with the library after every call.
 
-use crate::util::*;
-use proptest::prelude::*;
 use usvm::uapi::*;
 use usvm::{RawAttr, Svm};
 
-/// Window size: 3 maximum-size ranges of the 64 MiB-VRAM instance (512 pages each).
-const W: u64 = 1536;
-const MAX_PAGES: u64 = 512;
+/// Window size in pages: 3 maximum-size ranges of the 64 MiB-VRAM instance (512 pages each).
+pub const W: u64 = 1536;
+/// The maximum range size of that instance, in pages.
+pub const MAX_PAGES: u64 = 512;
 /// Unmapped holes inside the window: (first page, pages).
-const HOLES: [(u64, u64); 2] = [(700, 3), (1300, 2)];
+pub const HOLES: [(u64, u64); 2] = [(700, 3), (1300, 2)];
 const UNDEF: u32 = KFD_IOCTL_SVM_LOCATION_UNDEFINED;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct MAttrs {
-    pref: u32,
-    prefetch: u32,
-    flags: u32,
-    gran: u8,
-    access: u64,
-    aip: u64,
+/// The attributes of a range, raw.
+pub struct MAttrs {
+    /// PREFERRED_LOC.
+    pub pref: u32,
+    /// PREFETCH_LOC.
+    pub prefetch: u32,
+    /// Flags.
+    pub flags: u32,
+    /// Granularity.
+    pub gran: u8,
+    /// GPUs (bit = index) with ACCESS.
+    pub access: u64,
+    /// GPUs with ACCESS_IN_PLACE.
+    pub aip: u64,
 }
 
-struct Model {
+/// The reference model of one window.
+pub struct Model {
     /// Page number of the window's first page.
     base: u64,
     gpus: Vec<u32>,
-    xnack: bool,
+    /// XNACK mode: the defaults of new ranges and the mapping rules follow it.
+    pub xnack: bool,
     pages: Vec<Option<(MAttrs, bool, u64)>>,
     /// Per page: the GPU (id) whose VRAM holds the data, if any.
     vram: Vec<Option<u32>>,
@@ -40,7 +49,8 @@ struct Model {
 }
 
 impl Model {
-    fn new(base: u64, gpus: Vec<u32>, xnack: bool) -> Self {
+    /// A model of the window starting at page `base`, with the instance's GPU ids.
+    pub fn new(base: u64, gpus: Vec<u32>, xnack: bool) -> Self {
         Model { base, gpus, xnack, pages: vec![None; W as usize], vram: vec![None; W as usize], next_id: 1 }
     }
 
@@ -72,20 +82,33 @@ impl Model {
         self.next_id
     }
 
-    /// The window-relative page interval [s, l] of an ioctl, or its errno.
-    fn entry(&self, start: u64, size: u64) -> Result<(u64, u64), i32> {
+    /// The window-relative page interval [s, l] of an ioctl, `None` when some of it lies
+    /// outside the window, or its errno.
+    fn entry(&self, start: u64, size: u64) -> Result<Option<(u64, u64)>, i32> {
         if !start.is_multiple_of(4096) || !size.is_multiple_of(4096) || start == 0 || size == 0 {
             return Err(libc::EINVAL);
         }
         let end = start.checked_add(size).ok_or(libc::EINVAL)?;
-        let s = (start >> 12) - self.base;
-        let l = (end >> 12) - 1 - self.base;
-        Ok((s, l))
+        let s = (start >> 12).wrapping_sub(self.base);
+        let l = ((end >> 12) - 1).wrapping_sub(self.base);
+        Ok((s < W && l < W).then_some((s, l)))
     }
 
-    fn ioctl(&mut self, op: u32, start: u64, size: u64, attrs: &mut [RawAttr]) -> i32 {
+    /// One `svm_ioctl`: returns the errno (0 on success) and fills GET results in place.
+    ///
+    /// An interval reaching outside the window must hold some unmapped page (the caller
+    /// makes sure: above the user address space, or terabytes long): it is `EFAULT` once
+    /// the attributes pass validation.
+    pub fn ioctl(&mut self, op: u32, start: u64, size: u64, attrs: &mut [RawAttr]) -> i32 {
         let (s, l) = match self.entry(start, size) {
-            Ok(v) => v,
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                return match op {
+                    KFD_IOCTL_SVM_OP_SET_ATTR if !self.valid_set_attrs(attrs) => libc::EINVAL,
+                    KFD_IOCTL_SVM_OP_SET_ATTR | KFD_IOCTL_SVM_OP_GET_ATTR => libc::EFAULT,
+                    _ => libc::EINVAL,
+                };
+            }
             Err(e) => return e,
         };
         match op {
@@ -93,6 +116,17 @@ impl Model {
             KFD_IOCTL_SVM_OP_GET_ATTR => self.get(s, l, attrs),
             _ => libc::EINVAL,
         }
+    }
+
+    /// SET_ATTR's first check: every attribute type and value is valid.
+    fn valid_set_attrs(&self, attrs: &[RawAttr]) -> bool {
+        attrs.iter().all(|a| match a.ty {
+            0 => a.value == 0 || a.value == UNDEF || self.idx(a.value).is_some(),
+            1 => a.value == 0 || self.idx(a.value).is_some(),
+            2..=4 => self.idx(a.value).is_some(),
+            5..=7 => true,
+            _ => false,
+        })
     }
 
     fn bit(&self, gpu: u32) -> u64 {
@@ -208,17 +242,8 @@ impl Model {
     }
 
     fn set(&mut self, s: u64, l: u64, attrs: &[RawAttr]) -> i32 {
-        for a in attrs {
-            let ok = match a.ty {
-                0 => a.value == 0 || a.value == UNDEF || self.idx(a.value).is_some(),
-                1 => a.value == 0 || self.idx(a.value).is_some(),
-                2..=4 => self.idx(a.value).is_some(),
-                5..=7 => true,
-                _ => false,
-            };
-            if !ok {
-                return libc::EINVAL;
-            }
+        if !self.valid_set_attrs(attrs) {
+            return libc::EINVAL;
         }
         if !(s..=l).all(|p| self.mapped(p)) {
             return libc::EFAULT;
@@ -370,7 +395,7 @@ impl Model {
     }
 
     /// Ranges as (window page, pages, attributes, mapped to a GPU, VRAM GPU, VRAM pages).
-    fn ranges(&self) -> Vec<(u64, u64, MAttrs, bool, u32, u64)> {
+    pub fn ranges(&self) -> Vec<(u64, u64, MAttrs, bool, u32, u64)> {
         let mut out: Vec<(u64, u64, MAttrs, bool, u32, u64)> = Vec::new();
         let mut prev_id = 0;
         for (p, e) in self.pages.iter().enumerate() {
@@ -392,7 +417,8 @@ impl Model {
     }
 }
 
-fn real_ranges(svm: &Svm, base: u64) -> Vec<(u64, u64, MAttrs, bool, u32, u64)> {
+/// The library's ranges in the model's terms (see [`Model::ranges`]).
+pub fn real_ranges(svm: &Svm, base: u64) -> Vec<(u64, u64, MAttrs, bool, u32, u64)> {
     let gpus = svm.gpu_ids();
     let mask =
         |ids: &[usvm::GpuId]| ids.iter().map(|g| 1u64 << gpus.iter().position(|x| x == g).unwrap()).sum();
@@ -416,91 +442,4 @@ fn real_ranges(svm: &Svm, base: u64) -> Vec<(u64, u64, MAttrs, bool, u32, u64)> 
             )
         })
         .collect()
-}
-
-/// One generated call.
-#[derive(Clone, Debug)]
-enum Call {
-    Ioctl { op: u32, start: u64, npages: u64, skew: u8, attrs: Vec<(u32, u32)> },
-    Xnack(bool),
-}
-
-fn attr_strategy() -> impl Strategy<Value = (u32, u32)> {
-    let ty = prop_oneof![20 => 0u32..8, 1 => 8u32..10];
-    (ty, 0u8..8, any::<u32>()).prop_map(|(ty, sel, raw)| {
-        // Values are chosen from pools that matter for the type; the GPU ids are 0x1111 and
-        // 0x2222 (the instance's), 0xdead is unknown. `raw` gives random flags / sizes.
-        let v = match ty {
-            0 | 1 => [0, UNDEF, 0x1111, 0x2222, 0x1111, 0x2222, 0xdead, raw][sel as usize],
-            2..=4 => [0x1111, 0x2222, 0x1111, 0x2222, 0x1111, 0x2222, 0xdead, 0][sel as usize],
-            5 | 6 => [0x1, 0x2, 0x8, 0x10, 0x40, raw & 0xff, raw, 0x3][sel as usize],
-            7 => [0, 1, 5, 9, 63, 64, 100, raw][sel as usize],
-            _ => raw,
-        };
-        (ty, v)
-    })
-}
-
-fn call_strategy() -> impl Strategy<Value = Call> {
-    let op = prop_oneof![12 => Just(0u32), 8 => Just(1u32), 1 => Just(2u32)];
-    let npages = prop_oneof![4 => 1u64..16, 3 => 1u64..700, 1 => 1u64..=W];
-    let skew = prop_oneof![30 => Just(0u8), 1 => 1u8..5];
-    let ioctl = (op, 0..W, npages, skew, prop::collection::vec(attr_strategy(), 0..5)).prop_map(
-        |(op, start, npages, skew, attrs)| Call::Ioctl {
-            op,
-            start,
-            npages: npages.min(W - start),
-            skew,
-            attrs,
-        },
-    );
-    prop_oneof![30 => ioctl, 1 => any::<bool>().prop_map(Call::Xnack)]
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
-
-    #[test]
-    fn set_get_match_the_model(xnack in any::<bool>(), calls in prop::collection::vec(call_strategy(), 1..40)) {
-        let svm = Svm::builder().gpus(2).vram_bytes(64 << 20).xnack(xnack).build().unwrap();
-        prop_assert_eq!(svm.max_range_bytes(), MAX_PAGES as usize * PAGE);
-        let map = Mapping::anon(W as usize * PAGE, 2 * MIB);
-        for (p, n) in HOLES {
-            map.punch(p as usize * PAGE, n as usize * PAGE);
-        }
-        let base = map.addr as u64 >> 12;
-        let mut model = Model::new(base, svm.gpu_ids().iter().map(|g| g.0).collect(), xnack);
-        for (i, call) in calls.iter().enumerate() {
-            match call {
-                Call::Xnack(on) => {
-                    svm.set_xnack(*on).unwrap();
-                    model.xnack = *on;
-                }
-                Call::Ioctl { op, start, npages, skew, attrs } => {
-                    let mut start = (base + start) << 12;
-                    let mut size = npages << 12;
-                    match skew {
-                        1 => start += 1,
-                        2 => size += 2048,
-                        3 => size = 0,
-                        4 => start = 0,
-                        _ => {}
-                    }
-                    let mut real: Vec<RawAttr> = attrs.iter().map(|&(t, v)| RawAttr::new(t, v)).collect();
-                    // GET queries use query types only most of the time.
-                    if *op == KFD_IOCTL_SVM_OP_GET_ATTR {
-                        for a in real.iter_mut() {
-                            if a.ty == 3 && a.value % 2 == 0 { a.ty = 2; }
-                        }
-                    }
-                    let mut expect = real.clone();
-                    let got = errno(svm.svm_ioctl(*op, start, size, &mut real));
-                    let want = model.ioctl(*op, start, size, &mut expect);
-                    prop_assert_eq!(got, want, "call {}: {:?}", i, call);
-                    prop_assert_eq!(&real, &expect, "call {} results: {:?}", i, call);
-                }
-            }
-            prop_assert_eq!(real_ranges(&svm, base), model.ranges(), "ranges after call {}: {:?}", i, call);
-        }
-    }
 }

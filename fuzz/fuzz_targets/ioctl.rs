@@ -1,0 +1,4 @@
+//! libFuzzer target: arbitrary `svm_ioctl` calls against the SET_ATTR / GET_ATTR model.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| usvm_fuzz::ioctl_case(data));
