@@ -652,17 +652,21 @@ impl SvmInner {
     /// state lock held.
     pub(crate) fn cpu_fault(&self, st: &mut SvmState, page: PageNo) -> Result<()> {
         let addr = (page << PAGE_SHIFT) as usize;
-        let Some(r) = st.tree.find(page) else {
-            // No range any more (unmapped meanwhile): nothing of ours to bring back.
-            return self.engine.uffd.wake(addr, PAGE_SIZE);
-        };
-        if !r.page_in_vram(page) {
-            // Resolved by someone else meanwhile: the page is present, wake the waiters.
+        if !st.tree.find(page).is_some_and(|r| r.page_in_vram(page)) {
+            // Not in VRAM: resolved by someone else meanwhile (the page is present), or
+            // never ours to bring back. With the instance lock held no migration is under
+            // way, and with no page-table change left to apply, a page still marked out of
+            // RAM holds no data anywhere: a stale mark (it would make the thread fault
+            // forever). Drop it and resolve the page as a first touch.
+            if self.pending.lock().is_empty() {
+                self.engine.forget_out(page, page);
+            }
             if !self.engine.resolve_if_in_ram(page)? {
                 self.engine.uffd.wake(addr, PAGE_SIZE)?;
             }
             return Ok(());
         }
+        let r = st.tree.find(page).expect("checked above");
         let (key, g) = (r.start, r.attrs.granularity);
         let (first, last) = policy::granule_extent(page, g, r.start, r.last);
         // The migration wakes the threads waiting in the granule once it is done.
