@@ -213,6 +213,20 @@ impl Ctx {
         Ok(b)
     }
 
+    /// The initial value of word `i` of a workload's buffer, for this run's seed.
+    pub fn initial(&self) -> impl Fn(usize) -> u64 + Copy + Send + 'static {
+        let seed = self.seed;
+        move |i: usize| mix(seed ^ i as u64) >> 8
+    }
+
+    /// A buffer of the working-set size with `attrs`, every word written by the CPU with
+    /// its [`Ctx::initial`] value.
+    pub fn filled_buffer(&mut self, attrs: &[Attr]) -> Result<Arc<SvmBuffer>> {
+        let buf = self.buffer(self.size, attrs)?;
+        cpu_write(&buf, 0, buf.len(), self.initial());
+        Ok(buf)
+    }
+
     /// Splits `buf` into one part per GPU (whole 2 MiB blocks) and gives each part ACCESS
     /// for its GPU only, as an application that partitions its data does (a range that
     /// several GPUs map outside a hive cannot be prefetched to one of them).

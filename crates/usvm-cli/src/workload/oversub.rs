@@ -3,7 +3,7 @@
 //! recently used data is evicted to RAM to make room. With XNACK off the application
 //! prefetches each tile before the kernel that works on it.
 
-use super::{Ctx, cpu_verify, cpu_write, gpu_update, mix, wait_all};
+use super::{Ctx, cpu_verify, gpu_update, wait_all};
 use crate::summary::Outcome;
 use anyhow::Result;
 
@@ -11,12 +11,10 @@ use anyhow::Result;
 const TILE: usize = 8 << 20;
 
 pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
-    let buf = ctx.buffer(ctx.size, &[])?;
+    let buf = ctx.filled_buffer(&[])?;
     let queues = ctx.queues()?;
     let parts = ctx.partition(&buf)?;
-    let seed = ctx.seed;
-    let init = move |i: usize| mix(seed ^ i as u64) >> 8;
-    cpu_write(&buf, 0, buf.len(), init);
+    let init = ctx.initial();
     let mut out = Outcome::default();
     ctx.steps(ctx.iterations);
     for it in 0..ctx.iterations {

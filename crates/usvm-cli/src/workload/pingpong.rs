@@ -2,17 +2,15 @@
 //! (the GPU changes each turn when there are several), so the data crosses between RAM
 //! and VRAM (and between GPUs, through RAM) at every turn.
 
-use super::{Ctx, cpu_update, cpu_verify, cpu_write, gpu_update, mix, wait_all};
+use super::{Ctx, cpu_update, cpu_verify, gpu_update, wait_all};
 use crate::summary::Outcome;
 use anyhow::Result;
 
 pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     let all = ctx.access_all();
-    let buf = ctx.buffer(ctx.size, &all)?;
+    let buf = ctx.filled_buffer(&all)?;
     let queues = ctx.queues()?;
-    let seed = ctx.seed;
-    let init = move |i: usize| mix(seed ^ i as u64) >> 8;
-    cpu_write(&buf, 0, buf.len(), init);
+    let init = ctx.initial();
     let mut out = Outcome::default();
     ctx.steps(ctx.iterations);
     for it in 0..ctx.iterations {

@@ -3,7 +3,7 @@
 //! scattered); then the CPU increments random words anywhere. A model of every word in
 //! plain memory follows the same sequences; everything is compared at the end.
 
-use super::{Ctx, Rng, cpu_verify, cpu_write, mix, wait_all};
+use super::{Ctx, Rng, cpu_verify, mix, wait_all};
 use crate::summary::Outcome;
 use anyhow::Result;
 
@@ -29,12 +29,10 @@ fn picks(rng: &mut Rng, n: u64, first: u64, count: u64, hot: &[u64]) -> Vec<u64>
 }
 
 pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
-    let buf = ctx.buffer(ctx.size, &[])?;
+    let buf = ctx.filled_buffer(&[])?;
     let queues = ctx.queues()?;
     let parts = ctx.partition(&buf)?;
-    let seed = ctx.seed;
-    let init = move |i: usize| mix(seed ^ i as u64) >> 8;
-    cpu_write(&buf, 0, buf.len(), init);
+    let (seed, init) = (ctx.seed, ctx.initial());
     let words = (buf.len() / 8) as u64;
     let mut model: Vec<u64> = (0..words as usize).map(init).collect();
     // The hot pages of each GPU's slice.

@@ -537,16 +537,28 @@ pub fn to_vram(
         b.bo.touch();
     }
     restore(inner, r, inv, xnack);
+    log_migration("RAM -> VRAM", (first, last), g, trigger, moved, result.is_ok());
+    result.map(|()| moved)
+}
+
+/// One debug line per migration (`RUST_LOG=usvm=debug`).
+fn log_migration(
+    dir: &str,
+    (first, last): (PageNo, PageNo),
+    gpu: usize,
+    trigger: MigrateTrigger,
+    moved: u64,
+    ok: bool,
+) {
     tracing::debug!(
         addr = format_args!("{:#x}", first << PAGE_SHIFT),
         pages = last - first + 1,
-        gpu = g,
+        gpu,
         ?trigger,
         moved,
-        ok = result.is_ok(),
-        "RAM -> VRAM"
+        ok,
+        "{dir}"
     );
-    result.map(|()| moved)
 }
 
 /// The three phases for one anonymous VMA piece `[ps, pl]` of `r`, RAM -> VRAM of GPU `g`.
@@ -698,15 +710,7 @@ pub fn to_ram(
     // Only now, with the bookkeeping done, may the threads that faulted on these pages go on.
     let _ =
         inner.engine.uffd.wake((first << PAGE_SHIFT) as usize, ((last - first + 1) << PAGE_SHIFT) as usize);
-    tracing::debug!(
-        addr = format_args!("{:#x}", first << PAGE_SHIFT),
-        pages = last - first + 1,
-        gpu = g,
-        ?trigger,
-        moved,
-        ok = result.is_ok(),
-        "VRAM -> RAM"
-    );
+    log_migration("VRAM -> RAM", (first, last), g, trigger, moved, result.is_ok());
     result.map(|()| moved)
 }
 
