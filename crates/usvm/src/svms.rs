@@ -144,12 +144,20 @@ impl SvmInner {
         st
     }
 
-    /// Like [`SvmInner::lock_state`], without waiting when the lock is busy (for the reader
-    /// thread, which holds the event gate itself).
-    pub(crate) fn try_lock_state(&self) -> Option<parking_lot::MutexGuard<'_, SvmState>> {
-        let mut st = self.state.try_lock()?;
-        self.apply_pending(&mut st);
-        Some(st)
+    /// The instance lock for the reader thread, to serve a CPU fault on `page` right there:
+    /// only when that cannot wait for a device access, since a device access may itself be
+    /// waiting for the reader (a fault on a never-populated page, under the page-table read
+    /// lock). So `None` when the lock is busy, when a page-table change is pending (applying
+    /// it may evict queues or unmap from the GPUs) and when the range holding `page` is
+    /// mapped on a GPU (moving it back evicts the queues or unmaps it, which waits for the
+    /// accesses in flight). The caller hands the fault to the worker then.
+    pub(crate) fn try_lock_for_reader(&self, page: PageNo) -> Option<parking_lot::MutexGuard<'_, SvmState>> {
+        let st = self.state.try_lock()?;
+        if !self.pending.lock().is_empty() {
+            return None;
+        }
+        let quiet = st.tree.find(page).is_none_or(|r| r.mapped_gpus == GpuMask::EMPTY);
+        quiet.then_some(st)
     }
 
     /// Sends work to the worker thread.

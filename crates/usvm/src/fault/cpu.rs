@@ -6,10 +6,12 @@
 //!         |              -> zero pages for the holes of p's 2 MiB block, right here
 //!         |                 (needs only the `out` set's lock)
 //!         └─────────> p's data is in VRAM (or moving)
-//!                        -> instance lock free?  migrate the granule back right here
-//!                        -> lock busy?  hand the fault to the worker, which waits for
-//!                           the lock; the reader stays free to serve the zero-page
-//!                           faults that the lock holder may be waiting for
+//!                        -> instance lock free, nothing pending, range mapped on no
+//!                           GPU?  migrate the granule back right here
+//!                        -> else hand the fault to the worker, which waits for the
+//!                           lock; the reader stays free to serve the zero-page faults
+//!                           that the lock holder (or a device access it waits for)
+//!                           may be waiting for
 //!  munmap / MADV_DONTNEED / mremap of registered memory (the MMU notifier's events)
 //!         -> adjust the `out` set right away (a refault must not see stale state),
 //!            queue the change for the next lock holder, nudge the worker to apply it
@@ -120,7 +122,7 @@ fn on_event(inner: &SvmInner, ev: UffdEvent) {
             let page = (f.addr >> PAGE_SHIFT) as PageNo;
             match inner.engine.resolve_if_in_ram(page) {
                 Ok(true) => {}
-                Ok(false) => match inner.try_lock_state() {
+                Ok(false) => match inner.try_lock_for_reader(page) {
                     Some(mut st) => serve_slow(inner, page, f, &mut st),
                     None => inner.post(Work::Fault(f)),
                 },

@@ -30,9 +30,8 @@ use crate::error::{Error, Result};
 use crate::events::{EventHub, EventKind, EvictTrigger};
 use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE};
 use pagetable::{PageTable, Target};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Device accesses move at most this many bytes per page-table lock hold.
 pub const ACCESS_CHUNK_BYTES: usize = 64 << 10;
@@ -51,17 +50,14 @@ pub trait GpuFaultHandler: Send + Sync {
     fn gpu_fault(&self, gpu: usize, addr: usize, write: bool) -> Result<()>;
 }
 
-/// Queue scheduling state of one GPU: eviction is reference counted, and evicting waits
-/// until no device access is in flight (as quiescing a real queue waits for its waves).
-#[derive(Debug, Default)]
-struct Sched {
-    /// Mirror of `count` for the lock-free check on every access.
-    evicted: AtomicU32,
-    /// Device accesses between `enter` and `leave`.
-    active: AtomicU32,
-    count: Mutex<u32>,
-    cv: Condvar,
+/// The queue scheduler's core (`Sched`), shared with the shuttle models of
+/// `tests/protocols`, which include the same file with model-checked primitives.
+mod sched {
+    use parking_lot::{Condvar, Mutex};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    include!("sched_core.rs");
 }
+use sched::Sched;
 
 /// One emulated GPU.
 #[derive(Debug)]
@@ -142,12 +138,7 @@ impl Devices {
     pub fn evict_queues(&self, gpu: usize, trigger: EvictTrigger) {
         let d = &self.gpus[gpu];
         self.events.emit(|| EventKind::QueueEviction { gpu: d.id, trigger });
-        let mut c = d.sched.count.lock();
-        *c += 1;
-        d.sched.evicted.store(*c, Ordering::SeqCst);
-        while d.sched.active.load(Ordering::SeqCst) > 0 {
-            d.sched.cv.wait(&mut c);
-        }
+        d.sched.evict();
     }
 
     /// Restores the queues of GPU `gpu` once as many times as they were evicted; emits
@@ -158,44 +149,23 @@ impl Devices {
         if rescheduled {
             return;
         }
-        let mut c = d.sched.count.lock();
-        debug_assert!(*c > 0, "restore without eviction");
-        *c = c.saturating_sub(1);
-        d.sched.evicted.store(*c, Ordering::SeqCst);
-        if *c == 0 {
-            d.sched.cv.notify_all();
-        }
+        d.sched.restore();
     }
 
     /// Whether GPU `gpu`'s queues are evicted.
     pub fn queues_evicted(&self, gpu: usize) -> bool {
-        self.gpus[gpu].sched.evicted.load(Ordering::Acquire) > 0
+        self.gpus[gpu].sched.is_evicted()
     }
 
     /// Marks a device access of GPU `gpu` in flight, first waiting while its queues are
     /// evicted.
     fn enter(&self, gpu: usize) {
-        let s = &self.gpus[gpu].sched;
-        loop {
-            s.active.fetch_add(1, Ordering::SeqCst);
-            if s.evicted.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            self.leave(gpu);
-            let mut c = s.count.lock();
-            while *c > 0 {
-                s.cv.wait(&mut c);
-            }
-        }
+        self.gpus[gpu].sched.enter();
     }
 
     /// Ends a device access of GPU `gpu`; wakes an eviction waiting for it.
     fn leave(&self, gpu: usize) {
-        let s = &self.gpus[gpu].sched;
-        if s.active.fetch_sub(1, Ordering::SeqCst) == 1 && s.evicted.load(Ordering::SeqCst) > 0 {
-            let _g = s.count.lock();
-            s.cv.notify_all();
-        }
+        self.gpus[gpu].sched.leave();
     }
 
     /// A device load or store of GPU `gpu` at byte address `addr` (see the module docs).
