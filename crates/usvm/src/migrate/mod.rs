@@ -96,6 +96,11 @@ impl Engine {
         sys::mmap::advise_hugepages(staging_out, bytes);
         sys::mmap::advise_hugepages(staging_in, bytes);
         sys::mmap::advise_hugepages(pool, pool_bytes);
+        // Empty at every fork (no migration runs across one and the pool is drained): a child
+        // has no use for them.
+        sys::mmap::advise_dontfork(staging_out, bytes);
+        sys::mmap::advise_dontfork(staging_in, bytes);
+        sys::mmap::advise_dontfork(pool, pool_bytes);
         let own = Uffd::new(false)?;
         own.register(staging_out, bytes)?;
         own.register(pool, pool_bytes)?;

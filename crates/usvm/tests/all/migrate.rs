@@ -622,6 +622,30 @@ fn in_own_process(name: &str, env: &str) -> bool {
     false
 }
 
+/// Waits for the child `pid` for up to ten seconds (killing it after that); true when it
+/// exited with status 0.
+fn child_succeeds(pid: libc::pid_t) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut status = 0;
+        // SAFETY: polling our own child without blocking.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        }
+        assert_eq!(r, 0, "waitpid");
+        if std::time::Instant::now() > deadline {
+            // SAFETY: killing and reaping our own child, which is stuck.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// fork: the child reads correct data for every page, including pages whose data was in
 /// VRAM (usvm brings it back to RAM before the fork).
 #[test]
@@ -662,6 +686,44 @@ fn fork_child_reads_vram_resident_data() {
     buf.write_at(0, &data[..2 * MIB]);
     svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
     assert!(svm.ranges()[0].vram_pages >= 512, "{} pages moved", svm.ranges()[0].vram_pages);
+    buf.read_at(0, &mut back);
+    assert!(back == data);
+}
+
+/// fork: a child may drop the instance and the buffers it inherited (they are not live in
+/// the child: nothing runs, nothing is torn down); the parent's instance goes on serving
+/// migrations and CPU faults.
+#[test]
+fn fork_child_may_drop_what_it_inherited() {
+    if !in_own_process("migrate::fork_child_may_drop_what_it_inherited", "USVM_FORK_DROP_TEST") {
+        return;
+    }
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let buf = svm.alloc(4 * MIB).unwrap();
+    let data = pattern(4 * MIB, 5);
+    buf.write_at(0, &data);
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+    let (addr, expect) = (buf.addr(), data.as_ptr() as usize);
+    // SAFETY: the child compares memory, drops what it inherited (which must neither wait
+    // for threads it does not have nor touch the parent) and leaves.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: both are live 4 MiB regions in the child's copy of the address space.
+        let same = unsafe { libc::memcmp(addr as *const _, expect as *const _, 4 * MIB) } == 0;
+        drop(buf);
+        drop(svm);
+        // SAFETY: leaving the child without running the test harness's code.
+        unsafe { libc::_exit(if same { 0 } else { 1 }) };
+    }
+    assert!(pid > 0);
+    assert!(child_succeeds(pid), "the child saw wrong data or did not finish");
+    // The parent's instance still works: the data migrates again (written since the fork,
+    // its pages are the parent's own) and a CPU fault brings it back.
+    buf.write_at(0, &data);
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+    assert!(svm.ranges()[0].vram_pages > 0, "nothing migrated");
+    let mut back = vec![0u8; 4 * MIB];
     buf.read_at(0, &mut back);
     assert!(back == data);
 }
