@@ -155,7 +155,7 @@ impl SvmBuilder {
         inner.devs.set_fault_handler(Arc::downgrade(&handler));
         let cpu = CpuFaultHandler::start(&inner, inner.engine.uffd.clone())
             .map_err(|e| Error::Sys { call: "spawn", errno: e.raw_os_error().unwrap_or(libc::EAGAIN) })?;
-        Ok(Svm { inner, _cpu_faults: cpu })
+        Ok(Svm { inner, cpu_faults: Some(cpu), generation: sys::fork_generation() })
     }
 }
 
@@ -167,13 +167,25 @@ impl SvmBuilder {
 pub struct Svm {
     inner: Arc<SvmInner>,
     /// Declared after `inner`, dropped after the evacuation in `Drop`.
-    _cpu_faults: CpuFaultHandler,
+    cpu_faults: Option<CpuFaultHandler>,
+    /// The process's fork generation when the instance was built (see `Drop`).
+    generation: u64,
 }
 
 impl Drop for Svm {
     /// Migrates everything the instance holds back to RAM and releases its VRAM; the fault
     /// threads stop afterwards.
+    ///
+    /// In a child process made by `fork`, the instance is left alone instead (its memory is
+    /// leaked): the child has none of its threads to stop, and its userfaultfd descriptors
+    /// still act on the parent's address space, where tearing the instance down would stop
+    /// the parent's fault reader and unregister the parent's memory.
     fn drop(&mut self) {
+        if sys::fork_generation() != self.generation {
+            std::mem::forget(self.cpu_faults.take());
+            std::mem::forget(self.inner.clone());
+            return;
+        }
         self.inner.evacuate();
     }
 }
@@ -295,7 +307,7 @@ impl Svm {
         let addr = sys::mmap::map_anon_aligned(len, align)?;
         // Huge pages let migrations move 2 MiB page-table entries at once.
         sys::mmap::advise_hugepages(addr, len);
-        Ok(SvmBuffer { addr, len, owner: Arc::downgrade(&self.inner) })
+        Ok(SvmBuffer { addr, len, owner: Arc::downgrade(&self.inner), generation: self.generation })
     }
 
     /// KFD SET_ATTR: applies `attrs`, in order, to every page of `[addr, addr + size)`.
@@ -543,6 +555,8 @@ pub struct SvmBuffer {
     addr: usize,
     len: usize,
     owner: Weak<SvmInner>,
+    /// The fork generation of the owner (a child made by `fork` only unmaps its copy).
+    generation: u64,
 }
 
 impl SvmBuffer {
@@ -598,7 +612,9 @@ impl Drop for SvmBuffer {
     fn drop(&mut self) {
         // As the MMU notifier does for munmap: queue the range bookkeeping first, so that
         // no later SET_ATTR / GET_ATTR can see ranges of memory that is gone.
-        if let Some(owner) = self.owner.upgrade() {
+        // A child made by `fork` only unmaps its copy: the instance it inherited is not live
+        // there (see `Svm`'s `Drop`).
+        if let Some(owner) = self.owner.upgrade().filter(|_| sys::fork_generation() == self.generation) {
             owner.notify_unmap(self.addr, self.len);
         }
         if let Err(e) = sys::mmap::unmap(self.addr, self.len) {

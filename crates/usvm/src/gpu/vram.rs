@@ -328,6 +328,9 @@ impl VramManager {
     pub fn new(gpu: usize, bytes: u64) -> Result<Self> {
         let npages = bytes / PAGE_SIZE as u64;
         let base = sys::mmap::reserve(npages as usize * PAGE_SIZE)?;
+        // A forked child gets every byte in RAM (the fork handlers empty VRAM first) and runs
+        // no GPU: it need not inherit the emulated VRAM, nor share its pages copy-on-write.
+        sys::mmap::advise_dontfork(base, npages as usize * PAGE_SIZE);
         let pool = Pool {
             gpu,
             base,

@@ -111,6 +111,11 @@ impl Engine {
         sys::mmap::advise_hugepages(staging_out, bytes);
         sys::mmap::advise_hugepages(staging_in, bytes);
         sys::mmap::advise_hugepages(pool, pool_bytes);
+        // Empty at every fork (no migration runs across one and the pool is drained): a child
+        // has no use for them.
+        sys::mmap::advise_dontfork(staging_out, bytes);
+        sys::mmap::advise_dontfork(staging_in, bytes);
+        sys::mmap::advise_dontfork(pool, pool_bytes);
         let own = Uffd::new(false)?;
         own.register(staging_out, bytes)?;
         own.register(pool, pool_bytes)?;
@@ -215,6 +220,8 @@ impl Engine {
             i += m;
             match err {
                 None => {}
+                // Stopped early after some progress (see `Uffd::move_pages`): go on from there.
+                Some(libc::EAGAIN) if m > 0 => {}
                 Some(libc::EAGAIN)
                     if !sys::uffd::is_event_reader() && since.elapsed() < sys::uffd::EAGAIN_PATIENCE =>
                 {
@@ -572,9 +579,11 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
         while bs <= rl {
             let bl = rl.min(bs + STAGING_PAGES - 1);
             let n = bl - bs + 1;
-            // --- setup: mark, then collect with UFFDIO_MOVE (retrying busy pages).
+            // --- setup: mark, then collect with UFFDIO_MOVE (retrying busy pages). Every
+            // page stays marked until the page tables tell which ones moved: the mark is what
+            // keeps the fault reader from filling a page with zeros while its data sits in
+            // `staging_out`.
             eng.out.lock().insert(bs, bl);
-            let mut collected = vec![false; n as usize];
             let mut i = 0u64;
             let mut tries = 0;
             while i < n {
@@ -588,34 +597,30 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
                 let (done, err) =
                     if injected { (0, Some(libc::EBUSY)) } else { eng.own.move_pages(dst, src, len, true) };
                 let done = (done / PAGE_SIZE) as u64;
-                for c in &mut collected[i as usize..(i + done) as usize] {
-                    *c = true;
+                if done > 0 {
+                    tries = 0;
                 }
                 i += done;
                 match err {
                     None => {}
                     Some(_) if tries + 1 < MIGRATE_COLLECT_RETRIES => tries += 1,
+                    // Not moved (shared after fork, pinned): left in RAM, the range is mixed.
                     Some(_) => {
-                        // Not collected: the page stays in RAM, the range becomes mixed.
-                        eng.out.lock().remove(bs + i, bs + i);
                         i += 1;
                         tries = 0;
                     }
                 }
             }
-            // --- pages: copy what had memory, zero what was never populated.
+            // What was collected is what the page tables say, not what the moves reported: a
+            // page in `staging_out` moved (its data is copied); a page the application still
+            // has did not (it stays in RAM); a page in neither place is a hole (zeroed VRAM).
             let has = sys::pagemap::has_memory(eng.staging_out, n as usize)?;
-            // A page the move skipped as a hole must really be one: a huge page being split
-            // by a racing copy-on-write can look absent for an instant. A skipped page the
-            // application still has is not collected; it stays in RAM.
             let app_has = sys::pagemap::has_memory((bs << PAGE_SHIFT) as usize, n as usize)?;
+            let collected: Vec<bool> = (0..n as usize).map(|i| has[i] || !app_has[i]).collect();
             {
                 let mut out = eng.out.lock();
-                for i in 0..n as usize {
-                    if collected[i] && !has[i] && app_has[i] {
-                        collected[i] = false;
-                        out.remove(bs + i as u64, bs + i as u64);
-                    }
+                for (s, l) in runs(bs, bl, |p| !collected[(p - bs) as usize]) {
+                    out.remove(s, l);
                 }
             }
             let bo_addr = |p: PageNo| backing.bo.host_addr(backing.offset + (p - r.start));

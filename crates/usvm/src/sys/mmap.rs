@@ -161,6 +161,15 @@ pub fn discard(addr: usize, len: usize) -> Result<()> {
     Ok(())
 }
 
+/// Leaves `[addr, addr + len)` out of the address space of children made by `fork`
+/// (`MADV_DONTFORK`): for usvm's own areas, which a child has no use for. A hint only: a
+/// failure changes nothing else.
+pub fn advise_dontfork(addr: usize, len: usize) {
+    // SAFETY: changes only whether `fork` copies a mapping usvm owns; this process's view of
+    // the memory is untouched.
+    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTFORK) };
+}
+
 /// Makes every page of `[addr, addr + len)` present and writable
 /// (`MADV_POPULATE_WRITE`). Only for memory no userfaultfd watches.
 pub fn populate(addr: usize, len: usize) -> Result<()> {

@@ -280,7 +280,13 @@ impl Uffd {
     /// data is copied. Threads waiting at `dst` are not woken (the caller wakes them once
     /// its bookkeeping is done). With `allow_holes`, missing source pages are skipped.
     /// Returns the bytes moved (holes included) and the error that stopped the move early,
-    /// if any (`EBUSY`: a page is shared or pinned).
+    /// if any (`EBUSY`: a page is shared or pinned; `EAGAIN`: stopped early, go on from
+    /// the returned offset).
+    ///
+    /// The count is checked against the page tables when the kernel reports an error: a
+    /// move can take pages and still not count them (see [`unreported_moves`]). Such pages
+    /// are counted here and the error becomes `EAGAIN`, so that no caller mistakes a page it
+    /// has just moved for one that stayed behind, or for one that was already at `dst`.
     pub fn move_pages(&self, dst: usize, src: usize, len: usize, allow_holes: bool) -> (usize, Option<i32>) {
         let mut mode = UFFDIO_MOVE_MODE_DONTWAKE;
         if allow_holes {
@@ -292,7 +298,13 @@ impl Uffd {
         }
         match ioctl(&self.fd, UFFDIO_MOVE, &mut m) {
             Ok(()) => (len, None),
-            Err(errno) => ((m.moved.max(0)) as usize, Some(errno)),
+            Err(errno) => {
+                let done = (m.moved.max(0)) as usize;
+                match unreported_moves(dst + done, src + done, len - done) {
+                    0 => (done, Some(errno)),
+                    extra => (done + extra, Some(libc::EAGAIN)),
+                }
+            }
         }
     }
 
@@ -411,6 +423,39 @@ impl Uffd {
         // SAFETY: writing 8 bytes from a live u64 to our own eventfd.
         unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
     }
+}
+
+/// Bytes from `(dst, src)` (at most `len`) that a failed `UFFDIO_MOVE` moved without
+/// counting them: the run of pages that are present at the destination and gone from the
+/// source.
+///
+/// The kernel's move loop (`move_pages` in mm/userfaultfd.c, Linux 6.18) keeps the error of
+/// a step that asked to be retried (`-EAGAIN`: a large folio was locked by someone else, a
+/// page-table entry changed) when the retry then moves a batch of page-table entries: the
+/// loop sees the stale error, does not advance, and examines the address it has just moved
+/// again. It finds the destination taken and stops with `EEXIST`, the batch uncounted. This
+/// happens when a huge page must be split to move part of it, typically after a fork while
+/// other threads write the memory. The batch stays within one 2 MiB block on both sides and
+/// starts at the reported offset, so looking that far is enough. A destination page that was
+/// there before the call (the kernel's EEXIST proper) still has its source page beside it;
+/// a present destination page whose source is gone is one this move took.
+fn unreported_moves(dst: usize, src: usize, len: usize) -> usize {
+    const BLOCK: usize = 2 << 20;
+    let page = super::PAGE_SIZE;
+    let span = len.min(BLOCK - dst % BLOCK).min(BLOCK - src % BLOCK);
+    if span == 0 {
+        return 0;
+    }
+    // Nearly always, nothing arrived at `dst`: one entry of pagemap tells.
+    if !super::pagemap::has_memory(dst, 1).is_ok_and(|v| v[0]) {
+        return 0;
+    }
+    let n = span / page;
+    let (Ok(at_dst), Ok(at_src)) = (super::pagemap::has_memory(dst, n), super::pagemap::has_memory(src, n))
+    else {
+        return 0;
+    };
+    at_dst.iter().zip(&at_src).take_while(|&(&d, &s)| d && !s).count() * page
 }
 
 /// How long a thread other than the event reader waits for the address space to settle

@@ -583,27 +583,74 @@ fn vram_to_vram_goes_through_ram() {
     assert!(back == data);
 }
 
+/// Runs the test `name` of this binary in a process of its own (with `env` set), for tests
+/// that fork: a fork brings the VRAM data of every instance of the process back to RAM,
+/// which would disturb the residency other tests check. Returns true in that process. A run
+/// that outlives two minutes is killed and fails.
+fn in_own_process(name: &str, env: &str) -> bool {
+    if std::env::var_os(env).is_some() {
+        return true;
+    }
+    let dir = std::env::temp_dir().join(format!("usvm-{}-{env}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let log = dir.join("out.txt");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(env, "1")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(status.is_some(), "{name} did not finish in two minutes: {text}");
+    assert!(status.unwrap().success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+    false
+}
+
+/// Waits for the child `pid` for up to ten seconds (killing it after that); true when it
+/// exited with status 0.
+fn child_succeeds(pid: libc::pid_t) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut status = 0;
+        // SAFETY: polling our own child without blocking.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        }
+        assert_eq!(r, 0, "waitpid");
+        if std::time::Instant::now() > deadline {
+            // SAFETY: killing and reaping our own child, which is stuck.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// fork: the child reads correct data for every page, including pages whose data was in
 /// VRAM (usvm brings it back to RAM before the fork).
 #[test]
 fn fork_child_reads_vram_resident_data() {
-    // The fork brings the VRAM data of every instance of the process back to RAM: run it
-    // in a process of its own (this test binary, on this test alone), so that it does not
-    // disturb the residency other tests check.
-    if std::env::var_os("USVM_FORK_CHILD_TEST").is_none() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "migrate::fork_child_reads_vram_resident_data",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("USVM_FORK_CHILD_TEST", "1")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{text}");
-        assert!(text.contains("1 passed"), "{text}");
+    if !in_own_process("migrate::fork_child_reads_vram_resident_data", "USVM_FORK_CHILD_TEST") {
         return;
     }
     let svm = svm2(false);
@@ -641,6 +688,148 @@ fn fork_child_reads_vram_resident_data() {
     assert!(svm.ranges()[0].vram_pages >= 512, "{} pages moved", svm.ranges()[0].vram_pages);
     buf.read_at(0, &mut back);
     assert!(back == data);
+}
+
+/// fork: a child may drop the instance and the buffers it inherited (they are not live in
+/// the child: nothing runs, nothing is torn down); the parent's instance goes on serving
+/// migrations and CPU faults.
+#[test]
+fn fork_child_may_drop_what_it_inherited() {
+    if !in_own_process("migrate::fork_child_may_drop_what_it_inherited", "USVM_FORK_DROP_TEST") {
+        return;
+    }
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let buf = svm.alloc(4 * MIB).unwrap();
+    let data = pattern(4 * MIB, 5);
+    buf.write_at(0, &data);
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+    let (addr, expect) = (buf.addr(), data.as_ptr() as usize);
+    // SAFETY: the child compares memory, drops what it inherited (which must neither wait
+    // for threads it does not have nor touch the parent) and leaves.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: both are live 4 MiB regions in the child's copy of the address space.
+        let same = unsafe { libc::memcmp(addr as *const _, expect as *const _, 4 * MIB) } == 0;
+        drop(buf);
+        drop(svm);
+        // SAFETY: leaving the child without running the test harness's code.
+        unsafe { libc::_exit(if same { 0 } else { 1 }) };
+    }
+    assert!(pid > 0);
+    assert!(child_succeeds(pid), "the child saw wrong data or did not finish");
+    // The parent's instance still works: the data migrates again (written since the fork,
+    // its pages are the parent's own) and a CPU fault brings it back.
+    buf.write_at(0, &data);
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+    assert!(svm.ranges()[0].vram_pages > 0, "nothing migrated");
+    let mut back = vec![0u8; 4 * MIB];
+    buf.read_at(0, &mut back);
+    assert!(back == data);
+}
+
+/// fork while other threads of the parent store into memory that keeps migrating: no store
+/// is lost in the parent. Threads increment their own words (checking each value they
+/// read) while the main thread prefetches the range back and forth and forks now and then
+/// (the child leaves at once).
+#[test]
+fn fork_during_concurrent_stores_and_migrations_loses_nothing() {
+    if !in_own_process(
+        "migrate::fork_during_concurrent_stores_and_migrations_loses_nothing",
+        "USVM_FORK_STORES_TEST",
+    ) {
+        return;
+    }
+    const THREADS: usize = 4;
+    const WORDS: usize = (8 * MIB) / 8;
+    let rounds: usize =
+        std::env::var("USVM_FORK_STORES_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let mine = |t: usize| -> Vec<usize> { (0..WORDS).filter(|i| i % THREADS == t).step_by(97).collect() };
+    for round in 0..rounds {
+        let buf = svm.alloc(8 * MIB).unwrap();
+        let base = buf.addr();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let errors = std::sync::atomic::AtomicU64::new(0);
+        let finals: Vec<Vec<u64>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (stop, errors, buf) = (&stop, &errors, &buf);
+                    s.spawn(move || {
+                        let mine = mine(t);
+                        let mut expect = vec![0u64; mine.len()];
+                        let mut rounds = 0;
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) || rounds < 3 {
+                            for (k, &w) in mine.iter().enumerate() {
+                                let mut v = [0u8; 8];
+                                buf.read_at(w * 8, &mut v);
+                                let got = u64::from_le_bytes(v);
+                                if got != expect[k] && errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 3
+                                {
+                                    eprintln!(
+                                        "round {round} thread {t} word {w} (page {:#x}, offset {:#x}): read {got} \
+                                         expected {}",
+                                        (base + w * 8) >> 12,
+                                        w * 8,
+                                        expect[k]
+                                    );
+                                }
+                                expect[k] += 1;
+                                buf.write_at(w * 8, &expect[k].to_le_bytes());
+                            }
+                            rounds += 1;
+                        }
+                        expect
+                    })
+                })
+                .collect();
+            struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for StopOnDrop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            let _stop = StopOnDrop(&stop);
+            for i in 0..40 {
+                let g = [0u32, 9, 2][i % 3];
+                let loc = if i % 2 == 0 { Location::Gpu(g1) } else { Location::Sysmem };
+                svm.set_attr(base, buf.len(), &[Attr::Granularity(g), Attr::PrefetchLoc(loc)]).unwrap();
+                if i % 10 == 5 {
+                    // SAFETY: the child only leaves, at once, without running any code of the
+                    // parent's (no lock, no allocation).
+                    let pid = unsafe { libc::fork() };
+                    if pid == 0 {
+                        // SAFETY: leaving the child at once.
+                        unsafe { libc::_exit(0) };
+                    }
+                    assert!(pid > 0);
+                    let mut status = 0;
+                    // SAFETY: waiting for our own child.
+                    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let mut lost = 0;
+        for (t, expect) in finals.iter().enumerate() {
+            for (k, &w) in mine(t).iter().enumerate() {
+                let mut v = [0u8; 8];
+                buf.read_at(w * 8, &mut v);
+                if u64::from_le_bytes(v) != expect[k] {
+                    lost += 1;
+                    eprintln!(
+                        "round {round} thread {t} word {w}: {} at the end, expected {}",
+                        u64::from_le_bytes(v),
+                        expect[k]
+                    );
+                }
+            }
+        }
+        assert_eq!(errors.load(std::sync::atomic::Ordering::Relaxed), 0, "round {round}: a store was lost");
+        assert_eq!(lost, 0, "round {round}: a store was lost");
+    }
 }
 
 /// T17 with an XGMI hive: the prefetch to G1 happens although G2 maps the range too, and
