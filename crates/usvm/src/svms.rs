@@ -148,16 +148,26 @@ impl SvmInner {
     /// only when that cannot wait for a device access, since a device access may itself be
     /// waiting for the reader (a fault on a never-populated page, under the page-table read
     /// lock). So `None` when the lock is busy, when a page-table change is pending (applying
-    /// it may evict queues or unmap from the GPUs) and when the range holding `page` is
+    /// it may evict queues or unmap from the GPUs), and when the range holding `page` is
     /// mapped on a GPU (moving it back evicts the queues or unmaps it, which waits for the
-    /// accesses in flight). The caller hands the fault to the worker then.
-    pub(crate) fn try_lock_for_reader(&self, page: PageNo) -> Option<parking_lot::MutexGuard<'_, SvmState>> {
+    /// accesses in flight) while a device access is in flight; with none in flight, every
+    /// GPU's queues are held (no access can start) until the returned hold is dropped. The
+    /// caller hands the fault to the worker on `None`.
+    pub(crate) fn try_lock_for_reader(
+        &self,
+        page: PageNo,
+    ) -> Option<(parking_lot::MutexGuard<'_, SvmState>, Option<crate::gpu::QueueHold>)> {
         let st = self.state.try_lock()?;
         if !self.pending.lock().is_empty() {
             return None;
         }
-        let quiet = st.tree.find(page).is_none_or(|r| r.mapped_gpus == GpuMask::EMPTY);
-        quiet.then_some(st)
+        if st.tree.find(page).is_none_or(|r| r.mapped_gpus == GpuMask::EMPTY) {
+            return Some((st, None));
+        }
+        // Mapped on a GPU: bringing it back invalidates, which waits for in-flight device
+        // accesses. Served here only when none is in flight (and then none can start).
+        let hold = self.devs.try_hold_all()?;
+        Some((st, Some(hold)))
     }
 
     /// Sends work to the worker thread.

@@ -123,7 +123,11 @@ fn on_event(inner: &SvmInner, ev: UffdEvent) {
             match inner.engine.resolve_if_in_ram(page) {
                 Ok(true) => {}
                 Ok(false) => match inner.try_lock_for_reader(page) {
-                    Some(mut st) => serve_slow(inner, page, f, &mut st),
+                    Some((mut st, hold)) => {
+                        serve_slow(inner, page, f, &mut st);
+                        drop(st);
+                        drop(hold);
+                    }
                     None => inner.post(Work::Fault(f)),
                 },
                 Err(e) if e.errno() == libc::EAGAIN => {

@@ -59,6 +59,21 @@ mod sched {
 }
 use sched::Sched;
 
+/// Queues held by [`Devices::try_hold_all`]; released (silently) on drop.
+#[derive(Debug)]
+pub struct QueueHold {
+    devs: Arc<Devices>,
+    held: usize,
+}
+
+impl Drop for QueueHold {
+    fn drop(&mut self) {
+        for d in &self.devs.gpus[..self.held] {
+            d.sched.restore();
+        }
+    }
+}
+
 /// One emulated GPU.
 #[derive(Debug)]
 pub struct Device {
@@ -150,6 +165,23 @@ impl Devices {
             return;
         }
         d.sched.restore();
+    }
+
+    /// Holds every GPU's queues without waiting and without events: `None` when a device
+    /// access is in flight on one of them (nothing is held then). While the hold lives, no
+    /// device access runs, so its holder can invalidate (evict queues, write page tables)
+    /// without waiting for one. For the fault reader, which must never wait for a device
+    /// access: one may be waiting for it.
+    pub fn try_hold_all(self: &Arc<Self>) -> Option<QueueHold> {
+        let mut held = 0;
+        for d in &self.gpus {
+            if !d.sched.try_evict() {
+                break;
+            }
+            held += 1;
+        }
+        let hold = QueueHold { devs: self.clone(), held };
+        (held == self.gpus.len()).then_some(hold)
     }
 
     /// Whether GPU `gpu`'s queues are evicted.

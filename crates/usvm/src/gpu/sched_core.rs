@@ -29,6 +29,26 @@ impl Sched {
         }
     }
 
+    /// Evicts without waiting: succeeds only when no device access is in flight (and then
+    /// none can start until `restore`); otherwise changes nothing. For a thread that must
+    /// never wait for a device access, since one may be waiting for it.
+    pub(crate) fn try_evict(&self) -> bool {
+        let mut c = self.count.lock();
+        *c += 1;
+        self.evicted.store(*c, Ordering::SeqCst);
+        // An access counts itself active before it looks at `evicted`: if none is active
+        // now, every later one sees the eviction and waits.
+        if self.active.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        *c -= 1;
+        self.evicted.store(*c, Ordering::SeqCst);
+        if *c == 0 {
+            self.cv.notify_all();
+        }
+        false
+    }
+
     /// Drops one eviction; the last one lets the waiting accesses go.
     pub(crate) fn restore(&self) {
         let mut c = self.count.lock();

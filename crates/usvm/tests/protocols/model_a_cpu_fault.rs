@@ -107,14 +107,22 @@ impl World {
             return;
         }
         // `SvmInner::try_lock_for_reader`: only when serving here cannot wait for a device
-        // access (lock free, no pending change, the range mapped on no GPU).
-        let st =
-            self.state.try_lock().filter(|st| !st.v_mapped || self.m == Mutation::ReaderServesMappedRange);
-        match st {
-            Some(mut st) => self.cpu_fault(&mut st, p),
-            None => {
-                let _ = self.work.lock().send(Work::Fault(p));
-            }
+        // access: lock free, no pending change, and the range mapped on no GPU or no device
+        // access in flight (then the queues are held, `Devices::try_hold_all`, so none
+        // starts until the fault is served).
+        let Some(mut st) = self.state.try_lock() else {
+            let _ = self.work.lock().send(Work::Fault(p));
+            return;
+        };
+        if !st.v_mapped || self.m == Mutation::ReaderServesMappedRange {
+            self.cpu_fault(&mut st, p);
+        } else if self.sched.try_evict() {
+            self.cpu_fault(&mut st, p);
+            drop(st);
+            self.sched.restore();
+        } else {
+            drop(st);
+            let _ = self.work.lock().send(Work::Fault(p));
         }
     }
 
