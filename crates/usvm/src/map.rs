@@ -47,21 +47,34 @@ pub fn validate_and_map(
         } else {
             let flags = pte_flags(r, &v);
             // VRAM is never mapped across PCIe peers: a GPU that cannot reach the BO's
-            // VRAM (another GPU, not in its hive) is skipped.
+            // VRAM (another GPU, not in its hive) gets no entry for the pages there, and
+            // still maps the pages of the piece that are in system memory (a range partly
+            // moved back to RAM by another GPU's fault: skipping the whole range left the
+            // faulting GPU retrying until its fault became fatal).
             let owner = r.vram.as_ref().map(|b| b.bo.gpu());
-            let reach = |g: usize| owner.is_none_or(|o| devs.same_hive(o, g));
-            for g in gpus.iter().filter(|&g| reach(g)) {
+            for g in gpus.iter() {
+                let reach = owner.is_none_or(|o| devs.same_hive(o, g));
                 let (start, vram) = (r.start, r.vram.as_ref());
+                let mut any = false;
                 devs.gpus[g].pt.map(page, end - page + 1, |i| {
                     let p = page + i;
                     match vram {
                         Some(b) if r.in_vram.get(p - start) => {
+                            if !reach {
+                                return Pte::INVALID;
+                            }
+                            any = true;
                             Pte::vram(b.bo.gpu(), b.bo.vram_page(b.offset + (p - start)), flags)
                         }
-                        _ => Pte::system(flags),
+                        _ => {
+                            any = true;
+                            Pte::system(flags)
+                        }
                     }
                 });
-                r.mapped_gpus.insert(g);
+                if any {
+                    r.mapped_gpus.insert(g);
+                }
             }
             mapped_last_piece = true;
         }

@@ -354,3 +354,33 @@ fn xnack_on_store_to_gpu_ro_is_fatal_at_once() {
         assert_eq!(b, [0; 8]);
     }
 }
+
+/// XNACK on, two GPUs not in a hive: a range in GPU 2's VRAM that prefers system memory.
+/// GPU 1's fault brings only its granule back to RAM, and GPU 1 then maps those system
+/// pages although the rest of the range stays in a VRAM it cannot reach (the access
+/// fuzzer's case: GPU 1 was skipped for the whole range, and its read retried for 2 s
+/// before failing).
+#[test]
+fn xnack_on_gpu_maps_system_pages_of_a_range_partly_in_unreachable_vram() {
+    let svm = svm2(true);
+    let [g1, g2] = svm.gpu_ids()[..] else { panic!() };
+    let a = Mapping::anon(64 * PAGE, 2 * MIB);
+    let data: Vec<u8> = (0..a.len).map(|i| (i * 7 % 251) as u8 + 1).collect();
+    // SAFETY: the test owns the mapping, which is `a.len` bytes long.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), a.addr as *mut u8, a.len) };
+    svm.set_attr(a.addr, a.len, &[Attr::PreferredLoc(usvm::Location::Sysmem), Attr::Granularity(1)]).unwrap();
+    svm.set_attr(a.addr, a.len, &[Attr::PrefetchLoc(usvm::Location::Gpu(g2))]).unwrap();
+    assert_eq!(svm.counters(g2).page_in, 64);
+    let t = std::time::Instant::now();
+    let mut b = vec![0u8; 3 * PAGE];
+    svm.gpu_read(g1, a.addr + 13 * PAGE + 100, &mut b).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(1), "the read took {:?}", t.elapsed());
+    assert_eq!(b, data[13 * PAGE + 100..16 * PAGE + 100]);
+    // Pages 12..=17 (three granules of two pages) came back; the rest is still in VRAM.
+    let res = svm.residency(a.addr, 64);
+    for (p, r) in res.iter().enumerate() {
+        let want = if (12..=17).contains(&p) { usvm::Residency::Sysmem } else { usvm::Residency::Vram(g2) };
+        assert_eq!(*r, want, "page {p}");
+    }
+    assert_eq!(svm.smi()[0].mapped_pages, 6);
+}
