@@ -310,10 +310,13 @@ impl PageBits {
                 right.set(i - at, true);
             }
         }
-        let words = at.div_ceil(64) as usize;
-        self.0.truncate(words);
+        // Bit `at` lives in word `at / 64`: clear it and the bits above, if that word
+        // exists (a shorter vector has no bit at or above `at`; masking its last word
+        // instead cleared low bits of a range split past its last VRAM page, and their
+        // data was lost).
+        self.0.truncate(at.div_ceil(64) as usize);
         if !at.is_multiple_of(64)
-            && let Some(w) = self.0.last_mut()
+            && let Some(w) = self.0.get_mut((at / 64) as usize)
         {
             *w &= (1u64 << (at % 64)) - 1;
         }
@@ -347,5 +350,31 @@ mod bits_tests {
         c.set(0, false);
         c.set(36, false);
         assert_eq!(c, PageBits::default());
+    }
+
+    /// A split beyond the last set bit keeps every bit (a range in VRAM up to page 293,
+    /// split at 455, lost pages 263-293).
+    #[test]
+    fn split_past_the_last_word_keeps_every_bit() {
+        let mut b = PageBits::default();
+        for i in 0..294 {
+            b.set(i, true);
+        }
+        let r = b.split_off(455);
+        assert_eq!((b.count(), r.count()), (294, 0));
+        assert!(b.get(293) && b.get(263) && !b.get(294));
+        let r = b.split_off(240);
+        assert_eq!((b.count(), r.count()), (240, 54));
+        for at in [1, 63, 64, 65, 100, 127, 128, 129, 293, 294, 300, 320, 1000] {
+            let mut c = PageBits::default();
+            for i in (0..294).step_by(3) {
+                c.set(i, true);
+            }
+            let before = c.count();
+            let d = c.split_off(at);
+            assert_eq!(c.count() + d.count(), before, "split at {at}");
+            assert!((0..at).all(|i| c.get(i) == (i < 294 && i % 3 == 0)), "split at {at}");
+            assert!((0..400).all(|i| d.get(i) == (i + at < 294 && (i + at) % 3 == 0)), "split at {at}");
+        }
     }
 }

@@ -106,6 +106,39 @@ fn cpu_fault_granularity_zero_moves_one_page() {
     assert_eq!(svm.ranges()[0].vram_pages, 510);
 }
 
+/// A range whose first pages only are in VRAM, split by SET_ATTR beyond its last VRAM page
+/// and then inside the VRAM part: every page keeps its data (splitting the page bitmap
+/// past its last word cleared the low bits of that word: 31 pages whose data was then
+/// nowhere; found by the access fuzzer).
+#[test]
+fn splitting_a_range_partly_in_vram_keeps_every_page() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let buf = svm.alloc(2 * MIB).unwrap();
+    let data = pattern(buf.len(), 3);
+    buf.write_at(0, &data);
+    // The prefetch skips the PROT_NONE tail, so the range's page bitmap ends at page 293.
+    mprotect(buf.addr() + 294 * PAGE, 218 * PAGE, libc::PROT_NONE);
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+    mprotect(buf.addr() + 294 * PAGE, 218 * PAGE, libc::PROT_READ | libc::PROT_WRITE);
+    assert_eq!(svm.ranges()[0].vram_pages, 294);
+    // Only the pieces inside a SET_ATTR interval run their (sticky) prefetch again: the
+    // split-off head keeps its pages where they are.
+    let sysmem = [Attr::PrefetchLoc(Location::Sysmem)];
+    let sizes = |svm: &Svm| -> Vec<(usize, usize)> {
+        svm.ranges().iter().map(|r| (r.size / PAGE, r.vram_pages)).collect()
+    };
+    svm.set_attr(buf.addr() + 455 * PAGE, 57 * PAGE, &sysmem).unwrap();
+    assert_eq!(sizes(&svm), vec![(455, 294), (57, 0)]);
+    let res = svm.residency(buf.addr(), 512);
+    assert!(res[..294].iter().all(|r| *r == Residency::Vram(g1)));
+    svm.set_attr(buf.addr() + 240 * PAGE, 215 * PAGE, &sysmem).unwrap();
+    assert_eq!(sizes(&svm), vec![(240, 240), (215, 0), (57, 0)]);
+    let mut got = vec![0u8; buf.len()];
+    buf.read_at(0, &mut got);
+    assert!(got == data, "data lost at byte {:?}", got.iter().zip(&data).position(|(a, b)| a != b));
+}
+
 /// T15: a prefetch to where the data already is still runs (events, eviction pair) and
 /// moves nothing. T16: the stored PREFETCH_LOC applies again on a later SET_ATTR.
 #[test]
