@@ -352,6 +352,39 @@ mod bits_tests {
         assert_eq!(c, PageBits::default());
     }
 
+    proptest::proptest! {
+        /// Random sets, clears and splits against a plain vector of booleans.
+        #[test]
+        fn behaves_like_a_vector_of_bools(
+            ops in proptest::collection::vec((0u8..3, 0u64..400, proptest::bool::ANY), 1..80)
+        ) {
+            let mut bits = PageBits::default();
+            let mut model = vec![false; 400];
+            for (kind, i, v) in ops {
+                match kind {
+                    0 | 1 => {
+                        bits.set(i, v || kind == 0);
+                        model[i as usize] = v || kind == 0;
+                    }
+                    _ => {
+                        let right = bits.split_off(i);
+                        let tail: Vec<bool> = model.split_off(i as usize);
+                        for (j, &b) in tail.iter().enumerate() {
+                            proptest::prop_assert_eq!(right.get(j as u64), b, "right bit {} of a split at {}", j, i);
+                        }
+                        proptest::prop_assert_eq!(right.count(), tail.iter().filter(|&&b| b).count() as u64);
+                        // Keep the left part, the model padded back to its size.
+                        model.resize(400, false);
+                    }
+                }
+                for (j, &b) in model.iter().enumerate() {
+                    proptest::prop_assert_eq!(bits.get(j as u64), b, "bit {}", j);
+                }
+                proptest::prop_assert_eq!(bits.count(), model.iter().filter(|&&b| b).count() as u64);
+            }
+        }
+    }
+
     /// A split beyond the last set bit keeps every bit (a range in VRAM up to page 293,
     /// split at 455, lost pages 263-293).
     #[test]
