@@ -47,13 +47,13 @@ fn serve_slow(inner: &SvmInner, page: PageNo, f: Fault, st: &mut SvmState) {
         Err(e) if e.errno() == libc::EAGAIN => {
             let _ = inner.engine.uffd.wake(f.addr, PAGE_SIZE);
         }
-        Err(_) => fail(inner, f),
+        Err(e) => fail(inner, f, &e),
     }
 }
 
-/// A fault that cannot be served: SIGBUS, then a wake-up.
-fn fail(inner: &SvmInner, f: Fault) {
-    tracing::warn!(addr = format_args!("{:#x}", f.addr), tid = f.tid, "CPU fault cannot be served: SIGBUS");
+/// A fault that cannot be served (`why`): SIGBUS, then a wake-up.
+fn fail(inner: &SvmInner, f: Fault, why: &dyn std::fmt::Display) {
+    tracing::warn!(addr = format_args!("{:#x}", f.addr), tid = f.tid, %why, "CPU fault cannot be served: SIGBUS");
     // As the kernel does when migrate_to_ram fails: SIGBUS, then let the thread run into it
     // (a thread left waiting would hang forever).
     signal_thread(f.tid, libc::SIGBUS);
@@ -67,7 +67,7 @@ fn on_event_guarded(inner: &SvmInner, ev: UffdEvent) {
     if catch_unwind(AssertUnwindSafe(|| on_event(inner, ev))).is_err()
         && let UffdEvent::Fault(f) = ev
     {
-        fail(inner, f);
+        fail(inner, f, &"its handler panicked");
     }
 }
 
@@ -133,7 +133,7 @@ fn on_event(inner: &SvmInner, ev: UffdEvent) {
                 Err(e) if e.errno() == libc::EAGAIN => {
                     let _ = inner.engine.uffd.wake(f.addr, PAGE_SIZE);
                 }
-                Err(_) => fail(inner, f),
+                Err(e) => fail(inner, f, &e),
             }
             return;
         }
@@ -181,7 +181,7 @@ impl CpuFaultHandler {
                     }
                 }));
                 if let (Err(_), Some(f)) = (handled, fault) {
-                    fail(&inner, f);
+                    fail(&inner, f, &"its handler panicked");
                 }
             }
         })?;
