@@ -86,6 +86,27 @@ pub fn validate_and_map(
     Ok(())
 }
 
+/// Maps the whole range `r` again on `gpus` after its queues were evicted (the restore
+/// work): a GPU that still holds entries for the range but is no longer among `gpus` (it
+/// lost access, or only the GPU holding the data is mapped under XNACK on) is unmapped
+/// first. Its entries may point at VRAM that the migration which evicted the queues has
+/// freed; left there, they let that GPU read and write whatever range reuses the VRAM.
+pub fn remap_range(devs: &Devices, r: &mut SvmRange, gpus: GpuMask) -> Result<()> {
+    let (first, last) = (r.start, r.last);
+    for g in r.mapped_gpus.iter().filter(|&g| !gpus.contains(g)) {
+        let d = &devs.gpus[g];
+        devs.events.emit(|| EventKind::UnmapFromGpu {
+            start: first,
+            npages: last - first + 1,
+            gpu: d.id,
+            trigger: UnmapTrigger::MmuNotify,
+        });
+        d.pt.unmap(first, last);
+        r.mapped_gpus.remove(g);
+    }
+    validate_and_map(devs, r, gpus, first, last)
+}
+
 /// Unmaps `[first, last]` of range `r` from its GPUs, with an UNMAP_FROM_GPU event per GPU.
 /// A range mapped nowhere is left alone; unmapping the whole range clears `mapped_to_gpu`.
 ///

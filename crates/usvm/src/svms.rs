@@ -277,8 +277,7 @@ impl SvmInner {
         for k in keys {
             let r = st.tree.get_mut(k).expect("range");
             let gpus = policy::gpus_to_map(&r.attrs, self.gpu_of(r.actual_loc), r.mapped_to_gpu, xnack);
-            let (s, l) = (r.start, r.last);
-            match map::validate_and_map(&self.devs, r, gpus, s, l) {
+            match map::remap_range(&self.devs, r, gpus) {
                 Ok(()) => r.invalid = 0,
                 Err(_) => ok = false,
             }

@@ -331,7 +331,7 @@ fn restore(inner: &SvmInner, r: &mut SvmRange, inv: Invalidation, xnack: bool) {
     }
     let gpus = policy::gpus_to_map(&r.attrs, inner.gpu_of(r.actual_loc), r.mapped_to_gpu, xnack);
     let (s, l) = (r.start, r.last);
-    if map::validate_and_map(&inner.devs, r, gpus, s, l).is_err() {
+    if map::remap_range(&inner.devs, r, gpus).is_err() {
         map::unmap_from_gpus(&inner.devs, r, s, l, UnmapTrigger::MmuNotify);
     }
     for g in 0..inner.devs.gpus.len() {

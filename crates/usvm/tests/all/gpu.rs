@@ -5,7 +5,7 @@ use crate::util::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use usvm::{Attr, Error, Event, SvmFlags};
+use usvm::{Attr, Error, Event, GpuId, Location, Svm, SvmBuffer, SvmFlags};
 
 fn drain(ev: &usvm::EventStream) -> Vec<Event> {
     ev.try_iter().collect()
@@ -383,4 +383,71 @@ fn xnack_on_gpu_maps_system_pages_of_a_range_partly_in_unreachable_vram() {
         assert_eq!(*r, want, "page {p}");
     }
     assert_eq!(svm.smi()[0].mapped_pages, 6);
+}
+
+/// GPU `stale` mapped range `a` while it was in VRAM (the SET_ATTR calls of `setup`),
+/// then is no longer among the GPUs the restore maps; `a` moves back to RAM, freeing the
+/// VRAM, and range `b` reuses it. `stale` must not reach `b` through entries left from `a`
+/// (they were left in place: a store by `stale` to `a` landed in `b`). Returns what that
+/// store got.
+fn stale_entries_never_reach_reused_vram(
+    svm: &Svm,
+    (a, b): (&SvmBuffer, &SvmBuffer),
+    stale: GpuId,
+    setup: &[&[Attr]],
+) -> usvm::Result<()> {
+    let g0 = svm.gpu_ids()[0];
+    a.write_at(0, &pattern(a.len(), 1));
+    let db = pattern(b.len(), 9);
+    b.write_at(0, &db);
+    let ev = svm.subscribe();
+    for attrs in setup {
+        svm.set_attr(a.addr(), a.len(), attrs).unwrap();
+    }
+    assert_eq!(svm.ranges()[0].vram_pages, 512);
+    svm.set_attr(a.addr(), a.len(), &[Attr::PrefetchLoc(Location::Sysmem)]).unwrap();
+    assert_eq!(svm.ranges()[0].vram_pages, 0);
+    // A restore unmapped `stale` (UNMAP_FROM_GPU, trigger MMU_NOTIFY).
+    let unmapped = drain(&ev).iter().any(|e| {
+        matches!(e.kind, usvm::EventKind::UnmapFromGpu { gpu, trigger: usvm::UnmapTrigger::MmuNotify, .. } if gpu == stale)
+    });
+    assert!(unmapped, "no UNMAP_FROM_GPU for the GPU left out of the restore");
+    svm.set_attr(b.addr(), b.len(), &[Attr::Access(g0), Attr::PrefetchLoc(Location::Gpu(g0))]).unwrap();
+    let r = svm.gpu_write(stale, a.addr(), &[0xab; 4096]);
+    let mut got = vec![0u8; b.len()];
+    b.read_at(0, &mut got);
+    assert!(got == db, "B corrupted at byte {:?}", first_difference(&got, &db));
+    r
+}
+
+/// XNACK off: GPU 2 mapped A (ACCESS) in GPU 1's VRAM, then got NO_ACCESS; the restore
+/// after the next migration (here, the sticky prefetch SET_ATTR re-runs) unmaps it, and its
+/// store is a fatal fault.
+#[test]
+fn gpu_that_lost_access_is_unmapped_when_the_range_moves() {
+    let svm = Svm::builder().gpus(2).vram_bytes(64 << 20).xgmi_hive(true).build().unwrap();
+    let [g0, g1] = svm.gpu_ids()[..] else { panic!() };
+    let (a, b) = (svm.alloc(2 * MIB).unwrap(), svm.alloc(2 * MIB).unwrap());
+    let setup: [&[Attr]; 2] =
+        [&[Attr::Access(g0), Attr::Access(g1), Attr::PrefetchLoc(Location::Gpu(g0))], &[Attr::NoAccess(g1)]];
+    let r = stale_entries_never_reach_reused_vram(&svm, (&a, &b), g1, &setup);
+    assert_eq!(errno(r), libc::EFAULT);
+}
+
+/// XNACK on, GPU_ALWAYS_MAPPED: the restore after A's move maps only the IN_PLACE GPU 2;
+/// GPU 1, which mapped A's VRAM, is unmapped, and its store is a retry fault that maps A
+/// again, in RAM: the store lands in A, never in B.
+#[test]
+fn always_mapped_restore_unmaps_the_gpus_it_does_not_map() {
+    let svm = Svm::builder().gpus(2).vram_bytes(64 << 20).xnack(true).xgmi_hive(true).build().unwrap();
+    let [g0, g1] = svm.gpu_ids()[..] else { panic!() };
+    let (a, b) = (svm.alloc(2 * MIB).unwrap(), svm.alloc(2 * MIB).unwrap());
+    let setup: [&[Attr]; 2] = [
+        &[Attr::AccessInPlace(g1), Attr::SetFlags(SvmFlags::GPU_ALWAYS_MAPPED)],
+        &[Attr::PrefetchLoc(Location::Gpu(g0))],
+    ];
+    stale_entries_never_reach_reused_vram(&svm, (&a, &b), g0, &setup).unwrap();
+    let mut got = vec![0u8; 4096];
+    a.read_at(0, &mut got);
+    assert!(got.iter().all(|&x| x == 0xab), "A did not get the store");
 }

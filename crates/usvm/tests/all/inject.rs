@@ -6,10 +6,6 @@
 use crate::util::*;
 use usvm::{Attr, InjectUffd, Location, Residency, Svm, SvmBuffer};
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i >> 12) as u8).collect()
-}
-
 /// A buffer of `len` bytes holding `pattern(len, seed)`, registered with ACCESS for GPU 0.
 fn filled(svm: &Svm, len: usize, seed: u8) -> (SvmBuffer, Vec<u8>) {
     let buf = svm.alloc(len).unwrap();

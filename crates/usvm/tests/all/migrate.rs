@@ -18,10 +18,6 @@ fn fields(t: &str) -> String {
     format!("{id} {}", it.next().unwrap_or(""))
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8).collect()
-}
-
 /// T12, T13, T14: prefetch to VRAM, a CPU fault brings one granule back, prefetch to
 /// system memory brings the rest; events, counters, residency and data all along.
 #[test]

@@ -100,3 +100,13 @@ pub fn mprotect(addr: usize, len: usize, prot: i32) {
     let r = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) };
     assert_eq!(r, 0, "mprotect: {}", std::io::Error::last_os_error());
 }
+
+/// `len` bytes that differ from page to page and from `seed` to `seed`.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8).collect()
+}
+
+/// The first byte where `got` and `want` differ, for assertion messages.
+pub fn first_difference(got: &[u8], want: &[u8]) -> Option<usize> {
+    got.iter().zip(want).position(|(a, b)| a != b)
+}
