@@ -509,7 +509,11 @@ pub fn to_vram(
         to_ram(inner, st, key, s, l, trigger)?;
         tries += 1;
     }
-    let npages = st.tree.get_mut(key).ok_or(Error::NotMapped { addr: (first << PAGE_SHIFT) })?.npages();
+    let r = st.tree.get_mut(key).ok_or(Error::NotMapped { addr: (first << PAGE_SHIFT) })?;
+    // Watched before any VRAM is taken: memory another instance watches is refused
+    // (EADDRINUSE) with nothing to undo (a BO taken first stayed with the range).
+    register(inner, r)?;
+    let npages = r.npages();
     let dev = &inner.devs.gpus[g];
     let _reservation = dev.vram.reserve(npages * PAGE_SIZE as u64)?;
     if st.tree.get_mut(key).is_some_and(|r| r.vram.is_none()) {
@@ -518,7 +522,6 @@ pub fn to_vram(
         r.vram = Some(VramBacking { bo, offset: 0 });
     }
     let r = st.tree.get_mut(key).expect("range");
-    register(inner, r)?;
     let inv = invalidate(inner, r, first, last, xnack);
     let mut moved = 0;
     let mut result = Ok(());

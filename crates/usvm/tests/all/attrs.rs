@@ -553,3 +553,25 @@ fn memory_of_another_instance_is_eaddrinuse() {
     b.set_attr(m.addr + 2 * MIB, 2 * MIB, &[]).unwrap();
     assert_eq!(a.range_count(), 1);
 }
+
+/// XNACK on, a GPU of instance B faults on memory instance A manages: B's range cannot
+/// watch it (EADDRINUSE inside the fault), so the data stays in A's RAM, mapped in place,
+/// and B keeps no VRAM for it (B held a BO for a range in system memory, which nothing
+/// could evict).
+#[test]
+fn gpu_fault_on_memory_of_another_instance_takes_no_vram() {
+    let a = svm2(false);
+    let b = svm2(true);
+    let m = Mapping::anon(2 * MIB, 2 * MIB);
+    let data = pattern(2 * MIB, 4);
+    // SAFETY: the test owns the mapping, which is 2 MiB long.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), m.addr as *mut u8, data.len()) };
+    a.set_attr(m.addr, 2 * MIB, &[Attr::PreferredLoc(usvm::Location::Sysmem)]).unwrap();
+    let g = b.gpu_ids()[0];
+    let mut got = vec![0u8; 4096];
+    b.gpu_read(g, m.addr + 4096, &mut got).unwrap();
+    assert_eq!(got, data[4096..8192]);
+    let s = &b.smi()[0];
+    assert_eq!((s.bos, s.vram_used), (0, 0), "{s:?}");
+    assert!(b.ranges().iter().all(|r| r.vram_pages == 0));
+}
