@@ -225,7 +225,6 @@ impl std::fmt::Debug for Bo {
 
 impl Bo {
     /// A process-unique id (per GPU).
-    #[cfg(test)]
     pub fn id(&self) -> u64 {
         self.inner.id
     }
@@ -434,6 +433,21 @@ impl VramManager {
             out.push(b);
         }
         out
+    }
+
+    /// Ends the eviction of the BOs `ids` (from [`Self::choose_victims`]): those still
+    /// alive (their eviction failed, or a holder kept them) may be chosen again later; a
+    /// mark left set pinned them in VRAM for good.
+    pub fn end_eviction(&self, ids: &[u64]) {
+        // Upgrade under the lock, drop after it (the last handle frees the BO, which takes
+        // the `live` lock).
+        let alive: Vec<Arc<BoInner>> = {
+            let live = self.p().live.lock();
+            ids.iter().filter_map(|id| live.get(id).and_then(Weak::upgrade)).collect()
+        };
+        for b in &alive {
+            b.evicting.store(false, Ordering::Release);
+        }
     }
 
     /// Fault injection (tests): the `nth` allocation from now (1 = the next) fails as if

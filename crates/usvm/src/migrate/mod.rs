@@ -462,6 +462,7 @@ fn alloc_evicting(
                     .filter(|r| r.vram.as_ref().is_some_and(|b| victims.iter().any(|v| v.same(&b.bo))))
                     .map(|r| (r.start, r.last))
                     .collect();
+                let ids: Vec<u64> = victims.iter().map(|b| b.id()).collect();
                 drop(victims);
                 tracing::debug!(
                     gpu = g,
@@ -477,6 +478,7 @@ fn alloc_evicting(
                         }
                     }
                 }
+                vram.end_eviction(&ids);
                 round += 1;
             }
         }

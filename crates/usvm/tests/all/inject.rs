@@ -81,6 +81,28 @@ fn copy_failure_while_data_comes_back_keeps_the_rest_in_vram() {
     check_intact_and_usable(&svm, &buf, &data);
 }
 
+/// 2 MiB of VRAM: A is in it; B's prefetch must evict A, and the copy engine fails in
+/// the middle of A's eviction. The next eviction round chooses A again and B gets its
+/// VRAM (a failed eviction left A marked as "being evicted" for good, never chosen
+/// again: half of A stayed in VRAM and B could never get any).
+#[test]
+fn failed_eviction_leaves_the_victim_evictable() {
+    let svm = Svm::builder().gpus(1).vram_bytes(2 << 20).build().unwrap();
+    let g = svm.gpu_ids()[0];
+    let (a, da) = filled(&svm, 2 * MIB, 11);
+    let (b, db) = filled(&svm, 2 * MIB, 12);
+    to_gpu(&svm, &a).unwrap();
+    assert_eq!(vram_pages(&svm, &a), 512);
+    svm.inject_copy_failure(g, 1).unwrap();
+    to_gpu(&svm, &b).unwrap();
+    assert_eq!((vram_pages(&svm, &a), vram_pages(&svm, &b)), (0, 512));
+    let mut back = vec![0u8; 2 * MIB];
+    a.read_at(0, &mut back);
+    assert!(back == da);
+    b.read_at(0, &mut back);
+    assert!(back == db);
+}
+
 #[test]
 fn collect_errors_are_retried() {
     for errno in [libc::EAGAIN, libc::EBUSY, libc::ENOENT, libc::EEXIST] {
