@@ -202,7 +202,13 @@ impl Engine {
             let s = src + i as usize * PAGE_SIZE;
             let len = k as usize * PAGE_SIZE;
             let (bytes, err) = match fill {
-                Fill::Move => self.uffd.move_pages(dst, s, len, false),
+                Fill::Move => match self.uffd.move_pages(dst, s, len, false) {
+                    // UFFDIO_MOVE wants both areas with the same protection and mlock state:
+                    // memory the application made read-only or locked gets a copy instead
+                    // (the data stayed in VRAM, and a CPU fault on it got SIGBUS).
+                    (0, Some(libc::EINVAL)) => self.uffd.copy(dst, s, len),
+                    r => r,
+                },
                 Fill::Copy => self.uffd.copy(dst, s, len),
             };
             let mut m = (bytes / PAGE_SIZE) as u64;

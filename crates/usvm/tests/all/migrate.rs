@@ -284,6 +284,47 @@ fn syscalls_on_vram_resident_memory() {
     assert!(back == data, "bytes through the pipe differ");
 }
 
+/// Data in VRAM comes back into memory the application made read-only (mprotect) or
+/// locked (mlock, which faults every page in), by CPU faults and by prefetch; moving a
+/// page in needs the same protection on both sides, so these get a copy (they got
+/// `EINVAL`, the data stayed in VRAM and the faulting thread got SIGBUS; found in review).
+#[test]
+fn data_comes_back_into_read_only_and_locked_memory() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let to_gpu = [Attr::PrefetchLoc(Location::Gpu(g1))];
+    let ro = svm.alloc(4 * MIB).unwrap();
+    let data = pattern(4 * MIB, 77);
+    ro.write_at(0, &data);
+    svm.set_attr(ro.addr(), ro.len(), &to_gpu).unwrap();
+    mprotect(ro.addr(), ro.len(), libc::PROT_READ);
+    let mut back = vec![0u8; 2 * MIB];
+    ro.read_at(0, &mut back); // CPU faults
+    assert!(back[..] == data[..2 * MIB]);
+    svm.set_attr(ro.addr() + 2 * MIB, 2 * MIB, &[Attr::PrefetchLoc(Location::Sysmem)]).unwrap();
+    assert_eq!(svm.ranges().iter().map(|r| r.vram_pages).sum::<usize>(), 0);
+    ro.read_at(2 * MIB, &mut back);
+    assert!(back[..] == data[2 * MIB..]);
+    mprotect(ro.addr(), ro.len(), libc::PROT_READ | libc::PROT_WRITE);
+
+    let locked = svm.alloc(2 * MIB).unwrap();
+    locked.write_at(0, &data[..2 * MIB]);
+    svm.set_attr(locked.addr(), locked.len(), &to_gpu).unwrap();
+    // SAFETY: locking and unlocking a live mapping of ours.
+    unsafe {
+        assert_eq!(
+            libc::mlock(locked.addr() as *const _, locked.len()),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+    locked.read_at(0, &mut back);
+    assert!(back[..] == data[..2 * MIB]);
+    // SAFETY: as above.
+    unsafe { libc::munlock(locked.addr() as *const _, locked.len()) };
+}
+
 /// Collection that fails for a page is retried 3 times; a page still busy stays in RAM
 /// and the range is mixed (partial migration).
 #[test]
