@@ -658,8 +658,11 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
                 for i in 0..n {
                     // A page the application dropped since (its REMOVE event read, its zap
                     // perhaps not yet done) may have been collected with its old data: that
-                    // data is not committed; the page stays absent and reads zero.
-                    if ok[i as usize] && !dropped.contains(bs + i) {
+                    // data is not committed; the page stays absent and reads zero. Reading
+                    // the event also took the page out of `out`, and a fault since may have
+                    // given it a zero page and cleared its `dropped` mark: a page no longer
+                    // marked out is not committed either.
+                    if ok[i as usize] && out.contains(bs + i) && !dropped.contains(bs + i) {
                         r.in_vram.set(bs + i - r.start, true);
                         moved += 1;
                     } else {
