@@ -221,7 +221,17 @@ impl SvmInner {
                                 let src = b.bo.host_addr(b.offset + (p - r.start));
                                 let dst = to + (p - from);
                                 let (_, err) = self.engine.commit_in(dst, 1, src, migrate::Fill::Copy);
-                                copied &= err.is_none();
+                                match err {
+                                    None => {}
+                                    Some(libc::EAGAIN) => copied = false,
+                                    // Anything else would fail again on every retry (the
+                                    // worker would spin): say so and go on.
+                                    Some(errno) => tracing::error!(
+                                        page = format_args!("{:#x}", dst << PAGE_SHIFT),
+                                        errno,
+                                        "mremap: the data of a VRAM page could not follow it"
+                                    ),
+                                }
                                 let _ = self.engine.uffd.wake((dst << PAGE_SHIFT) as usize, PAGE_SIZE);
                             }
                         }
