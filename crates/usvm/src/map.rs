@@ -24,9 +24,10 @@ fn pte_flags(r: &SvmRange, v: &vma::Vma) -> PteFlags {
 
 /// Validates and maps `[first, last]` (inside range `r`) on the GPUs in `gpus`.
 ///
-/// Walks the VMAs: a missing one is `EFAULT` (stop); one without read permission is
-/// unmapped from the GPUs instead (PROT_NONE); otherwise every page is mapped, system pages
-/// as themselves. `mapped_to_gpu` is set when the walk ends on a mapped piece, and the
+/// Walks the VMAs, stepping over holes (memory unmapped a moment ago: SET_ATTR checked
+/// there were none, and the munmap event, once applied, trims the range); one without
+/// read permission is unmapped from the GPUs instead (PROT_NONE); otherwise every page is
+/// mapped, system pages as themselves. `mapped_to_gpu` is set when the walk ends on a mapped piece, and the
 /// validation time is recorded. An empty GPU set does nothing.
 pub fn validate_and_map(
     devs: &Devices,
@@ -39,7 +40,7 @@ pub fn validate_and_map(
         return Ok(());
     }
     let mut mapped_last_piece = false;
-    for piece in vma::pieces(first, last) {
+    for piece in vma::mapped_pieces(first, last) {
         let vma::Piece { first: page, last: end, vma: v } = piece?;
         if !v.read {
             unmap_from_gpus(devs, r, page, end, UnmapTrigger::UnmapFromCpu);

@@ -249,6 +249,10 @@ impl SvmInner {
                         self.post(Work::Flush);
                         break;
                     }
+                    {
+                        let _out = self.engine.out.lock();
+                        self.engine.remapped.lock().remove(from, last);
+                    }
                     self.cpu_unmapped(st, from, last);
                 }
             }
@@ -574,7 +578,13 @@ impl SvmInner {
         if matches!(v.kind, vma::VmaKind::Heap | vma::VmaKind::Stack) {
             attrs.preferred_loc = Location::Sysmem;
         }
-        st.tree.insert(SvmRange::new(s, l, attrs));
+        let mut r = SvmRange::new(s, l, attrs);
+        // Watched from now on, as a SET_ATTR's range is: the application's munmap of it must
+        // reach usvm even if its data never moves (an unwatched range outlived a munmap of
+        // part of it, and a later fault's walk met the hole: the access failed). Memory
+        // another instance watches stays unwatched here (that instance sees its changes).
+        r.registered = migrate::register_interval(self, s, l).is_ok();
+        st.tree.insert(r);
         Some(s)
     }
 

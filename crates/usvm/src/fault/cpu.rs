@@ -99,10 +99,13 @@ fn read_event(inner: &SvmInner, u: &Uffd) -> crate::error::Result<Option<UffdEve
         Some(UffdEvent::Remap { from, to, len }) => {
             let (s, l) = pages(from, from + len);
             let t = (to >> PAGE_SHIFT) as PageNo;
-            // Faults at the new place on pages whose data is in VRAM must wait for it.
+            // Faults at the new place on pages whose data is in VRAM must wait for it, and
+            // a migration under way must not take the old place's pages for dropped.
+            let mut remapped = inner.engine.remapped.lock();
             for p in s..=l {
                 if out.contains(p) {
                     out.insert(t + (p - s), t + (p - s));
+                    remapped.insert(p, p);
                 }
             }
             out.remove(s, l);

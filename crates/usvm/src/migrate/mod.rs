@@ -86,6 +86,11 @@ pub struct Engine {
     /// An entry goes when usvm resolves the page's next fault (the zap is then done).
     /// Locked inside `out`, and only with it held.
     pub(crate) dropped: Mutex<PageSet>,
+    /// Pages that mremap moved elsewhere while their data was out of RAM (their `out` marks
+    /// moved to the new place): the data follows them when the queued Remap change is
+    /// applied, so until then a migration under way keeps such a page's data in VRAM, or
+    /// commits it there, instead of taking the page for dropped. Locked inside `out`.
+    pub(crate) remapped: Mutex<PageSet>,
     /// Fault injection: the next N page collections fail as if the page were busy.
     pub inject_busy: AtomicU64,
 }
@@ -128,6 +133,7 @@ impl Engine {
             pool_level: Mutex::new(0),
             out: Mutex::new(PageSet::default()),
             dropped: Mutex::new(PageSet::default()),
+            remapped: Mutex::new(PageSet::default()),
             inject_busy: AtomicU64::new(0),
         })
     }
@@ -237,6 +243,19 @@ impl Engine {
             }
         }
         (n, None)
+    }
+
+    /// Forgets the VRAM copies of the `n` pages from `first` of `r` that [`Self::commit_in`]
+    /// settled, except those whose mapping mremap moved away meanwhile: their data is to
+    /// follow them (the queued Remap change copies it from VRAM).
+    fn settle(&self, r: &mut SvmRange, first: PageNo, n: u64) {
+        let _out = self.out.lock();
+        let remapped = self.remapped.lock();
+        for p in first..first + n {
+            if !remapped.contains(p) {
+                r.in_vram.set(p - r.start, false);
+            }
+        }
     }
 
     /// Gives the RAM pool back to the kernel (before a fork: pages shared copy-on-write with
@@ -420,12 +439,8 @@ pub fn register(inner: &SvmInner, r: &mut SvmRange) -> Result<()> {
 /// Registers the anonymous private memory of the pages `[first, last]` with the
 /// userfaultfd (again is harmless). `EADDRINUSE` when another instance watches some of it.
 pub fn register_interval(inner: &SvmInner, first: PageNo, last: PageNo) -> Result<()> {
-    for piece in vma::pieces(first, last) {
-        let p = match piece {
-            Ok(p) => p,
-            Err(Error::NotMapped { .. }) => break,
-            Err(e) => return Err(e),
-        };
+    for piece in vma::mapped_pieces(first, last) {
+        let p = piece?;
         if p.vma.migratable() {
             let len = (p.last - p.first + 1) as usize * PAGE_SIZE;
             inner.engine.uffd.register((p.first << PAGE_SHIFT) as usize, len).map_err(|e| match e {
@@ -533,8 +548,10 @@ pub fn to_vram(
     let inv = invalidate(inner, r, first, last, xnack);
     let mut moved = 0;
     let mut result = Ok(());
-    // A missing VMA ends the migration early, without error.
-    for vma::Piece { first: page, last: end, vma: v } in vma::pieces(first, last).map_while(Result::ok) {
+    // Holes (memory unmapped since) are stepped over; a failed lookup ends the migration
+    // early, without error.
+    for vma::Piece { first: page, last: end, vma: v } in vma::mapped_pieces(first, last).map_while(Result::ok)
+    {
         let ids = (0, dev.id.0);
         let locs = (r.attrs.prefetch_loc.to_raw(), r.attrs.preferred_loc.to_raw());
         let res = piece_events(inner, locs, (page, end), ids, trigger, || {
@@ -655,14 +672,18 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
             {
                 let mut out = eng.out.lock();
                 let dropped = eng.dropped.lock();
+                let remapped = eng.remapped.lock();
                 for i in 0..n {
                     // A page the application dropped since (its REMOVE event read, its zap
                     // perhaps not yet done) may have been collected with its old data: that
                     // data is not committed; the page stays absent and reads zero. Reading
                     // the event also took the page out of `out`, and a fault since may have
                     // given it a zero page and cleared its `dropped` mark: a page no longer
-                    // marked out is not committed either.
-                    if ok[i as usize] && out.contains(bs + i) && !dropped.contains(bs + i) {
+                    // marked out is not committed either, unless mremap moved its mark (its
+                    // data then goes to VRAM, and from there to the new place).
+                    let p = bs + i;
+                    let wanted = (out.contains(p) || remapped.contains(p)) && !dropped.contains(p);
+                    if ok[i as usize] && wanted {
                         r.in_vram.set(bs + i - r.start, true);
                         moved += 1;
                     } else {
@@ -699,10 +720,14 @@ pub fn to_ram(
     let mut moved = 0;
     let mut result = Ok(());
     // A single page is its own VMA piece (a CPU fault at granularity 0): no walk needed.
+    // Holes are stepped over: pages the application unmapped have nothing to come back to
+    // (their VRAM copies go when the munmap event is applied), and a fault on a page next
+    // to them must still be served (it got SIGBUS when its granule met a hole whose event
+    // the reader had not read yet).
     let bounds: Vec<Result<(PageNo, PageNo)>> = if first == last {
         vec![Ok((first, last))]
     } else {
-        vma::pieces(first, last).map(|p| p.map(|p| (p.first, p.last))).collect()
+        vma::mapped_pieces(first, last).map(|p| p.map(|p| (p.first, p.last))).collect()
     };
     for b in bounds {
         let (page, end) = match b {
@@ -760,9 +785,7 @@ fn piece_to_ram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: Pa
             // --- finalize: move the copies into the application, drop the VRAM pages
             // (`to_ram` wakes the waiting threads at the end).
             let (settled, err) = eng.commit_in(bs, arrived, fresh, Fill::Move);
-            for p in bs..bs + settled {
-                r.in_vram.set(p - r.start, false);
-            }
+            eng.settle(r, bs, settled);
             if let Some(errno) = err {
                 sys::mmap::discard(fresh, bytes)?;
                 return Err(Error::Sys { call: "UFFDIO_MOVE", errno });
@@ -802,7 +825,8 @@ fn small_to_ram(
 ) -> Result<u64> {
     let eng = &inner.engine;
     let dev = &inner.devs.gpus[g];
-    let host = |p: PageNo| backing.bo.host_addr(backing.offset + (p - r.start));
+    let start = r.start;
+    let host = |p: PageNo| backing.bo.host_addr(backing.offset + (p - start));
     let mut i = 0u64;
     while i < n {
         let src = host(bs + i);
@@ -812,9 +836,7 @@ fn small_to_ram(
         }
         dev.sdma.account_external(k as usize * PAGE_SIZE)?;
         let (settled, err) = eng.commit_in(bs + i, k, src, Fill::Copy);
-        for p in bs + i..bs + i + settled {
-            r.in_vram.set(p - r.start, false);
-        }
+        eng.settle(r, bs + i, settled);
         if let Some(errno) = err {
             return Err(Error::Sys { call: "UFFDIO_COPY", errno });
         }

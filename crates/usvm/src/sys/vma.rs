@@ -202,6 +202,35 @@ pub fn pieces(first: u64, last: u64) -> impl Iterator<Item = crate::error::Resul
     })
 }
 
+/// Like [`pieces`], but a hole in the interval is stepped over instead of ending the walk:
+/// the mapped parts only. For walks that may meet memory the application unmapped a moment
+/// ago, before usvm heard of it (its munmap event not read yet, or memory no event watches).
+pub fn mapped_pieces(first: u64, last: u64) -> impl Iterator<Item = crate::error::Result<Piece>> {
+    let mut page = first;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        while !done && page <= last {
+            let addr = (page << super::PAGE_SHIFT) as usize;
+            match lookup(addr, true) {
+                Ok(Some(vma)) if vma.start <= addr => {
+                    let end = ((vma.end >> super::PAGE_SHIFT) as u64 - 1).min(last);
+                    let p = Piece { first: page, last: end, vma };
+                    page = end + 1;
+                    return Some(Ok(p));
+                }
+                // A hole: go on at the next mapping, if it starts inside the interval.
+                Ok(Some(vma)) => page = (vma.start >> super::PAGE_SHIFT) as u64,
+                Ok(None) => done = true,
+                Err(errno) => {
+                    done = true;
+                    return Some(Err(crate::error::Error::Sys { call: "PROCMAP_QUERY", errno }));
+                }
+            }
+        }
+        None
+    })
+}
+
 /// Sorts a mapping into a [`VmaKind`] from its name, inode and sharing.
 fn classify(name: &[u8], inode: u64, shared: bool) -> VmaKind {
     match name {

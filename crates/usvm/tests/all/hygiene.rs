@@ -223,3 +223,41 @@ fn t20_heap_and_stack_faults_stay_in_system_memory() {
     let still = unsafe { std::slice::from_raw_parts(heap as *const u8, len) };
     assert!(still == &data[..]);
 }
+
+/// munmap of one page of a VRAM-resident granule while another thread reads another page
+/// of it: the reader of the mapped page gets its data, never SIGBUS (the fault reader reads
+/// faults before events, so the granule's walk met the hole before usvm knew of it, and the
+/// migration back failed). In a child process: a SIGBUS kills it.
+#[test]
+fn munmap_racing_a_cpu_fault_in_the_same_granule() {
+    const NAME: &str = "hygiene::munmap_racing_a_cpu_fault_in_the_same_granule";
+    if !in_child(NAME) {
+        let (status, text) = isolated(NAME);
+        assert!(status.success(), "{status:?} (signal {:?}): {text}", signal_of(status));
+        return;
+    }
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    for round in 0..100u8 {
+        let a = Mapping::anon(2 * MIB, 2 * MIB);
+        let data = pattern(2 * MIB, round);
+        // SAFETY: our own mapping, 2 MiB long.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), a.addr as *mut u8, data.len()) };
+        svm.set_attr(a.addr, a.len, &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+        let bar = std::sync::Barrier::new(2);
+        let probe = MIB + 64 * PAGE;
+        let got = std::thread::scope(|s| {
+            s.spawn(|| {
+                bar.wait();
+                unmap(a.addr + MIB, PAGE);
+            });
+            bar.wait();
+            // SAFETY: a page of our own mapping that stays mapped.
+            unsafe { std::ptr::read_volatile((a.addr + probe) as *const u8) }
+        });
+        assert_eq!(got, data[probe], "round {round}");
+        unmap(a.addr, MIB);
+        unmap(a.addr + MIB + PAGE, MIB - PAGE);
+        std::mem::forget(a);
+    }
+}

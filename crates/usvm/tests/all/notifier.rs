@@ -233,3 +233,89 @@ fn dontneed_racing_migrations_never_resurrects_data() {
     });
     assert_eq!(bad, 0, "pages read old data after MADV_DONTNEED");
 }
+
+/// `mremap(MAYMOVE | FIXED)` of `len` bytes from `from` to `to`.
+fn mremap_to(from: usize, len: usize, to: usize) {
+    // SAFETY: moving a mapping of this test over another of its own mappings.
+    let p = unsafe {
+        libc::mremap(
+            from as *mut _,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            to as *mut libc::c_void,
+        )
+    };
+    assert_eq!(p as usize, to, "mremap: {}", std::io::Error::last_os_error());
+}
+
+/// mremap while a migration of the same memory is under way, both directions, at varying
+/// moments: every byte arrives at the new place. (The move took the old place's pages out
+/// of the `out` set, and the migration took them for dropped: whole ranges read zero, in
+/// 12 rounds of 24 of the review's test.)
+#[test]
+fn mremap_racing_a_migration_keeps_the_data() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let len = 8 * MIB;
+    let mut failures = Vec::new();
+    for round in 0..16u64 {
+        let a = Mapping::anon(len, 2 * MIB);
+        let data = pattern(len, round as u8);
+        // SAFETY: our own mapping, `len` bytes long.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), a.addr as *mut u8, len) };
+        let to_ram = round % 2 == 0;
+        let first = if to_ram { Attr::PrefetchLoc(Location::Gpu(g1)) } else { Attr::Access(g1) };
+        svm.set_attr(a.addr, len, &[first]).unwrap();
+        let dst = Mapping::anon(len, 2 * MIB);
+        let (src, to) = (a.addr, dst.addr);
+        std::mem::forget(a); // moved away below
+        std::thread::scope(|s| {
+            let svm = &svm;
+            s.spawn(move || {
+                let loc = if to_ram { Location::Sysmem } else { Location::Gpu(g1) };
+                let _ = svm.set_attr(src, len, &[Attr::PrefetchLoc(loc)]);
+            });
+            std::thread::sleep(Duration::from_micros(150 * (round / 2)));
+            mremap_to(src, len, to);
+        });
+        let mut back = vec![0u8; len];
+        // SAFETY: reading the moved mapping.
+        unsafe { std::ptr::copy_nonoverlapping(to as *const u8, back.as_mut_ptr(), len) };
+        let bad = back.chunks(PAGE).zip(data.chunks(PAGE)).filter(|(a, b)| a != b).count();
+        if bad > 0 {
+            failures.push((round, to_ram, bad));
+        }
+        drop(dst);
+        let _ = svm.range_count();
+    }
+    assert!(failures.is_empty(), "rounds with lost pages (round, to RAM, pages): {failures:?}");
+    assert_eq!(svm.smi()[0].vram_used, 0, "VRAM left behind");
+}
+
+/// XNACK on: a range that a GPU fault created (and whose data stayed in RAM: no VRAM for
+/// it) sees the application's munmap of part of it like any other; a later fault in the
+/// same granule maps its page (the range was not watched until its first migration, kept
+/// covering the hole, and the fault's walk met it: the access failed).
+#[test]
+fn range_made_by_a_gpu_fault_follows_munmap() {
+    let svm = svm2(true);
+    let g1 = svm.gpu_ids()[0];
+    let m = Mapping::anon(2 * MIB, 2 * MIB);
+    svm.inject_vram_alloc_failure(g1, 1).unwrap();
+    let mut b = [0u8; 16];
+    svm.gpu_read(g1, m.addr, &mut b).unwrap();
+    assert_eq!(svm.ranges()[0].vram_pages, 0, "mapped in place");
+    unmap(m.addr + MIB, PAGE);
+    std::thread::sleep(Duration::from_millis(3)); // past the retry-fault dedup window
+    svm.gpu_write(g1, m.addr + MIB + 8 * PAGE, &[5; 16]).unwrap();
+    svm.gpu_read(g1, m.addr + MIB + 8 * PAGE, &mut b).unwrap();
+    assert_eq!(b, [5; 16]);
+    assert!(svm.ranges().iter().all(|r| {
+        let (s, e) = (r.start, r.start + r.size);
+        e <= m.addr + MIB || s >= m.addr + MIB + PAGE
+    }));
+    unmap(m.addr, MIB);
+    unmap(m.addr + MIB + PAGE, MIB - PAGE);
+    std::mem::forget(m);
+}
