@@ -367,9 +367,26 @@ impl SvmInner {
         // Anonymous memory of every range is watched from now on: the application's munmap,
         // mremap and MADV_DONTNEED of it reach usvm as the MMU notifier's do. Done before
         // anything changes: memory another instance watches is refused (EADDRINUSE).
-        let watched = gap_pages == 0 && st.tree.overlapping(start, last).all(|r| r.registered);
-        if !watched {
-            migrate::register_interval(self, start, last)?;
+        // Only the parts no range of this instance watches yet: a refused call unregisters
+        // what it registered, and must not unregister what the instance watched before.
+        let mut unwatched: Vec<(PageNo, PageNo)> = Vec::new();
+        let mut next = start;
+        for r in st.tree.overlapping(start, last).filter(|r| r.registered) {
+            if r.start > next {
+                unwatched.push((next, r.start - 1));
+            }
+            next = r.last + 1;
+        }
+        if next <= last {
+            unwatched.push((next, last));
+        }
+        for (i, &(s, l)) in unwatched.iter().enumerate() {
+            if let Err(e) = migrate::register_interval(self, s, l) {
+                for &(s, l) in &unwatched[..i] {
+                    migrate::unregister_interval(self, s, l);
+                }
+                return Err(e);
+            }
         }
         let defaults = self.new_range_attrs(xnack);
         let out = st.tree.add(start, last, &ops, &defaults, self.max_range_pages, !xnack);

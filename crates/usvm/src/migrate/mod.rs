@@ -436,20 +436,54 @@ pub fn register(inner: &SvmInner, r: &mut SvmRange) -> Result<()> {
     Ok(())
 }
 
-/// Registers the anonymous private memory of the pages `[first, last]` with the
-/// userfaultfd (again is harmless). `EADDRINUSE` when another instance watches some of it.
+/// Registers the anonymous private memory of the pages `[first, last]`, which this
+/// instance does not watch yet, with the userfaultfd. `EADDRINUSE` when another instance
+/// watches some of it; on any error, what this call registered is unregistered again, so
+/// a refused call leaves nothing behind (that memory stayed watched by this instance, and
+/// the other could never take it).
 pub fn register_interval(inner: &SvmInner, first: PageNo, last: PageNo) -> Result<()> {
+    let mut done: Vec<(usize, usize)> = Vec::new();
+    let mut result = Ok(());
     for piece in vma::mapped_pieces(first, last) {
-        let p = piece?;
+        let p = match piece {
+            Ok(p) => p,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
         if p.vma.migratable() {
-            let len = (p.last - p.first + 1) as usize * PAGE_SIZE;
-            inner.engine.uffd.register((p.first << PAGE_SHIFT) as usize, len).map_err(|e| match e {
-                Error::Sys { errno: libc::EBUSY, .. } => Error::AddressInUse { addr: p.first << PAGE_SHIFT },
-                e => e,
-            })?;
+            let (addr, len) = ((p.first << PAGE_SHIFT) as usize, (p.last - p.first + 1) as usize * PAGE_SIZE);
+            match inner.engine.uffd.register(addr, len) {
+                Ok(()) => done.push((addr, len)),
+                Err(e) => {
+                    result = Err(match e {
+                        Error::Sys { errno: libc::EBUSY, .. } => {
+                            Error::AddressInUse { addr: p.first << PAGE_SHIFT }
+                        }
+                        e => e,
+                    });
+                    break;
+                }
+            }
         }
     }
-    Ok(())
+    if result.is_err() {
+        for (addr, len) in done {
+            let _ = inner.engine.uffd.unregister(addr, len);
+        }
+    }
+    result
+}
+
+/// Undoes [`register_interval`] for `[first, last]` (a refused call rolling back).
+pub fn unregister_interval(inner: &SvmInner, first: PageNo, last: PageNo) {
+    for p in vma::mapped_pieces(first, last).map_while(Result::ok) {
+        if p.vma.migratable() {
+            let len = (p.last - p.first + 1) as usize * PAGE_SIZE;
+            let _ = inner.engine.uffd.unregister((p.first << PAGE_SHIFT) as usize, len);
+        }
+    }
 }
 
 /// How many rounds of TTM eviction an allocation may ask for before it fails.

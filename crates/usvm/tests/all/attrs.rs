@@ -575,3 +575,28 @@ fn gpu_fault_on_memory_of_another_instance_takes_no_vram() {
     assert_eq!((s.bos, s.vram_used), (0, 0), "{s:?}");
     assert!(b.ranges().iter().all(|r| r.vram_pages == 0));
 }
+
+/// A SET_ATTR refused with EADDRINUSE changes nothing, not even which instance watches the
+/// memory: the part of the interval it registered before meeting the other instance's
+/// memory is let go again, and that instance can take it (it stayed with the refused one).
+#[test]
+fn eaddrinuse_leaves_no_registration_behind() {
+    let a = svm2(false);
+    let b = svm2(false);
+    let m = Mapping::anon(4 * MIB, 2 * MIB);
+    b.set_attr(m.addr + 2 * MIB, 2 * MIB, &[]).unwrap();
+    assert_eq!(errno(a.set_attr(m.addr, 4 * MIB, &[])), libc::EADDRINUSE);
+    assert_eq!(a.range_count(), 0);
+    b.set_attr(m.addr, 2 * MIB, &[]).unwrap();
+    assert_eq!(b.range_count(), 2);
+    // A's own ranges keep being watched when a later call of A is refused.
+    let n = Mapping::anon(4 * MIB, 2 * MIB);
+    a.set_attr(n.addr, 2 * MIB, &[Attr::PrefetchLoc(usvm::Location::Gpu(a.gpu_ids()[0]))]).unwrap();
+    b.set_attr(n.addr + 3 * MIB, MIB, &[]).unwrap();
+    assert_eq!(errno(a.set_attr(n.addr, 4 * MIB, &[])), libc::EADDRINUSE);
+    let mut v = [0u8; 1];
+    // SAFETY: reading a page of our own mapping, whose data is in A's VRAM.
+    v[0] = unsafe { std::ptr::read_volatile(n.addr as *const u8) };
+    assert_eq!(v[0], 0);
+    assert_eq!(a.ranges()[0].vram_pages, 0, "the CPU fault brought it back");
+}
