@@ -30,6 +30,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 
+/// How long the reader waits for an event before it tries its parked faults again.
+pub const PARKED_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// The fault-handling threads of one instance.
 #[derive(Debug)]
 pub struct CpuFaultHandler {
@@ -38,16 +41,33 @@ pub struct CpuFaultHandler {
     worker: Option<JoinHandle<()>>,
 }
 
-/// Serves a fault on a page whose data is out of RAM, with the instance lock held.
-fn serve_slow(inner: &SvmInner, page: PageNo, f: Fault, st: &mut SvmState) {
+/// What became of a fault the reader thread handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Served, failed (SIGBUS), or handed to the worker: nothing left to do here.
+    Done,
+    /// `EAGAIN`: the address space is changing under an event not read yet. The thread is
+    /// left waiting and the reader tries again once it has read further (waking it would
+    /// only bring the same fault back first: the kernel hands out faults before events, so
+    /// the event stayed unread while the reader spun on the refault).
+    Retry,
+}
+
+/// Serves a fault on a page whose data is out of RAM, with the instance lock held. On
+/// `EAGAIN` the reader (`park`) keeps the fault for later; the worker lets the thread
+/// fault again.
+fn serve_slow(inner: &SvmInner, page: PageNo, f: Fault, st: &mut SvmState, park: bool) -> Outcome {
     match inner.cpu_fault(st, page) {
-        Ok(()) => {}
-        // The address space is changing under an event not read yet: let the thread fault
-        // again; its new fault arrives after the event.
+        Ok(()) => Outcome::Done,
+        Err(e) if e.errno() == libc::EAGAIN && park => Outcome::Retry,
         Err(e) if e.errno() == libc::EAGAIN => {
             let _ = inner.engine.uffd.wake(f.addr, PAGE_SIZE);
+            Outcome::Done
         }
-        Err(e) => fail(inner, f, &e),
+        Err(e) => {
+            fail(inner, f, &e);
+            Outcome::Done
+        }
     }
 }
 
@@ -63,11 +83,15 @@ fn fail(inner: &SvmInner, f: Fault, why: &dyn std::fmt::Display) {
 /// [`on_event`], surviving a panic inside it (a bug, or a logger whose output went away):
 /// the reader must never die, since every later fault would wait forever. A fault whose
 /// handling panicked gets SIGBUS, like any fault that cannot be served.
-fn on_event_guarded(inner: &SvmInner, ev: UffdEvent) {
-    if catch_unwind(AssertUnwindSafe(|| on_event(inner, ev))).is_err()
-        && let UffdEvent::Fault(f) = ev
-    {
-        fail(inner, f, &"its handler panicked");
+fn on_event_guarded(inner: &SvmInner, ev: UffdEvent) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(|| on_event(inner, ev))) {
+        Ok(o) => o,
+        Err(_) => {
+            if let UffdEvent::Fault(f) = ev {
+                fail(inner, f, &"its handler panicked");
+            }
+            Outcome::Done
+        }
     }
 }
 
@@ -116,29 +140,32 @@ fn read_event(inner: &SvmInner, u: &Uffd) -> crate::error::Result<Option<UffdEve
 }
 
 /// The reader's part of an event.
-fn on_event(inner: &SvmInner, ev: UffdEvent) {
+fn on_event(inner: &SvmInner, ev: UffdEvent) -> Outcome {
     let pages =
         |a: usize, b: usize| ((a >> PAGE_SHIFT) as PageNo, ((b >> PAGE_SHIFT) as PageNo).saturating_sub(1));
     let op = match ev {
         UffdEvent::Fault(f) => {
-            inner.events.cpu_fault();
             let page = (f.addr >> PAGE_SHIFT) as PageNo;
-            match inner.engine.resolve_if_in_ram(page) {
-                Ok(true) => {}
+            return match inner.engine.resolve_if_in_ram(page) {
+                Ok(true) => Outcome::Done,
                 Ok(false) => match inner.try_lock_for_reader(page) {
                     Some((mut st, hold)) => {
-                        serve_slow(inner, page, f, &mut st);
+                        let o = serve_slow(inner, page, f, &mut st, true);
                         drop(st);
                         drop(hold);
+                        o
                     }
-                    None => inner.post(Work::Fault(f)),
+                    None => {
+                        inner.post(Work::Fault(f));
+                        Outcome::Done
+                    }
                 },
-                Err(e) if e.errno() == libc::EAGAIN => {
-                    let _ = inner.engine.uffd.wake(f.addr, PAGE_SIZE);
+                Err(e) if e.errno() == libc::EAGAIN => Outcome::Retry,
+                Err(e) => {
+                    fail(inner, f, &e);
+                    Outcome::Done
                 }
-                Err(e) => fail(inner, f, &e),
-            }
-            return;
+            };
         }
         // The `out` set was adjusted when the event was read (`read_event`).
         UffdEvent::Unmap { start, end } => {
@@ -157,6 +184,7 @@ fn on_event(inner: &SvmInner, ev: UffdEvent) {
     };
     inner.pending.lock().push(op);
     inner.post(Work::Flush);
+    Outcome::Done
 }
 
 impl CpuFaultHandler {
@@ -175,7 +203,7 @@ impl CpuFaultHandler {
                 let handled = catch_unwind(AssertUnwindSafe(|| match job {
                     Work::Fault(f) => {
                         let mut st = inner.lock_state();
-                        serve_slow(&inner, (f.addr >> PAGE_SHIFT) as PageNo, f, &mut st);
+                        serve_slow(&inner, (f.addr >> PAGE_SHIFT) as PageNo, f, &mut st, false);
                     }
                     Work::Flush => drop(inner.lock_state()),
                     Work::Restore => {
@@ -192,10 +220,19 @@ impl CpuFaultHandler {
         let u = uffd.clone();
         let reader = std::thread::Builder::new().name("usvm-fault".into()).spawn(move || {
             crate::sys::uffd::set_event_reader();
+            // Faults that met EAGAIN, their threads still waiting: tried again after the
+            // next event is read, or after PARKED_RETRY without one.
+            let mut parked: Vec<Fault> = Vec::new();
             loop {
-                match u.wait_readable() {
+                let timeout = (!parked.is_empty()).then_some(PARKED_RETRY);
+                match u.wait_readable_for(timeout) {
                     Ok(true) => {}
-                    Ok(false) => break,
+                    Ok(false) => {
+                        for f in parked.drain(..) {
+                            let _ = u.wake(f.addr, PAGE_SIZE);
+                        }
+                        break;
+                    }
                     Err(e) => {
                         tracing::error!("userfaultfd poll failed: {e}");
                         std::thread::sleep(std::time::Duration::from_millis(1));
@@ -213,10 +250,30 @@ impl CpuFaultHandler {
                 // madvise returns as soon as its event is read, and whoever takes the
                 // instance lock next must find the change queued (see `lock_state`).
                 let gate = inner.event_gate.lock();
-                match read_event(&inner, &u) {
-                    Ok(Some(ev)) => on_event_guarded(&inner, ev),
-                    Ok(None) => {}
-                    Err(e) => tracing::error!("userfaultfd read failed: {e}"),
+                let retry_parked = match read_event(&inner, &u) {
+                    Ok(Some(UffdEvent::Fault(f))) => {
+                        inner.events.cpu_fault();
+                        if on_event_guarded(&inner, UffdEvent::Fault(f)) == Outcome::Retry {
+                            parked.push(f);
+                        }
+                        false
+                    }
+                    Ok(Some(ev)) => {
+                        on_event_guarded(&inner, ev);
+                        true
+                    }
+                    Ok(None) => true,
+                    Err(e) => {
+                        tracing::error!("userfaultfd read failed: {e}");
+                        true
+                    }
+                };
+                if retry_parked {
+                    for f in std::mem::take(&mut parked) {
+                        if on_event_guarded(&inner, UffdEvent::Fault(f)) == Outcome::Retry {
+                            parked.push(f);
+                        }
+                    }
                 }
                 drop(gate);
             }

@@ -339,13 +339,20 @@ impl Uffd {
 
     /// Waits until an event can be read. `Ok(false)` when [`Uffd::shutdown`] was called.
     pub fn wait_readable(&self) -> Result<bool> {
+        self.wait_readable_for(None)
+    }
+
+    /// [`Self::wait_readable`] for at most `timeout` (`None`: no limit); a timeout is
+    /// `Ok(true)` too (reading then finds nothing).
+    pub fn wait_readable_for(&self, timeout: Option<std::time::Duration>) -> Result<bool> {
+        let ms = timeout.map_or(-1, |t| t.as_millis().clamp(1, i32::MAX as u128) as i32);
         loop {
             let mut fds = [
                 libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: self.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             ];
             // SAFETY: `fds` is a valid array of two pollfd structs for the whole call.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
             if r < 0 {
                 match last_errno() {
                     libc::EINTR => continue,

@@ -319,3 +319,56 @@ fn range_made_by_a_gpu_fault_follows_munmap() {
     unmap(m.addr + MIB + PAGE, MIB - PAGE);
     std::mem::forget(m);
 }
+
+/// XNACK on, three threads first-touch 2 MiB blocks (dropping them again with
+/// MADV_DONTNEED) while another drops one page over and over: a first touch that meets
+/// EAGAIN (a MADV_DONTNEED event not read yet) waits for the reader to read that event
+/// instead of faulting again at once. The kernel hands out faults before events, so the
+/// refault came back first, again and again: 300 000 fault messages read for a few hundred
+/// touches, the event starved, each MADV_DONTNEED up to 400 ms.
+#[test]
+fn refaults_do_not_starve_the_events_they_wait_for() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let svm = svm2(true);
+    let region = Mapping::anon(128 * MIB, 2 * MIB);
+    svm.set_attr(region.addr, region.len, &[Attr::Granularity(9)]).unwrap();
+    let stop = AtomicBool::new(false);
+    let touches = AtomicU64::new(0);
+    let drops = AtomicU64::new(0);
+    let before = svm.cpu_faults();
+    std::thread::scope(|s| {
+        for t in 0..3usize {
+            let (stop, touches, region) = (&stop, &touches, &region);
+            s.spawn(move || {
+                let part = region.len / 4;
+                let base = region.addr + t * part;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut off = 0;
+                    while off < part && !stop.load(Ordering::Relaxed) {
+                        // SAFETY: first touches of this test's own mapping.
+                        let _ = unsafe { std::ptr::read_volatile((base + off) as *const u8) };
+                        touches.fetch_add(1, Ordering::Relaxed);
+                        off += 2 * MIB;
+                    }
+                    // SAFETY: dropping the contents of this test's own memory.
+                    unsafe { libc::madvise(base as *mut _, part, libc::MADV_DONTNEED) };
+                }
+            });
+        }
+        let page = region.addr + 3 * (region.len / 4);
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_millis(1500) {
+            // SAFETY: dropping the contents of one page of this test's own memory.
+            unsafe { libc::madvise(page as *mut _, PAGE, libc::MADV_DONTNEED) };
+            drops.fetch_add(1, Ordering::Relaxed);
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let (faults, touches) = (svm.cpu_faults() - before, touches.load(Ordering::Relaxed));
+    eprintln!(
+        "{touches} first touches, {faults} fault messages read, {} madvise",
+        drops.load(Ordering::Relaxed)
+    );
+    assert!(touches > 0);
+    assert!(faults < 8 * touches + 100, "{faults} fault messages for {touches} first touches: refaults spin");
+}
