@@ -53,21 +53,42 @@ enum Outcome {
     Retry,
 }
 
-/// Serves a fault on a page whose data is out of RAM, with the instance lock held. On
-/// `EAGAIN` the reader (`park`) keeps the fault for later; the worker lets the thread
-/// fault again.
-fn serve_slow(inner: &SvmInner, page: PageNo, f: Fault, st: &mut SvmState, park: bool) -> Outcome {
+/// Who is handling a fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handler {
+    /// The reader, on a fault message it just read: parks it on `EAGAIN`.
+    Reader,
+    /// The reader, trying a parked fault again. Its thread may have gone on meanwhile (a
+    /// migration's wake-up over the granule released it), so a failure only wakes it: a
+    /// thread still waiting faults again and its new message is handled afresh, while a
+    /// SIGBUS could hit a thread that is elsewhere by now.
+    Parked,
+    /// The worker, on a fault the reader handed over: lets the thread fault again on
+    /// `EAGAIN` (the reader is free to read the event meanwhile).
+    Worker,
+}
+
+/// A fault that cannot be served (`why`), as `h` handles failures.
+fn give_up(inner: &SvmInner, f: Fault, why: &dyn std::fmt::Display, h: Handler) -> Outcome {
+    if h == Handler::Parked {
+        tracing::debug!(addr = format_args!("{:#x}", f.addr), %why, "parked CPU fault: woken to fault again");
+        let _ = inner.engine.uffd.wake(f.addr, PAGE_SIZE);
+    } else {
+        fail(inner, f, why);
+    }
+    Outcome::Done
+}
+
+/// Serves a fault on a page whose data is out of RAM, with the instance lock held.
+fn serve_slow(inner: &SvmInner, page: PageNo, f: Fault, st: &mut SvmState, h: Handler) -> Outcome {
     match inner.cpu_fault(st, page) {
         Ok(()) => Outcome::Done,
-        Err(e) if e.errno() == libc::EAGAIN && park => Outcome::Retry,
+        Err(e) if e.errno() == libc::EAGAIN && h != Handler::Worker => Outcome::Retry,
         Err(e) if e.errno() == libc::EAGAIN => {
             let _ = inner.engine.uffd.wake(f.addr, PAGE_SIZE);
             Outcome::Done
         }
-        Err(e) => {
-            fail(inner, f, &e);
-            Outcome::Done
-        }
+        Err(e) => give_up(inner, f, &e, h),
     }
 }
 
@@ -83,15 +104,13 @@ fn fail(inner: &SvmInner, f: Fault, why: &dyn std::fmt::Display) {
 /// [`on_event`], surviving a panic inside it (a bug, or a logger whose output went away):
 /// the reader must never die, since every later fault would wait forever. A fault whose
 /// handling panicked gets SIGBUS, like any fault that cannot be served.
-fn on_event_guarded(inner: &SvmInner, ev: UffdEvent) -> Outcome {
-    match catch_unwind(AssertUnwindSafe(|| on_event(inner, ev))) {
+fn on_event_guarded(inner: &SvmInner, ev: UffdEvent, h: Handler) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(|| on_event(inner, ev, h))) {
         Ok(o) => o,
-        Err(_) => {
-            if let UffdEvent::Fault(f) = ev {
-                fail(inner, f, &"its handler panicked");
-            }
-            Outcome::Done
-        }
+        Err(_) => match ev {
+            UffdEvent::Fault(f) => give_up(inner, f, &"its handler panicked", h),
+            _ => Outcome::Done,
+        },
     }
 }
 
@@ -140,7 +159,7 @@ fn read_event(inner: &SvmInner, u: &Uffd) -> crate::error::Result<Option<UffdEve
 }
 
 /// The reader's part of an event.
-fn on_event(inner: &SvmInner, ev: UffdEvent) -> Outcome {
+fn on_event(inner: &SvmInner, ev: UffdEvent, h: Handler) -> Outcome {
     let pages =
         |a: usize, b: usize| ((a >> PAGE_SHIFT) as PageNo, ((b >> PAGE_SHIFT) as PageNo).saturating_sub(1));
     let op = match ev {
@@ -150,7 +169,7 @@ fn on_event(inner: &SvmInner, ev: UffdEvent) -> Outcome {
                 Ok(true) => Outcome::Done,
                 Ok(false) => match inner.try_lock_for_reader(page) {
                     Some((mut st, hold)) => {
-                        let o = serve_slow(inner, page, f, &mut st, true);
+                        let o = serve_slow(inner, page, f, &mut st, h);
                         drop(st);
                         drop(hold);
                         o
@@ -161,10 +180,7 @@ fn on_event(inner: &SvmInner, ev: UffdEvent) -> Outcome {
                     }
                 },
                 Err(e) if e.errno() == libc::EAGAIN => Outcome::Retry,
-                Err(e) => {
-                    fail(inner, f, &e);
-                    Outcome::Done
-                }
+                Err(e) => give_up(inner, f, &e, h),
             };
         }
         // The `out` set was adjusted when the event was read (`read_event`).
@@ -203,7 +219,7 @@ impl CpuFaultHandler {
                 let handled = catch_unwind(AssertUnwindSafe(|| match job {
                     Work::Fault(f) => {
                         let mut st = inner.lock_state();
-                        serve_slow(&inner, (f.addr >> PAGE_SHIFT) as PageNo, f, &mut st, false);
+                        serve_slow(&inner, (f.addr >> PAGE_SHIFT) as PageNo, f, &mut st, Handler::Worker);
                     }
                     Work::Flush => drop(inner.lock_state()),
                     Work::Restore => {
@@ -253,13 +269,13 @@ impl CpuFaultHandler {
                 let retry_parked = match read_event(&inner, &u) {
                     Ok(Some(UffdEvent::Fault(f))) => {
                         inner.events.cpu_fault();
-                        if on_event_guarded(&inner, UffdEvent::Fault(f)) == Outcome::Retry {
+                        if on_event_guarded(&inner, UffdEvent::Fault(f), Handler::Reader) == Outcome::Retry {
                             parked.push(f);
                         }
                         false
                     }
                     Ok(Some(ev)) => {
-                        on_event_guarded(&inner, ev);
+                        on_event_guarded(&inner, ev, Handler::Reader);
                         true
                     }
                     Ok(None) => true,
@@ -270,7 +286,7 @@ impl CpuFaultHandler {
                 };
                 if retry_parked {
                     for f in std::mem::take(&mut parked) {
-                        if on_event_guarded(&inner, UffdEvent::Fault(f)) == Outcome::Retry {
+                        if on_event_guarded(&inner, UffdEvent::Fault(f), Handler::Parked) == Outcome::Retry {
                             parked.push(f);
                         }
                     }

@@ -297,7 +297,16 @@ impl Engine {
             }
         }
         if !zeroed_faulting {
-            self.uffd.zeropage((page << PAGE_SHIFT) as usize, PAGE_SIZE)?;
+            match self.uffd.zeropage((page << PAGE_SHIFT) as usize, PAGE_SIZE) {
+                Ok(()) => {}
+                // No watched mapping there any more (unmapped since the fault): the thread
+                // faults again and the kernel decides (SIGSEGV when nothing is mapped).
+                Err(e) if e.errno() == libc::ENOENT => {
+                    self.uffd.wake((page << PAGE_SHIFT) as usize, PAGE_SIZE)?;
+                    return Ok(true);
+                }
+                Err(e) => return Err(e),
+            }
             self.dropped.lock().remove(page, page);
         }
         Ok(true)
