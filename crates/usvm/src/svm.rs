@@ -433,15 +433,23 @@ impl Svm {
     /// QUEUE_EVICTION with trigger SUSPEND (3).
     pub fn suspend_queues(&self, g: GpuId) -> Result<()> {
         let idx = self.inner.gpu(g)?;
+        self.inner.devs.gpus[idx].user_suspends.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.inner.devs.evict_queues(idx, EvictTrigger::Suspend);
         Ok(())
     }
 
     /// Undoes one [`Svm::suspend_queues`]; emits QUEUE_RESTORE. `EINVAL` when the queues
-    /// are not suspended.
+    /// are not suspended through this call (an eviction of usvm's own, for a migration or
+    /// an invalidation, is never undone from here: accesses would run on stale mappings).
     pub fn resume_queues(&self, g: GpuId) -> Result<()> {
         let idx = self.inner.gpu(g)?;
-        if !self.inner.devs.queues_evicted(idx) {
+        let suspends = &self.inner.devs.gpus[idx].user_suspends;
+        let taken = suspends.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |n| n.checked_sub(1),
+        );
+        if taken.is_err() {
             return Err(Error::InvalidConfig(format!("GPU {g}: queues are not suspended")));
         }
         self.inner.devs.restore_queues(idx, false);

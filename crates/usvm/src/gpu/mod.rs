@@ -86,6 +86,9 @@ pub struct Device {
     /// Its page table.
     pub pt: PageTable,
     sched: Sched,
+    /// Suspensions asked for through the API (`Svm::suspend_queues`) not yet undone: only
+    /// these may be undone through the API, never an eviction of usvm's own.
+    pub(crate) user_suspends: std::sync::atomic::AtomicU32,
 }
 
 /// All GPUs of one instance, plus the hooks they report to.
@@ -126,6 +129,7 @@ impl Devices {
                 sdma: sdma::CopyEngine::new(idx)?,
                 pt: PageTable::new(),
                 sched: Sched::default(),
+                user_suspends: std::sync::atomic::AtomicU32::new(0),
             });
         }
         let vram_base = gpus.iter().map(|g| g.vram.base()).collect();

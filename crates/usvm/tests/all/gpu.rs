@@ -148,6 +148,32 @@ fn many_kernels_on_many_queues() {
     queues[1].submit(move |ctx| ctx.write_u64(base, 5)).wait().unwrap();
 }
 
+/// `resume_queues` undoes only `suspend_queues`: the queue eviction usvm makes itself (here
+/// XNACK off, MADV_DONTNEED of a mapped range, undone by the restore worker once the range
+/// is mapped again) is not the caller's to undo (it was: device accesses then ran on
+/// stale mappings).
+#[test]
+fn resume_never_undoes_an_eviction_of_usvm() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let buf = svm.alloc(2 * MIB).unwrap();
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::Access(g1)]).unwrap();
+    let ev = svm.subscribe();
+    // SAFETY: dropping the contents of memory this test owns.
+    assert_eq!(unsafe { libc::madvise(buf.addr() as *mut _, PAGE, libc::MADV_DONTNEED) }, 0);
+    let _ = svm.range_count(); // applies the change: the queues are evicted
+    assert_eq!(svm.resume_queues(g1).unwrap_err().errno(), libc::EINVAL);
+    svm.suspend_queues(g1).unwrap();
+    svm.resume_queues(g1).unwrap();
+    assert_eq!(svm.resume_queues(g1).unwrap_err().errno(), libc::EINVAL);
+    // The restore worker remaps and resumes; device accesses run again.
+    let mut b = [1u8; 8];
+    svm.gpu_read(g1, buf.addr(), &mut b).unwrap();
+    assert_eq!(b, [0; 8]);
+    let kinds: Vec<String> = drain(&ev).iter().map(|e| e.to_string()[..1].to_string()).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "9").count(), kinds.iter().filter(|k| *k == "a").count(), "{kinds:?}");
+}
+
 /// Suspending the queues pauses a kernel between two memory accesses; resuming lets it
 /// finish. Suspension is reference counted and evented.
 #[test]
