@@ -171,7 +171,11 @@ fn resume_never_undoes_an_eviction_of_usvm() {
     svm.gpu_read(g1, buf.addr(), &mut b).unwrap();
     assert_eq!(b, [0; 8]);
     let kinds: Vec<String> = drain(&ev).iter().map(|e| e.to_string()[..1].to_string()).collect();
-    assert_eq!(kinds.iter().filter(|k| *k == "9").count(), kinds.iter().filter(|k| *k == "a").count(), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "9").count(),
+        kinds.iter().filter(|k| *k == "a").count(),
+        "{kinds:?}"
+    );
 }
 
 /// Suspending the queues pauses a kernel between two memory accesses; resuming lets it

@@ -261,3 +261,35 @@ fn munmap_racing_a_cpu_fault_in_the_same_granule() {
         std::mem::forget(a);
     }
 }
+
+/// A queue may outlive its instance: dropping the instance while a kernel on it walks
+/// never-touched memory ends with the kernel finished (done or failed with an error),
+/// never with a thread waiting for a fault reader that has stopped.
+#[test]
+fn dropping_an_instance_while_a_kernel_runs_leaves_nothing_waiting() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let m = Mapping::anon(64 * MIB, 2 * MIB);
+    svm.set_attr(m.addr, m.len, &[Attr::Access(g1)]).unwrap();
+    let q = svm.create_queue(g1).unwrap();
+    let base = m.addr;
+    let started = Arc::new(AtomicBool::new(false));
+    let s2 = started.clone();
+    let fence = q.submit(move |ctx| {
+        for round in 0..4u64 {
+            for i in 0..(64 * MIB / PAGE) {
+                ctx.write_u64(base + i * PAGE, round)?;
+                s2.store(true, Ordering::Release);
+            }
+        }
+        Ok(())
+    });
+    while !started.load(Ordering::Acquire) {
+        std::thread::yield_now();
+    }
+    drop(svm);
+    // Done or failed (the instance is gone: its mappings with it), but finished.
+    let _ = fence.wait_timeout(std::time::Duration::from_secs(30));
+    assert!(fence.is_signaled(), "the kernel never finished");
+    drop(q);
+}
