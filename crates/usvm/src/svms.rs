@@ -484,9 +484,11 @@ impl SvmInner {
             }
             Location::Gpu(g) => {
                 let idx = self.gpu_idx(g.0).expect("checked GPU");
-                // A failed migration to VRAM leaves the data in RAM, silently (section 4.2).
-                let _ = migrate::to_vram(self, st, s, first, last, idx, MigrateTrigger::Prefetch);
-                Ok(true)
+                // A failed migration to VRAM leaves the data in RAM, silently (section 4.2),
+                // and does not count as migrated: the mapping step then runs as without it
+                // (taken for done, it skipped the remap of a GPU_RO change, and under XNACK
+                // on mapped every ACCESS GPU).
+                Ok(migrate::to_vram(self, st, s, first, last, idx, MigrateTrigger::Prefetch).is_ok())
             }
             Location::Undefined => Ok(false),
         }
@@ -614,7 +616,11 @@ impl SvmInner {
             Some(k) => k,
             None => match self.create_unregistered(&mut st, page) {
                 Some(k) => k,
-                None => return Err(self.fatal_fault(gpu, addr, write)),
+                None => {
+                    // A failed range creation counts too (section 5.4 step 6).
+                    self.events.count(gpu, Counter::Faults, 1);
+                    return Err(self.fatal_fault(gpu, addr, write));
+                }
             },
         };
         // From here on every outcome counts as a processed fault (section 5.4 step 6).

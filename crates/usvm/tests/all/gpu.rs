@@ -287,6 +287,21 @@ fn xnack_on_first_touch_creates_range_and_maps_granule() {
     assert_eq!(svm.counters(g1).faults, 1);
 }
 
+/// XNACK on: a fault on an address nothing maps cannot make a range; it is fatal (EFAULT,
+/// VMFAULT) and counts as a processed fault (section 5.4 step 6).
+#[test]
+fn xnack_on_fault_without_mapping_is_fatal_and_counted() {
+    let svm = svm2(true);
+    let g1 = svm.gpu_ids()[0];
+    let m = Mapping::anon(2 * MIB, 2 * MIB);
+    let addr = m.addr;
+    drop(m);
+    let mut b = [0u8; 8];
+    assert_eq!(errno(svm.gpu_read(g1, addr, &mut b)), libc::EFAULT);
+    assert_eq!(svm.counters(g1).faults, 1);
+    assert_eq!(svm.range_count(), 0);
+}
+
 /// XNACK on: NO_ACCESS makes a GPU touch fatal, with a VMFAULT and no PAGE_FAULT_START
 /// (T22); a write to a read-only VMA is fatal (T23).
 #[test]

@@ -194,6 +194,39 @@ fn prefetch_without_vram_is_silent() {
     assert_eq!(b[0], 9);
 }
 
+/// A failed prefetch to VRAM does not count as a migration (section 4.2, `migrated = (r
+/// == 0)`): XNACK off, the GPU_RO set by the same call still remaps the range read-only (a
+/// store is then fatal); XNACK on, nothing is mapped (GPU 2's first touch faults). Taken for
+/// a migration, it left the writable entries, and mapped every ACCESS GPU.
+#[test]
+fn failed_prefetch_is_no_migration_for_the_mapping_step() {
+    let svm = Svm::builder().gpus(1).vram_bytes(MIB as u64).build().unwrap();
+    let g = svm.gpu_ids()[0];
+    let buf = svm.alloc(2 * MIB).unwrap();
+    buf.fill(0, buf.len(), 9);
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::Access(g)]).unwrap();
+    svm.gpu_write(g, buf.addr(), &[1u8; 16]).unwrap();
+    let ro_and_prefetch = [Attr::SetFlags(SvmFlags::GPU_RO), Attr::PrefetchLoc(Location::Gpu(g))];
+    svm.set_attr(buf.addr(), buf.len(), &ro_and_prefetch).unwrap();
+    assert_eq!(svm.counters(g).page_in, 0);
+    assert_eq!(errno(svm.gpu_write(g, buf.addr(), &[2u8; 16])), libc::EFAULT);
+    let mut b = [0u8; 1];
+    buf.read_at(0, &mut b);
+    assert_eq!(b[0], 1);
+
+    let svm = Svm::builder().gpus(2).vram_bytes(MIB as u64).xnack(true).build().unwrap();
+    let [g1, g2] = svm.gpu_ids()[..] else { panic!() };
+    let buf = svm.alloc(2 * MIB).unwrap();
+    let mut b = [0u8; 8];
+    svm.gpu_read(g1, buf.addr(), &mut b).unwrap();
+    assert!(svm.ranges()[0].mapped_to_gpu);
+    std::thread::sleep(Duration::from_millis(3)); // past the retry-fault dedup window
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+    assert_eq!(svm.counters(g1).page_in, 0);
+    svm.gpu_read(g2, buf.addr() + MIB, &mut b).unwrap();
+    assert_eq!(svm.counters(g2).faults, 1, "GPU 2 was mapped by the failed prefetch");
+}
+
 /// The seed's trigger: PREFERRED_LOC changed from system (or undefined) to a GPU on the
 /// same address and size migrates; back to system migrates back. The builder switch
 /// gives today's kernel.
