@@ -337,22 +337,43 @@ enum Invalidation {
     Unmapped,
 }
 
-/// The invalidation a migration issues over `[first, last]` of `r` (the MMU notifier's
-/// MIGRATE event: section 6.1, 6.2), even when nothing ends up moving.
-fn invalidate(inner: &SvmInner, r: &mut SvmRange, first: PageNo, last: PageNo, xnack: bool) -> Invalidation {
+/// The invalidation a migration issues for one VMA piece `[ps, pl]` of `r`, inside the
+/// piece's MIGRATE_START / MIGRATE_END as the kernel's `migrate_vma_setup` does (its
+/// MMU_NOTIFY_MIGRATE event: sections 4.4, 4.5, 6.1, 6.2), even when nothing ends up
+/// moving. XNACK off or ALWAYS_MAPPED: every GPU's queues are evicted, once per migration
+/// (`inv` says whether that happened); XNACK on: the piece is unmapped from the GPUs.
+fn invalidate_piece(
+    inner: &SvmInner,
+    r: &mut SvmRange,
+    (ps, pl): (PageNo, PageNo),
+    xnack: bool,
+    inv: &mut Invalidation,
+) {
     let mapped = r.mapped_gpus.iter().next().is_some();
     if !xnack || r.attrs.flags.contains(SvmFlags::GPU_ALWAYS_MAPPED) {
-        if !mapped {
-            return Invalidation::None;
+        if mapped && *inv != Invalidation::QueuesEvicted {
+            for g in 0..inner.devs.gpus.len() {
+                inner.devs.evict_queues(g, EvictTrigger::Svm);
+            }
+            *inv = Invalidation::QueuesEvicted;
         }
-        for g in 0..inner.devs.gpus.len() {
-            inner.devs.evict_queues(g, EvictTrigger::Svm);
-        }
-        Invalidation::QueuesEvicted
     } else {
         // Also when no GPU holds entries: the unmap clears `mapped_to_gpu`.
-        map::unmap_from_gpus(&inner.devs, r, first, last, UnmapTrigger::MmuNotifyMigrate);
-        if mapped { Invalidation::Unmapped } else { Invalidation::None }
+        map::unmap_from_gpus(&inner.devs, r, ps, pl, UnmapTrigger::MmuNotifyMigrate);
+        if mapped {
+            *inv = Invalidation::Unmapped;
+        }
+    }
+}
+
+/// After the pieces of a migration over `[first, last]`: under XNACK on a migration over
+/// the whole range leaves it mapped nowhere, however many pieces it had (one piece over the
+/// whole range clears the state itself).
+fn end_invalidation(r: &mut SvmRange, (first, last): (PageNo, PageNo), xnack: bool) {
+    let unmaps = xnack && !r.attrs.flags.contains(SvmFlags::GPU_ALWAYS_MAPPED);
+    if unmaps && first <= r.start && last >= r.last {
+        r.mapped_to_gpu = false;
+        r.mapped_gpus = crate::range::GpuMask::EMPTY;
     }
 }
 
@@ -588,7 +609,7 @@ pub fn to_vram(
         r.vram = Some(VramBacking { bo, offset: 0 });
     }
     let r = st.tree.get_mut(key).expect("range");
-    let inv = invalidate(inner, r, first, last, xnack);
+    let mut inv = Invalidation::None;
     let mut moved = 0;
     let mut result = Ok(());
     // Holes (memory unmapped since) are stepped over; a failed lookup ends the migration
@@ -598,6 +619,7 @@ pub fn to_vram(
         let ids = (0, dev.id.0);
         let locs = (r.attrs.prefetch_loc.to_raw(), r.attrs.preferred_loc.to_raw());
         let res = piece_events(inner, locs, (page, end), ids, trigger, || {
+            invalidate_piece(inner, r, (page, end), xnack, &mut inv);
             if v.migratable() { piece_to_vram(inner, r, g, page, end) } else { Ok(0) }
         });
         match res {
@@ -614,6 +636,7 @@ pub fn to_vram(
     if let Some(b) = &r.vram {
         b.bo.touch();
     }
+    end_invalidation(r, (first, last), xnack);
     restore(inner, r, inv, xnack);
     log_migration("RAM -> VRAM", (first, last), g, trigger, moved, result.is_ok());
     result.map(|()| moved)
@@ -758,7 +781,7 @@ pub fn to_ram(
     let xnack = st.xnack;
     let r = st.tree.get_mut(key).ok_or(Error::NotMapped { addr: (first << PAGE_SHIFT) })?;
     let Some(g) = inner.gpu_of(r.actual_loc) else { return Ok(0) };
-    let inv = invalidate(inner, r, first, last, xnack);
+    let mut inv = Invalidation::None;
     let id = inner.devs.gpus[g].id.0;
     let mut moved = 0;
     let mut result = Ok(());
@@ -782,6 +805,7 @@ pub fn to_ram(
         };
         let locs = (r.attrs.prefetch_loc.to_raw(), r.attrs.preferred_loc.to_raw());
         match piece_events(inner, locs, (page, end), (id, 0), trigger, || {
+            invalidate_piece(inner, r, (page, end), xnack, &mut inv);
             piece_to_ram(inner, r, g, page, end)
         }) {
             Ok(n) => moved += n,
@@ -793,6 +817,7 @@ pub fn to_ram(
         r.actual_loc = Location::Sysmem;
         r.vram = None;
     }
+    end_invalidation(r, (first, last), xnack);
     restore(inner, r, inv, xnack);
     // Only now, with the bookkeeping done, may the threads that faulted on these pages go on.
     let _ =

@@ -194,6 +194,26 @@ fn prefetch_without_vram_is_silent() {
     assert_eq!(b[0], 9);
 }
 
+/// The invalidation of a migration comes inside its MIGRATE_START / MIGRATE_END (the
+/// kernel's `migrate_vma_setup` issues it), once per migration for the queue eviction of
+/// XNACK off: re-prefetch 5 9 9 6 a a, then a CPU fault back 5 9 9 6 a a.
+#[test]
+fn invalidation_events_come_inside_the_migration_events() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let buf = svm.alloc(4 * MIB).unwrap();
+    buf.fill(0, buf.len(), 3);
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::Access(g1), Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+    let ev = svm.subscribe();
+    let ids = |ev: &usvm::EventStream| -> Vec<u32> { ev.try_iter().map(|e| e.kind.id()).collect() };
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+    assert_eq!(ids(&ev), [5, 9, 9, 6, 10, 10]);
+    let mut b = [0u8; 1];
+    buf.read_at(0, &mut b);
+    assert_eq!(b[0], 3);
+    assert_eq!(ids(&ev), [5, 9, 9, 6, 10, 10]);
+}
+
 /// A failed prefetch to VRAM does not count as a migration (section 4.2, `migrated = (r
 /// == 0)`): XNACK off, the GPU_RO set by the same call still remaps the range read-only (a
 /// store is then fatal); XNACK on, nothing is mapped (GPU 2's first touch faults). Taken for
@@ -634,10 +654,12 @@ fn stray_fault_still_crashes() {
         let buf = svm.alloc(2 * MIB).unwrap();
         buf.fill(0, buf.len(), 1);
         svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+        // Inaccessible memory that stays mapped (an address unmapped here could be taken by
+        // another thread's mmap before the read, and the read would succeed).
         let hole = Mapping::anon(PAGE, PAGE);
+        mprotect(hole.addr, PAGE, libc::PROT_NONE);
         let addr = hole.addr;
-        drop(hole);
-        // SAFETY: deliberately reading an unmapped address: this child process must die.
+        // SAFETY: deliberately reading inaccessible memory: this child process must die.
         let v = unsafe { std::ptr::read_volatile(addr as *const u8) };
         std::process::exit(i32::from(v) + 100); // not reached
     }
