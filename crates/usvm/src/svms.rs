@@ -407,8 +407,9 @@ impl SvmInner {
             let migrated = match self.trigger_migration(&mut st, s, old_pref, asks_prefetch) {
                 Ok(m) => m,
                 Err(e) => {
+                    // The kernel leaves a range whose migration failed unmapped by this call.
                     result = Err(e);
-                    false
+                    continue;
                 }
             };
             let Some(r) = st.tree.get_mut(s) else { continue };
