@@ -17,3 +17,12 @@ pub mod model;
 
 pub use access::{access_case, access_minimize};
 pub use ioctl::ioctl_case;
+
+/// Sends usvm's warnings to standard error (the fuzz binaries call it once): a crash by
+/// signal, such as a CPU fault that got SIGBUS, then says why.
+pub fn log_warnings() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
