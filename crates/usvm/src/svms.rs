@@ -177,9 +177,20 @@ impl SvmInner {
         }
     }
 
+    /// Queues a page-table change the userfaultfd reported, for the next lock holder.
+    pub(crate) fn push_pending(&self, op: PendingOp) {
+        let mut pending = self.pending.lock();
+        pending.push(op);
+        self.devs.changes_pending.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Applies the page-table changes the userfaultfd reported (section 6.1-6.4).
     fn apply_pending(&self, st: &mut SvmState) {
-        let ops = std::mem::take(&mut *self.pending.lock());
+        let ops = {
+            let mut pending = self.pending.lock();
+            self.devs.changes_pending.store(false, std::sync::atomic::Ordering::SeqCst);
+            std::mem::take(&mut *pending)
+        };
         let mut ops = ops.into_iter();
         while let Some(op) = ops.next() {
             match op {
@@ -245,6 +256,7 @@ impl SvmInner {
                         pending.push(PendingOp::Remap { from, to, npages });
                         pending.extend(ops.by_ref());
                         pending.extend(later);
+                        self.devs.changes_pending.store(true, std::sync::atomic::Ordering::SeqCst);
                         drop(pending);
                         self.post(Work::Flush);
                         break;
@@ -824,6 +836,17 @@ extern "C" fn after_fork() {
 }
 
 impl GpuFaultHandler for SvmInner {
+    fn settle(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.devs.reading_event.load(SeqCst) {
+            // The reader is between reading an event and queueing its change.
+            drop(self.event_gate.lock());
+        }
+        if self.devs.changes_pending.load(SeqCst) {
+            drop(self.lock_state());
+        }
+    }
+
     fn gpu_fault(&self, gpu: usize, addr: usize, write: bool) -> Result<()> {
         let xnack = self.lock_state().xnack;
         if !xnack {

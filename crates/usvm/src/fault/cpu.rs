@@ -198,7 +198,7 @@ fn on_event(inner: &SvmInner, ev: UffdEvent, h: Handler) -> Outcome {
             PendingOp::Remap { from: s, to: t, npages: l - s + 1 }
         }
     };
-    inner.pending.lock().push(op);
+    inner.push_pending(op);
     inner.post(Work::Flush);
     Outcome::Done
 }
@@ -265,9 +265,16 @@ impl CpuFaultHandler {
                 // Read and take in the event under the gate: the application's munmap or
                 // madvise returns as soon as its event is read, and whoever takes the
                 // instance lock next must find the change queued (see `lock_state`).
+                // Device accesses starting meanwhile see `reading_event` and wait at the
+                // gate (`GpuFaultHandler::settle`). A fault leaves the gate before it is
+                // handled: handling it may take long, and needs no gate.
                 let gate = inner.event_gate.lock();
-                let retry_parked = match read_event(&inner, &u) {
+                inner.devs.reading_event.store(true, std::sync::atomic::Ordering::SeqCst);
+                let read = read_event(&inner, &u);
+                let retry_parked = match read {
                     Ok(Some(UffdEvent::Fault(f))) => {
+                        inner.devs.reading_event.store(false, std::sync::atomic::Ordering::SeqCst);
+                        drop(gate);
                         inner.events.cpu_fault();
                         if on_event_guarded(&inner, UffdEvent::Fault(f), Handler::Reader) == Outcome::Retry {
                             parked.push(f);
@@ -276,10 +283,18 @@ impl CpuFaultHandler {
                     }
                     Ok(Some(ev)) => {
                         on_event_guarded(&inner, ev, Handler::Reader);
+                        inner.devs.reading_event.store(false, std::sync::atomic::Ordering::SeqCst);
+                        drop(gate);
                         true
                     }
-                    Ok(None) => true,
+                    Ok(None) => {
+                        inner.devs.reading_event.store(false, std::sync::atomic::Ordering::SeqCst);
+                        drop(gate);
+                        true
+                    }
                     Err(e) => {
+                        inner.devs.reading_event.store(false, std::sync::atomic::Ordering::SeqCst);
+                        drop(gate);
                         tracing::error!("userfaultfd read failed: {e}");
                         true
                     }
@@ -291,7 +306,6 @@ impl CpuFaultHandler {
                         }
                     }
                 }
-                drop(gate);
             }
         })?;
         Ok(CpuFaultHandler { uffd, reader: Some(reader), worker: Some(worker) })

@@ -48,6 +48,12 @@ pub trait GpuFaultHandler: Send + Sync {
     /// Handles a fault of GPU `gpu` at byte address `addr`. `Ok` means "mapped now, retry
     /// the access"; `Err` is a fatal fault returned to the accessing code.
     fn gpu_fault(&self, gpu: usize, addr: usize, write: bool) -> Result<()>;
+
+    /// Applies the application's page-table changes (munmap, MADV_DONTNEED, mremap) whose
+    /// events were read but not applied yet: a device access that starts after the
+    /// application's call returned must not use the mappings that call invalidated.
+    /// Called only when [`Devices::app_changes_pending`] says so.
+    fn settle(&self);
 }
 
 /// The queue scheduler's core (`Sched`), shared with the shuttle models of
@@ -102,6 +108,13 @@ pub struct Devices {
     /// All GPUs are connected by XGMI (one hive): they map each other's VRAM.
     hive: bool,
     fault: Mutex<Option<std::sync::Weak<dyn GpuFaultHandler>>>,
+    /// Set by the SVM layer while its fault reader is reading an event (the application's
+    /// call may return as soon as the kernel hands the event over) ...
+    pub(crate) reading_event: std::sync::atomic::AtomicBool,
+    /// ... and while changes read from events wait to be applied: a device access then
+    /// asks the fault handler to [`GpuFaultHandler::settle`] first. Two loads on the
+    /// common path, nothing more.
+    pub(crate) changes_pending: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Devices {
@@ -133,12 +146,26 @@ impl Devices {
             });
         }
         let vram_base = gpus.iter().map(|g| g.vram.base()).collect();
-        Ok(Devices { gpus, vram_base, events, hive, fault: Mutex::new(None) })
+        Ok(Devices {
+            gpus,
+            vram_base,
+            events,
+            hive,
+            fault: Mutex::new(None),
+            reading_event: std::sync::atomic::AtomicBool::new(false),
+            changes_pending: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Installs the GPU fault handler (the SVM layer).
     pub fn set_fault_handler(&self, h: std::sync::Weak<dyn GpuFaultHandler>) {
         *self.fault.lock() = Some(h);
+    }
+
+    /// Whether the application's page-table changes may not all be applied yet.
+    pub fn app_changes_pending(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.reading_event.load(SeqCst) || self.changes_pending.load(SeqCst)
     }
 
     /// Whether GPU `b` can map GPU `a`'s VRAM: the same GPU, or both in the XGMI hive.
@@ -211,6 +238,12 @@ impl Devices {
             Access::Write(b) => b.len(),
         };
         addr.checked_add(len).ok_or(Error::BadInterval { start: addr as u64, size: len as u64 })?;
+        if self.app_changes_pending() {
+            let handler = self.fault.lock().as_ref().and_then(|w| w.upgrade());
+            if let Some(h) = handler {
+                h.settle();
+            }
+        }
         // One bounce buffer per thread, kept: allocating and zeroing 64 KiB per access
         // would cost as much as the copy itself.
         thread_local! {

@@ -372,3 +372,43 @@ fn refaults_do_not_starve_the_events_they_wait_for() {
     assert!(touches > 0);
     assert!(faults < 8 * touches + 100, "{faults} fault messages for {touches} first touches: refaults spin");
 }
+
+/// `madvise(advice)` on this test's own memory.
+fn madvise(addr: usize, len: usize, advice: i32) {
+    // SAFETY: advice on memory this test owns.
+    assert_eq!(unsafe { libc::madvise(addr as *mut _, len, advice) }, 0);
+}
+
+/// A device access that starts after MADV_DONTNEED returned sees the page dropped: a read
+/// gets zeros, a store lands and stays, XNACK off and on, data in VRAM or in RAM. The
+/// change used to wait for the next holder of the instance lock, so the GPU still used the
+/// old VRAM entry: a read got the old bytes, a store went into VRAM that was then thrown
+/// away (up to 15 stores of 16 lost).
+#[test]
+fn device_access_after_dontneed_sees_it_done() {
+    for xnack in [false, true] {
+        for prefetch in [false, true] {
+            let svm = svm2(xnack);
+            let g1 = svm.gpu_ids()[0];
+            let m = Mapping::anon(2 * MIB, 2 * MIB);
+            // SAFETY: filling this test's own mapping.
+            unsafe { std::ptr::write_bytes(m.addr as *mut u8, 0x55, m.len) };
+            svm.set_attr(m.addr, m.len, &[Attr::Access(g1)]).unwrap();
+            for i in 0..16 {
+                if prefetch {
+                    svm.set_attr(m.addr, m.len, &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+                }
+                let a = m.addr + i * 8 * PAGE;
+                madvise(a, PAGE, libc::MADV_DONTNEED);
+                let mut b = [9u8; 64];
+                svm.gpu_read(g1, a, &mut b).unwrap();
+                assert_eq!(b, [0; 64], "xnack {xnack}, prefetched {prefetch}, round {i}: stale read");
+                svm.gpu_write(g1, a, &[0xaa; 64]).unwrap();
+                let mut c = [0u8; 64];
+                // SAFETY: reading this test's own mapping.
+                unsafe { std::ptr::copy_nonoverlapping(a as *const u8, c.as_mut_ptr(), 64) };
+                assert_eq!(c, [0xaa; 64], "xnack {xnack}, prefetched {prefetch}, round {i}: store lost");
+            }
+        }
+    }
+}
