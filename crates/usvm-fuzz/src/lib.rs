@@ -24,5 +24,6 @@ pub fn log_warnings() {
     let _ = tracing_subscriber::fmt()
         .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .try_init();
 }

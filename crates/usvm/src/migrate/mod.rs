@@ -681,15 +681,31 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
             let mut i = 0u64;
             let mut tries = 0;
             while i < n {
+                // Moves happen under the `out` lock and only for pages still marked: the
+                // reader takes an munmap / MADV_DONTNEED / mremap event in under the same
+                // lock, so a page the application unmapped is never taken from whatever it
+                // maps at that address next (a MAP_FIXED mapping's fresh data was moved away
+                // and thrown out with the old mapping's).
+                let out = eng.out.lock();
+                if !out.contains(bs + i) {
+                    i += 1;
+                    tries = 0;
+                    continue;
+                }
+                let mut k = 1;
+                while i + k < n && out.contains(bs + i + k) {
+                    k += 1;
+                }
                 let src = ((bs + i) << PAGE_SHIFT) as usize;
                 let dst = eng.staging_out + i as usize * PAGE_SIZE;
-                let len = (n - i) as usize * PAGE_SIZE;
+                let len = k as usize * PAGE_SIZE;
                 let injected = eng
                     .inject_busy
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
                     .is_ok();
                 let (done, err) =
                     if injected { (0, Some(libc::EBUSY)) } else { eng.own.move_pages(dst, src, len, true) };
+                drop(out);
                 let done = (done / PAGE_SIZE) as u64;
                 if done > 0 {
                     tries = 0;

@@ -412,3 +412,63 @@ fn device_access_after_dontneed_sees_it_done() {
         }
     }
 }
+
+/// `mmap(MAP_FIXED)` of fresh anonymous memory over `[addr, addr + len)`.
+fn map_fixed(addr: usize, len: usize) {
+    // SAFETY: replacing a mapping this test owns with fresh memory.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut _,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(p as usize, addr, "mmap: {}", std::io::Error::last_os_error());
+}
+
+/// MAP_FIXED over SVM memory while a migration of the same addresses is under way, at
+/// varying moments, both directions: the new mapping keeps every byte the CPU writes into
+/// it right after. (The migration went on collecting at those addresses after the unmap
+/// event, took the new mapping's pages and threw them away with the old ones.)
+#[test]
+fn map_fixed_racing_a_migration_keeps_the_new_data() {
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let len = 8 * MIB;
+    let m = Mapping::anon(len, 2 * MIB);
+    let addr = m.addr;
+    let mut failures = Vec::new();
+    for round in 0..32u64 {
+        map_fixed(addr, len);
+        // SAFETY: filling this test's own mapping.
+        unsafe { std::ptr::copy_nonoverlapping(pattern(len, 1).as_ptr(), addr as *mut u8, len) };
+        svm.set_attr(addr, len, &[Attr::Access(g1)]).unwrap();
+        let to_ram = round % 2 == 1;
+        if to_ram {
+            svm.set_attr(addr, len, &[Attr::PrefetchLoc(Location::Gpu(g1))]).unwrap();
+        }
+        let data = pattern(len, 100 + round as u8);
+        std::thread::scope(|s| {
+            let svm = &svm;
+            s.spawn(move || {
+                let loc = if to_ram { Location::Sysmem } else { Location::Gpu(g1) };
+                let _ = svm.set_attr(addr, len, &[Attr::PrefetchLoc(loc)]);
+            });
+            std::thread::sleep(Duration::from_micros(60 * (round / 2)));
+            map_fixed(addr, len);
+            // SAFETY: filling the new mapping.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, len) };
+        });
+        let mut got = vec![0u8; len];
+        // SAFETY: reading this test's own mapping.
+        unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, got.as_mut_ptr(), len) };
+        let bad = got.chunks(PAGE).zip(data.chunks(PAGE)).filter(|(a, b)| a != b).count();
+        if bad > 0 {
+            failures.push((round, to_ram, bad));
+        }
+    }
+    assert!(failures.is_empty(), "(round, to RAM, pages lost) {failures:?}");
+}
