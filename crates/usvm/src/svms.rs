@@ -281,6 +281,10 @@ impl SvmInner {
             drop_vram(r, start, last);
         }
         self.engine.forget_out(start, last);
+        {
+            let _out = self.engine.out.lock();
+            self.engine.gone.lock().remove(start, last);
+        }
         for gone in st.tree.remove_interval(start, last) {
             if gone.accounted {
                 st.reserved_bytes -= gone.npages() << PAGE_SHIFT;

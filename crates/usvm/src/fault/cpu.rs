@@ -131,6 +131,7 @@ fn read_event(inner: &SvmInner, u: &Uffd) -> crate::error::Result<Option<UffdEve
             let (s, l) = pages(start, end);
             out.remove(s, l);
             inner.engine.dropped.lock().remove(s, l);
+            inner.engine.gone.lock().insert(s, l);
         }
         Some(UffdEvent::Remove { start, end }) => {
             // The kernel zaps the pages after this read: until then a migration may still
@@ -152,6 +153,7 @@ fn read_event(inner: &SvmInner, u: &Uffd) -> crate::error::Result<Option<UffdEve
                 }
             }
             out.remove(s, l);
+            inner.engine.gone.lock().insert(s, l);
         }
         _ => {}
     }

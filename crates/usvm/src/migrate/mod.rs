@@ -91,6 +91,12 @@ pub struct Engine {
     /// applied, so until then a migration under way keeps such a page's data in VRAM, or
     /// commits it there, instead of taking the page for dropped. Locked inside `out`.
     pub(crate) remapped: Mutex<PageSet>,
+    /// Pages the application unmapped (munmap, or the old place of an mremap) whose change
+    /// is read but not applied yet: the ranges still cover them, but whatever is mapped
+    /// there now (MAP_FIXED, a new mmap) is not theirs, so no migration marks or collects
+    /// them (one did, and the queued unmap then dropped the new mapping's data). Locked
+    /// inside `out`.
+    pub(crate) gone: Mutex<PageSet>,
     /// Fault injection: the next N page collections fail as if the page were busy.
     pub inject_busy: AtomicU64,
 }
@@ -134,6 +140,7 @@ impl Engine {
             out: Mutex::new(PageSet::default()),
             dropped: Mutex::new(PageSet::default()),
             remapped: Mutex::new(PageSet::default()),
+            gone: Mutex::new(PageSet::default()),
             inject_busy: AtomicU64::new(0),
         })
     }
@@ -677,7 +684,13 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
             // page stays marked until the page tables tell which ones moved: the mark is what
             // keeps the fault reader from filling a page with zeros while its data sits in
             // `staging_out`.
-            eng.out.lock().insert(bs, bl);
+            {
+                let mut out = eng.out.lock();
+                let gone = eng.gone.lock();
+                for (s, l) in runs(bs, bl, |p| !gone.contains(p)) {
+                    out.insert(s, l);
+                }
+            }
             let mut i = 0u64;
             let mut tries = 0;
             while i < n {

@@ -472,3 +472,49 @@ fn map_fixed_racing_a_migration_keeps_the_new_data() {
     }
     assert!(failures.is_empty(), "(round, to RAM, pages lost) {failures:?}");
 }
+
+/// MAP_FIXED over a range in a loop while another thread keeps prefetching the same
+/// addresses to GPU 1, GPU 2 and system memory: each new mapping keeps the bytes the CPU
+/// writes into it. (A SET_ATTR racing the unmap registered and migrated the new mapping,
+/// then the queued unmap dropped its data: every page read zero, 8 runs of 8.)
+#[test]
+fn map_fixed_loop_against_a_prefetching_thread() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let svm = Svm::builder().gpus(2).vram_bytes(1 << 30).xgmi_hive(true).build().unwrap();
+    let [g1, g2] = svm.gpu_ids()[..] else { panic!() };
+    let len = 4 * MIB;
+    let m = Mapping::anon(len, 2 * MIB);
+    let addr = m.addr;
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (svm, stop) = (&svm, &stop);
+        s.spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let loc = [Location::Gpu(g1), Location::Gpu(g2), Location::Sysmem][i % 3];
+                let _ = svm.set_attr(addr, len, &[Attr::PrefetchLoc(loc)]);
+                i += 1;
+            }
+        });
+        let t0 = std::time::Instant::now();
+        let mut round = 0u8;
+        let mut failure = None;
+        while t0.elapsed() < Duration::from_millis(1500) && failure.is_none() {
+            round = round.wrapping_add(1);
+            map_fixed(addr, len);
+            let data = pattern(len, round);
+            // SAFETY: filling the new mapping, which this test owns.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, len) };
+            let _ = svm.set_attr(addr, len, &[Attr::Access(g1)]);
+            let mut got = vec![0u8; len];
+            // SAFETY: reading it back.
+            unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, got.as_mut_ptr(), len) };
+            let bad = got.chunks(PAGE).zip(data.chunks(PAGE)).filter(|(a, b)| a != b).count();
+            if bad > 0 {
+                failure = Some((round, bad));
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(failure, None, "(round, pages lost)");
+    });
+}
