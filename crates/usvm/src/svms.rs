@@ -186,11 +186,21 @@ impl SvmInner {
 
     /// Applies the page-table changes the userfaultfd reported (section 6.1-6.4).
     fn apply_pending(&self, st: &mut SvmState) {
-        let ops = {
-            let mut pending = self.pending.lock();
+        let ops = std::mem::take(&mut *self.pending.lock());
+        if ops.is_empty() {
+            return;
+        }
+        self.apply_ops(st, ops);
+        // Lowered only once the changes are applied (a device access seeing it lowered
+        // must find them done, not under way on another thread), unless more came since.
+        let pending = self.pending.lock();
+        if pending.is_empty() {
             self.devs.changes_pending.store(false, std::sync::atomic::Ordering::SeqCst);
-            std::mem::take(&mut *pending)
-        };
+        }
+    }
+
+    /// Applies `ops` in order (see [`Self::apply_pending`]).
+    fn apply_ops(&self, st: &mut SvmState, ops: Vec<PendingOp>) {
         let mut ops = ops.into_iter();
         while let Some(op) = ops.next() {
             match op {
