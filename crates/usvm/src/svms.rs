@@ -779,24 +779,10 @@ impl SvmInner {
             .collect()
     }
 
-    /// Moves every page of the instance back to RAM (the instance is going away). When all
-    /// of it came back, the memory is also unwatched at once: from then on it is plain
-    /// memory, and a thread still touching it (a kernel on a queue that outlives the
-    /// instance) never waits for a fault reader that is about to stop. Memory whose data
-    /// could not come back stays watched, its data still reachable until the end.
+    /// Moves every page of the instance back to RAM (the instance is going away).
     pub(crate) fn evacuate(&self) {
         let mut st = self.lock_state();
         self.evacuate_locked(&mut st);
-        if st.tree.iter().all(|r| r.vram_pages() == 0) {
-            let watched: Vec<(PageNo, PageNo)> =
-                st.tree.iter().filter(|r| r.registered).map(|r| (r.start, r.last)).collect();
-            for (s, l) in watched {
-                migrate::unregister_interval(self, s, l);
-            }
-            for k in st.tree.iter().map(|r| r.start).collect::<Vec<_>>() {
-                st.tree.get_mut(k).expect("range").registered = false;
-            }
-        }
     }
 
     fn evacuate_locked(&self, st: &mut SvmState) {
