@@ -363,16 +363,33 @@ impl Devices {
             let a = addr + off;
             let p = (a >> PAGE_SHIFT) as u64;
             let in_page = a & (PAGE_SIZE - 1);
-            let n = (PAGE_SIZE - in_page).min(end - a);
-            let host = match t.get(p).target().expect("checked above") {
-                Target::System => a,
-                Target::Vram { gpu: owner, page } => self.vram_addr(owner, page) + in_page,
-            };
-            let piece = &mut b[off..off + n];
-            if write {
-                sys::mmap::copy_to(host, piece);
-            } else {
-                sys::mmap::copy_from(host, piece);
+            let mut n = (PAGE_SIZE - in_page).min(end - a);
+            match t.get(p).target().expect("checked above") {
+                Target::System => {
+                    // The run of system pages from here, copied by the kernel: the
+                    // application may unmap or mprotect them after the check above, which
+                    // must fault the GPU, not crash the process (a plain copy did).
+                    while a + n < end
+                        && t.get(((a + n) >> PAGE_SHIFT) as u64).target() == Some(Target::System)
+                    {
+                        n += (PAGE_SIZE).min(end - a - n);
+                    }
+                    let done = sys::mmap::copy_checked(a, &mut b[off..off + n], write);
+                    if done < n {
+                        end = a + done;
+                        fault = Some(end);
+                        break;
+                    }
+                }
+                Target::Vram { gpu: owner, page } => {
+                    let host = self.vram_addr(owner, page) + in_page;
+                    let piece = &mut b[off..off + n];
+                    if write {
+                        sys::mmap::copy_to(host, piece);
+                    } else {
+                        sys::mmap::copy_from(host, piece);
+                    }
+                }
             }
             off += n;
         }

@@ -134,6 +134,48 @@ pub fn copy_from(addr: usize, dst: &mut [u8]) {
     copy(dst.as_mut_ptr() as usize, addr, dst.len());
 }
 
+/// Copies between `buf` and this process's own memory at `addr` the way another process
+/// would (`process_vm_writev` / `process_vm_readv` on itself): memory that is unmapped or
+/// lacks the permission is an error, never a crash, even when the application changes it
+/// during the copy. Returns how many bytes were copied before the first page that failed
+/// (whole pages: the kernel never splits one of the per-page pieces asked for).
+pub fn copy_checked(addr: usize, buf: &mut [u8], write: bool) -> usize {
+    let page = super::PAGE_SIZE;
+    let mut remote = Vec::with_capacity(buf.len() / page + 2);
+    let (mut a, end) = (addr, addr + buf.len());
+    while a < end {
+        let n = (page - (a & (page - 1))).min(end - a);
+        remote.push(libc::iovec { iov_base: a as *mut libc::c_void, iov_len: n });
+        a += n;
+    }
+    let local = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: `local` describes `buf`, which is ours and as long as the remote pieces
+    // together; the remote pieces name this process's memory, which the kernel checks
+    // (mapping and permission) and faults in itself: nothing here dereferences it.
+    let r = unsafe {
+        if write {
+            libc::process_vm_writev(
+                libc::getpid(),
+                &local,
+                1,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        } else {
+            libc::process_vm_readv(
+                libc::getpid(),
+                &local,
+                1,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        }
+    };
+    if r < 0 { 0 } else { r as usize }
+}
+
 /// Sets `len` bytes at `addr` to `byte`.
 pub fn fill(addr: usize, len: usize, byte: u8) {
     // SAFETY: the interval is a live writable mapping (the module contract above).

@@ -293,3 +293,51 @@ fn dropping_an_instance_while_a_kernel_runs_leaves_nothing_waiting() {
     assert!(fence.is_signaled(), "the kernel never finished");
     drop(q);
 }
+
+/// The application mprotects memory (PROT_READ, PROT_NONE, back) while GPU accesses to its
+/// system pages run: an access that meets the new protection is a GPU fault (an error),
+/// never a crash of the process (the emulated GPU checked the mapping, then copied with the
+/// CPU: SIGSEGV, 3 runs of 3). In a child process.
+#[test]
+fn mprotect_racing_gpu_accesses_to_system_pages_never_crashes() {
+    const NAME: &str = "hygiene::mprotect_racing_gpu_accesses_to_system_pages_never_crashes";
+    if !in_child(NAME) {
+        let (status, text) = isolated(NAME);
+        assert!(status.success(), "{status:?} (signal {:?}): {text}", signal_of(status));
+        return;
+    }
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    let m = Mapping::anon(2 * MIB, 2 * MIB);
+    svm.set_attr(m.addr, m.len, &[Attr::AccessInPlace(g1)]).unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (svm, m, stop) = (&svm, &m, &stop);
+        s.spawn(move || {
+            let data = vec![7u8; 64 * 1024];
+            while !stop.load(Ordering::Relaxed) {
+                let _ = svm.gpu_write(g1, m.addr, &data);
+            }
+        });
+        s.spawn(move || {
+            let mut data = vec![0u8; 64 * 1024];
+            while !stop.load(Ordering::Relaxed) {
+                let _ = svm.gpu_read(g1, m.addr + MIB, &mut data);
+            }
+        });
+        let t0 = std::time::Instant::now();
+        let mut i = 0;
+        while t0.elapsed() < std::time::Duration::from_millis(1000) {
+            mprotect(
+                m.addr,
+                m.len,
+                [libc::PROT_READ, libc::PROT_NONE, libc::PROT_READ | libc::PROT_WRITE][i % 3],
+            );
+            i += 1;
+        }
+        mprotect(m.addr, m.len, libc::PROT_READ | libc::PROT_WRITE);
+        stop.store(true, Ordering::Relaxed);
+    });
+    // Usable afterwards.
+    svm.gpu_write(g1, m.addr, &[3; 8]).unwrap();
+}
