@@ -95,14 +95,7 @@ pub fn validate_and_map(
 pub fn remap_range(devs: &Devices, r: &mut SvmRange, gpus: GpuMask) -> Result<()> {
     let (first, last) = (r.start, r.last);
     for g in r.mapped_gpus.iter().filter(|&g| !gpus.contains(g)) {
-        let d = &devs.gpus[g];
-        devs.events.emit(|| EventKind::UnmapFromGpu {
-            start: first,
-            npages: last - first + 1,
-            gpu: d.id,
-            trigger: UnmapTrigger::MmuNotify,
-        });
-        d.pt.unmap(first, last);
+        unmap_on(devs, g, first, last, UnmapTrigger::MmuNotify);
         r.mapped_gpus.remove(g);
     }
     validate_and_map(devs, r, gpus, first, last)
@@ -134,13 +127,18 @@ pub fn unmap_from_gpus(devs: &Devices, r: &mut SvmRange, first: PageNo, last: Pa
         r.mapped_gpus = GpuMask::EMPTY;
     }
     for g in gpus.iter() {
-        let d = &devs.gpus[g];
-        devs.events.emit(|| EventKind::UnmapFromGpu {
-            start: first,
-            npages: last - first + 1,
-            gpu: d.id,
-            trigger,
-        });
-        d.pt.unmap(first, last);
+        unmap_on(devs, g, first, last, trigger);
     }
+}
+
+/// Clears `[first, last]` from GPU `g`'s page table, with its UNMAP_FROM_GPU event.
+fn unmap_on(devs: &Devices, g: usize, first: PageNo, last: PageNo, trigger: UnmapTrigger) {
+    let d = &devs.gpus[g];
+    devs.events.emit(|| EventKind::UnmapFromGpu {
+        start: first,
+        npages: last - first + 1,
+        gpu: d.id,
+        trigger,
+    });
+    d.pt.unmap(first, last);
 }

@@ -273,30 +273,23 @@ impl CpuFaultHandler {
                 let gate = inner.event_gate.lock();
                 inner.devs.reading_event.store(true, std::sync::atomic::Ordering::SeqCst);
                 let read = read_event(&inner, &u);
+                if let Ok(Some(ev)) = read
+                    && !matches!(ev, UffdEvent::Fault(_))
+                {
+                    on_event_guarded(&inner, ev, Handler::Reader); // queues the change
+                }
+                inner.devs.reading_event.store(false, std::sync::atomic::Ordering::SeqCst);
+                drop(gate);
                 let retry_parked = match read {
                     Ok(Some(UffdEvent::Fault(f))) => {
-                        inner.devs.reading_event.store(false, std::sync::atomic::Ordering::SeqCst);
-                        drop(gate);
                         inner.events.cpu_fault();
                         if on_event_guarded(&inner, UffdEvent::Fault(f), Handler::Reader) == Outcome::Retry {
                             parked.push(f);
                         }
                         false
                     }
-                    Ok(Some(ev)) => {
-                        on_event_guarded(&inner, ev, Handler::Reader);
-                        inner.devs.reading_event.store(false, std::sync::atomic::Ordering::SeqCst);
-                        drop(gate);
-                        true
-                    }
-                    Ok(None) => {
-                        inner.devs.reading_event.store(false, std::sync::atomic::Ordering::SeqCst);
-                        drop(gate);
-                        true
-                    }
+                    Ok(_) => true,
                     Err(e) => {
-                        inner.devs.reading_event.store(false, std::sync::atomic::Ordering::SeqCst);
-                        drop(gate);
                         tracing::error!("userfaultfd read failed: {e}");
                         true
                     }

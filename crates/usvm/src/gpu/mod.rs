@@ -331,31 +331,12 @@ impl Devices {
         let last = ((addr + b.len() - 1) >> PAGE_SHIFT) as u64;
         let mut end = addr + b.len();
         let mut fault = None;
-        let mut system = None;
         for p in first..=last {
             let pte = t.get(p);
             if !pte.valid() || (write && !pte.writable()) {
                 end = ((p as usize) << PAGE_SHIFT).max(addr);
                 fault = Some(end);
                 break;
-            }
-            if system.is_none() && pte.target() == Some(Target::System) {
-                system = Some(p);
-            }
-        }
-        // System pages are the process's own: userfaultfd reports no mprotect, so check
-        // that the mappings still allow the access before touching them (a stale entry
-        // would otherwise crash the process instead of faulting the GPU).
-        if let Some(p) = system {
-            let mut a = ((p as usize) << PAGE_SHIFT).max(addr);
-            while a < end {
-                match crate::sys::vma::lookup(a, false) {
-                    Ok(Some(v)) if v.read && (!write || v.write) => a = v.end,
-                    _ => {
-                        end = a;
-                        fault = Some(a);
-                    }
-                }
             }
         }
         let mut off = 0;
@@ -366,9 +347,10 @@ impl Devices {
             let mut n = (PAGE_SIZE - in_page).min(end - a);
             match t.get(p).target().expect("checked above") {
                 Target::System => {
-                    // The run of system pages from here, copied by the kernel: the
-                    // application may unmap or mprotect them after the check above, which
-                    // must fault the GPU, not crash the process (a plain copy did).
+                    // The run of system pages from here, copied by the kernel, which checks
+                    // the mapping and its permission: userfaultfd reports no mprotect, and
+                    // the application may unmap or mprotect them at any moment, which must
+                    // fault the GPU, not crash the process (a plain copy did).
                     while a + n < end
                         && t.get(((a + n) >> PAGE_SHIFT) as u64).target() == Some(Target::System)
                     {

@@ -255,7 +255,7 @@ impl Engine {
     /// Forgets the VRAM copies of the `n` pages from `first` of `r` that [`Self::commit_in`]
     /// settled, except those whose mapping mremap moved away meanwhile: their data is to
     /// follow them (the queued Remap change copies it from VRAM).
-    fn settle(&self, r: &mut SvmRange, first: PageNo, n: u64) {
+    fn forget_vram_copies(&self, r: &mut SvmRange, first: PageNo, n: u64) {
         let _out = self.out.lock();
         let remapped = self.remapped.lock();
         for p in first..first + n {
@@ -882,7 +882,7 @@ fn piece_to_ram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: Pa
             // --- finalize: move the copies into the application, drop the VRAM pages
             // (`to_ram` wakes the waiting threads at the end).
             let (settled, err) = eng.commit_in(bs, arrived, fresh, Fill::Move);
-            eng.settle(r, bs, settled);
+            eng.forget_vram_copies(r, bs, settled);
             if let Some(errno) = err {
                 sys::mmap::discard(fresh, bytes)?;
                 return Err(Error::Sys { call: "UFFDIO_MOVE", errno });
@@ -933,7 +933,7 @@ fn small_to_ram(
         }
         dev.sdma.account_external(k as usize * PAGE_SIZE)?;
         let (settled, err) = eng.commit_in(bs + i, k, src, Fill::Copy);
-        eng.settle(r, bs + i, settled);
+        eng.forget_vram_copies(r, bs + i, settled);
         if let Some(errno) = err {
             return Err(Error::Sys { call: "UFFDIO_COPY", errno });
         }

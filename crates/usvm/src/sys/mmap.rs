@@ -149,30 +149,11 @@ pub fn copy_checked(addr: usize, buf: &mut [u8], write: bool) -> usize {
         a += n;
     }
     let local = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    let copy = if write { libc::process_vm_writev } else { libc::process_vm_readv };
     // SAFETY: `local` describes `buf`, which is ours and as long as the remote pieces
     // together; the remote pieces name this process's memory, which the kernel checks
     // (mapping and permission) and faults in itself: nothing here dereferences it.
-    let r = unsafe {
-        if write {
-            libc::process_vm_writev(
-                libc::getpid(),
-                &local,
-                1,
-                remote.as_ptr(),
-                remote.len() as libc::c_ulong,
-                0,
-            )
-        } else {
-            libc::process_vm_readv(
-                libc::getpid(),
-                &local,
-                1,
-                remote.as_ptr(),
-                remote.len() as libc::c_ulong,
-                0,
-            )
-        }
-    };
+    let r = unsafe { copy(libc::getpid(), &local, 1, remote.as_ptr(), remote.len() as libc::c_ulong, 0) };
     if r < 0 { 0 } else { r as usize }
 }
 

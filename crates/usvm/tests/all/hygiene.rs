@@ -27,6 +27,21 @@ fn in_child(name: &str) -> bool {
     std::env::var(CHILD_ENV).is_ok_and(|v| v == name)
 }
 
+/// In the parent, runs test `name` in a child process and checks that it passed; true
+/// there. In the child, false: the caller goes on with the test's body.
+fn child_passes(name: &str) -> bool {
+    if in_child(name) {
+        return false;
+    }
+    let (status, text) = isolated(name);
+    assert!(
+        status.success() && text.contains("1 passed"),
+        "{status:?} (signal {:?}): {text}",
+        signal_of(status)
+    );
+    true
+}
+
 fn signal_of(status: std::process::ExitStatus) -> Option<i32> {
     std::os::unix::process::ExitStatusExt::signal(&status)
 }
@@ -75,9 +90,7 @@ fn a_write_to_read_only_svm_memory_crashes_as_without_usvm() {
 #[test]
 fn dropping_an_instance_in_the_middle_of_migrations_returns_every_byte() {
     const NAME: &str = "hygiene::dropping_an_instance_in_the_middle_of_migrations_returns_every_byte";
-    if !in_child(NAME) {
-        let (status, text) = isolated(NAME);
-        assert!(status.success() && text.contains("1 passed"), "{status:?}: {text}");
+    if child_passes(NAME) {
         return;
     }
     let before = threads();
@@ -170,9 +183,7 @@ fn special_mapping(name: &str) -> Option<(usize, usize)> {
 #[test]
 fn t20_heap_and_stack_faults_stay_in_system_memory() {
     const NAME: &str = "hygiene::t20_heap_and_stack_faults_stay_in_system_memory";
-    if !in_child(NAME) {
-        let (status, text) = isolated(NAME);
-        assert!(status.success() && text.contains("1 passed"), "{status:?}: {text}");
+    if child_passes(NAME) {
         return;
     }
     // A heap of our own at the top of the brk area: 2 MiB more, filled with a pattern.
@@ -231,9 +242,7 @@ fn t20_heap_and_stack_faults_stay_in_system_memory() {
 #[test]
 fn munmap_racing_a_cpu_fault_in_the_same_granule() {
     const NAME: &str = "hygiene::munmap_racing_a_cpu_fault_in_the_same_granule";
-    if !in_child(NAME) {
-        let (status, text) = isolated(NAME);
-        assert!(status.success(), "{status:?} (signal {:?}): {text}", signal_of(status));
+    if child_passes(NAME) {
         return;
     }
     let svm = svm2(false);
@@ -301,9 +310,7 @@ fn dropping_an_instance_while_a_kernel_runs_leaves_nothing_waiting() {
 #[test]
 fn mprotect_racing_gpu_accesses_to_system_pages_never_crashes() {
     const NAME: &str = "hygiene::mprotect_racing_gpu_accesses_to_system_pages_never_crashes";
-    if !in_child(NAME) {
-        let (status, text) = isolated(NAME);
-        assert!(status.success(), "{status:?} (signal {:?}): {text}", signal_of(status));
+    if child_passes(NAME) {
         return;
     }
     let svm = svm2(false);

@@ -413,22 +413,6 @@ fn device_access_after_dontneed_sees_it_done() {
     }
 }
 
-/// `mmap(MAP_FIXED)` of fresh anonymous memory over `[addr, addr + len)`.
-fn map_fixed(addr: usize, len: usize) {
-    // SAFETY: replacing a mapping this test owns with fresh memory.
-    let p = unsafe {
-        libc::mmap(
-            addr as *mut _,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-            -1,
-            0,
-        )
-    };
-    assert_eq!(p as usize, addr, "mmap: {}", std::io::Error::last_os_error());
-}
-
 /// MAP_FIXED over SVM memory while a migration of the same addresses is under way, at
 /// varying moments, both directions: the new mapping keeps every byte the CPU writes into
 /// it right after. (The migration went on collecting at those addresses after the unmap

@@ -46,19 +46,7 @@ impl Mapping {
     /// Fresh anonymous memory at exactly `addr`, if nothing is mapped there
     /// (`MAP_FIXED_NOREPLACE`: another test thread may have taken the address meanwhile).
     pub fn at(addr: usize, len: usize) -> Option<Mapping> {
-        // SAFETY: MAP_FIXED_NOREPLACE maps only where nothing is mapped; nothing else refers
-        // to the new memory.
-        let p = unsafe {
-            libc::mmap(
-                addr as *mut _,
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        (p != libc::MAP_FAILED).then_some(Mapping { addr, len })
+        (mmap_at(addr, len, libc::MAP_FIXED_NOREPLACE) == addr).then_some(Mapping { addr, len })
     }
 
     /// Unmaps `[addr + off, addr + off + len)` (a hole).
@@ -109,4 +97,29 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// The first byte where `got` and `want` differ, for assertion messages.
 pub fn first_difference(got: &[u8], want: &[u8]) -> Option<usize> {
     got.iter().zip(want).position(|(a, b)| a != b)
+}
+
+/// Fresh anonymous read-write memory at `addr` with `flag` (`MAP_FIXED` or
+/// `MAP_FIXED_NOREPLACE`); returns what mmap returned.
+fn mmap_at(addr: usize, len: usize, flag: i32) -> usize {
+    // SAFETY: the caller names memory of its own (MAP_FIXED replaces a mapping the test
+    // owns) or free address space (MAP_FIXED_NOREPLACE maps only where nothing is mapped);
+    // nothing else refers to the new memory.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut _,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flag,
+            -1,
+            0,
+        )
+    };
+    p as usize
+}
+
+/// `mmap(MAP_FIXED)` of fresh anonymous memory over `[addr, addr + len)`, which the test
+/// owns.
+pub fn map_fixed(addr: usize, len: usize) {
+    assert_eq!(mmap_at(addr, len, libc::MAP_FIXED), addr, "mmap: {}", std::io::Error::last_os_error());
 }
