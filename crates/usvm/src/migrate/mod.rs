@@ -27,6 +27,7 @@
 //! *not* out of RAM is the `out` set's (a leaf), so it can always serve device accesses
 //! that touch never-populated memory, whatever a migration is waiting for.
 
+mod batch;
 pub mod pageset;
 
 use crate::attr::{Location, SvmFlags};
@@ -39,10 +40,11 @@ use crate::policy;
 use crate::range::{PageNo, SvmRange, VramBacking};
 use crate::svms::{SvmInner, SvmState};
 use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE, uffd::Uffd, vma};
+use batch::ToVramBatch;
 use pageset::PageSet;
 use parking_lot::Mutex;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 /// Collection of a page that could not be moved is retried this many times (the seed).
 pub const MIGRATE_COLLECT_RETRIES: u32 = 3;
@@ -634,9 +636,12 @@ pub fn to_vram(
             Err(e) => result = Err(e),
         }
     }
-    if moved > 0 {
+    inner.events.count(g, Counter::PageIn, moved);
+    // From what the range holds, not from `moved`: a piece that failed after committing
+    // pages (its batch settled them on the way out) reports none, and dropping the BO of
+    // committed pages would lose them.
+    if r.vram_pages() > 0 {
         r.actual_loc = Location::Gpu(dev.id);
-        inner.events.count(g, Counter::PageIn, moved);
     } else if r.actual_loc == Location::Sysmem {
         r.vram = None;
     }
@@ -669,9 +674,9 @@ fn log_migration(
     );
 }
 
-/// The three phases for one anonymous VMA piece `[ps, pl]` of `r`, RAM -> VRAM of GPU `g`.
+/// The three phases for one anonymous VMA piece `[ps, pl]` of `r`, RAM -> VRAM of GPU `g`,
+/// one staging batch ([`ToVramBatch`]) at a time.
 fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) -> Result<u64> {
-    let eng = &inner.engine;
     let dev = &inner.devs.gpus[g];
     let backing = r.vram.clone().expect("BO allocated");
     let mut moved = 0;
@@ -679,118 +684,12 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
         let mut bs = rs;
         while bs <= rl {
             let bl = rl.min(bs + STAGING_PAGES - 1);
-            let n = bl - bs + 1;
-            // --- setup: mark, then collect with UFFDIO_MOVE (retrying busy pages). Every
-            // page stays marked until the page tables tell which ones moved: the mark is what
-            // keeps the fault reader from filling a page with zeros while its data sits in
-            // `staging_out`.
-            {
-                let mut out = eng.out.lock();
-                let gone = eng.gone.lock();
-                for (s, l) in runs(bs, bl, |p| !gone.contains(p)) {
-                    out.insert(s, l);
-                }
+            let mut batch = ToVramBatch::collect(&inner.engine, r, backing.clone(), (bs, bl))?;
+            if let Err(e) = batch.copy(&dev.sdma) {
+                // Its pages go back to the application; the rest of the range moves.
+                tracing::debug!(gpu = g, error = %e, "a copy chunk to VRAM failed");
             }
-            let mut i = 0u64;
-            let mut tries = 0;
-            while i < n {
-                // Moves happen under the `out` lock and only for pages still marked: the
-                // reader takes an munmap / MADV_DONTNEED / mremap event in under the same
-                // lock, so a page the application unmapped is never taken from whatever it
-                // maps at that address next (a MAP_FIXED mapping's fresh data was moved away
-                // and thrown out with the old mapping's).
-                let out = eng.out.lock();
-                if !out.contains(bs + i) {
-                    i += 1;
-                    tries = 0;
-                    continue;
-                }
-                let mut k = 1;
-                while i + k < n && out.contains(bs + i + k) {
-                    k += 1;
-                }
-                let src = ((bs + i) << PAGE_SHIFT) as usize;
-                let dst = eng.staging_out + i as usize * PAGE_SIZE;
-                let len = k as usize * PAGE_SIZE;
-                let injected = eng
-                    .inject_busy
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
-                    .is_ok();
-                let (done, err) =
-                    if injected { (0, Some(libc::EBUSY)) } else { eng.own.move_pages(dst, src, len, true) };
-                drop(out);
-                let done = (done / PAGE_SIZE) as u64;
-                if done > 0 {
-                    tries = 0;
-                }
-                i += done;
-                match err {
-                    None => {}
-                    Some(_) if tries + 1 < MIGRATE_COLLECT_RETRIES => tries += 1,
-                    // Not moved (shared after fork, pinned): left in RAM, the range is mixed.
-                    Some(_) => {
-                        i += 1;
-                        tries = 0;
-                    }
-                }
-            }
-            // What was collected is what the page tables say, not what the moves reported: a
-            // page in `staging_out` moved (its data is copied); a page the application still
-            // has did not (it stays in RAM); a page in neither place is a hole (zeroed VRAM).
-            let has = sys::pagemap::has_memory(eng.staging_out, n as usize)?;
-            let app_has = sys::pagemap::has_memory((bs << PAGE_SHIFT) as usize, n as usize)?;
-            let collected: Vec<bool> = (0..n as usize).map(|i| has[i] || !app_has[i]).collect();
-            {
-                let mut out = eng.out.lock();
-                for (s, l) in runs(bs, bl, |p| !collected[(p - bs) as usize]) {
-                    out.remove(s, l);
-                }
-            }
-            let bo_addr = |p: PageNo| backing.bo.host_addr(backing.offset + (p - r.start));
-            let copied: Vec<u64> = (0..n).filter(|&i| collected[i as usize] && has[i as usize]).collect();
-            let ops = merge_ops(
-                copied.iter().map(|&i| (eng.staging_out + i as usize * PAGE_SIZE, bo_addr(bs + i))),
-            );
-            let (arrived, _err) = dev.sdma.copy_sync(&ops);
-            let mut ok = collected.clone();
-            for &i in copied.iter().skip(arrived as usize) {
-                // A failed chunk: the page goes back to the application as it was (unless
-                // the application dropped it meanwhile).
-                ok[i as usize] = false;
-                let (_, err) = eng.commit_in(bs + i, 1, eng.staging_out + i as usize * PAGE_SIZE, Fill::Move);
-                debug_assert!(err.is_none(), "moving a page back failed: {err:?}");
-            }
-            for i in (0..n).filter(|&i| collected[i as usize] && !has[i as usize]) {
-                sys::mmap::fill(bo_addr(bs + i), PAGE_SIZE, 0);
-            }
-            // --- finalize: commit residency, free the RAM pages.
-            {
-                let mut out = eng.out.lock();
-                let dropped = eng.dropped.lock();
-                let remapped = eng.remapped.lock();
-                for i in 0..n {
-                    // A page the application dropped since (its REMOVE event read, its zap
-                    // perhaps not yet done) may have been collected with its old data: that
-                    // data is not committed; the page stays absent and reads zero. Reading
-                    // the event also took the page out of `out`, and a fault since may have
-                    // given it a zero page and cleared its `dropped` mark: a page no longer
-                    // marked out is not committed either, unless mremap moved its mark (its
-                    // data then goes to VRAM, and from there to the new place).
-                    let p = bs + i;
-                    let wanted = (out.contains(p) || remapped.contains(p)) && !dropped.contains(p);
-                    if ok[i as usize] && wanted {
-                        r.in_vram.set(bs + i - r.start, true);
-                        moved += 1;
-                    } else {
-                        ok[i as usize] = false;
-                        out.remove(bs + i, bs + i);
-                    }
-                }
-            }
-            // Pages copied back after a failed chunk, or never collected, leave holes:
-            // only a batch without holes may feed the pool.
-            let full = (0..n).all(|i| ok[i as usize] && has[i as usize]);
-            eng.release_staging_out(n, full)?;
+            moved += batch.finalize()?;
             bs = bl + 1;
         }
     }

@@ -7,7 +7,7 @@
 use super::last_errno;
 use crate::error::{Error, Result};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 const UFFD_API: u64 = 0xaa;
 const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
@@ -158,29 +158,34 @@ pub enum UffdOp {
     Zeropage = 3,
 }
 
-/// Fault injection (tests): the `n`-th call of one operation from now fails with an errno
-/// before doing anything, as if the kernel had refused it.
+/// Fault injection (tests): the `n`-th call of an operation from now fails with an errno
+/// before doing anything, as if the kernel had refused it. Each operation has its own
+/// countdown, so a test can make a move and the copy that stands in for it both fail.
 #[derive(Debug, Default)]
 struct Injector {
-    op: AtomicU8,
+    slots: [InjectSlot; 3],
+}
+
+#[derive(Debug, Default)]
+struct InjectSlot {
     errno: AtomicI32,
     countdown: AtomicU64,
 }
 
 impl Injector {
+    fn slot(&self, op: UffdOp) -> &InjectSlot {
+        &self.slots[op as usize - 1]
+    }
+
     /// The errno to fail this call of `op` with, if one is due.
     fn due(&self, op: UffdOp) -> Option<i32> {
-        if self.op.load(Ordering::Acquire) != op as u8 {
+        let s = self.slot(op);
+        if s.countdown.load(Ordering::Acquire) == 0 {
             return None;
         }
         let fire =
-            self.countdown.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1)) == Ok(1);
-        if fire {
-            self.op.store(0, Ordering::Release);
-            Some(self.errno.load(Ordering::Acquire))
-        } else {
-            None
-        }
+            s.countdown.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1)) == Ok(1);
+        fire.then(|| s.errno.load(Ordering::Acquire))
     }
 }
 
@@ -230,9 +235,9 @@ impl Uffd {
     /// Fault injection (tests): the `nth` call (1 = the next) of `op` fails with `errno`
     /// without doing anything.
     pub fn inject_error(&self, op: UffdOp, errno: i32, nth: u64) {
-        self.inject.errno.store(errno, Ordering::Release);
-        self.inject.countdown.store(nth, Ordering::Release);
-        self.inject.op.store(if nth == 0 { 0 } else { op as u8 }, Ordering::Release);
+        let s = self.inject.slot(op);
+        s.errno.store(errno, Ordering::Release);
+        s.countdown.store(nth, Ordering::Release);
     }
 
     /// Registers `[addr, addr + len)` for missing-page faults. Registering again an
