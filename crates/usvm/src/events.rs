@@ -296,6 +296,11 @@ impl EventStream {
     pub fn recv_timeout(&self, d: Duration) -> Option<Event> {
         self.rx.recv_timeout(d).ok()
     }
+
+    /// The next event, waiting as long as it takes; `None` once the instance is gone.
+    pub fn recv(&self) -> Option<Event> {
+        self.rx.recv().ok()
+    }
 }
 
 /// Where events go: counters and subscribers of one instance.

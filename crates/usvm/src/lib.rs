@@ -27,6 +27,7 @@ mod error;
 mod events;
 mod fault;
 mod gpu;
+pub mod kfd;
 mod map;
 mod migrate;
 mod policy;

@@ -149,6 +149,7 @@ impl SvmBuilder {
             pending: Mutex::new(Vec::new()),
             event_gate: Mutex::new(()),
             work: std::sync::OnceLock::new(),
+            kfd_bos: Mutex::new(Default::default()),
         });
         crate::svms::track_for_fork(&inner);
         let handler: Arc<dyn GpuFaultHandler> = inner.clone();
@@ -273,6 +274,11 @@ impl Svm {
     /// A builder with the defaults: 1 GPU, 1 GiB of VRAM, XNACK off.
     pub fn builder() -> SvmBuilder {
         SvmBuilder::default()
+    }
+
+    /// The shared core (for the KFD model).
+    pub(crate) fn inner(&self) -> &Arc<SvmInner> {
+        &self.inner
     }
 
     /// The GPU ids of this instance, in index order: distinct, never 0 or `0xffffffff`.

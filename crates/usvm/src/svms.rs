@@ -131,6 +131,10 @@ pub(crate) struct SvmInner {
     pub(crate) event_gate: Mutex<()>,
     /// The worker thread's inbox (set once the thread runs).
     pub(crate) work: std::sync::OnceLock<std::sync::mpsc::Sender<Work>>,
+    /// Pages of KFD buffer objects (`kfd::Kfd` memory: AllocMemory, RegisterMemory): not
+    /// SVM memory. SET_ATTR and GET_ATTR over them fail with EADDRINUSE, and a GPU fault
+    /// there creates no range (a leaf lock).
+    pub(crate) kfd_bos: Mutex<crate::migrate::pageset::PageSet>,
 }
 
 impl SvmInner {
@@ -377,11 +381,21 @@ impl SvmInner {
         RangeAttrs::new_default(self.default_granularity, access)
     }
 
+    /// `svm_range_is_valid`'s second half: no page of `[start, last]` belongs to a KFD
+    /// buffer object (EADDRINUSE).
+    fn check_not_kfd(&self, start: PageNo, last: PageNo) -> Result<()> {
+        match self.kfd_bos.lock().first_in(start, last) {
+            Some(p) => Err(Error::AddressInUse { addr: p << PAGE_SHIFT }),
+            None => Ok(()),
+        }
+    }
+
     /// `svm_range_set_attr` after the entry checks.
     pub(crate) fn set_attr(&self, start: PageNo, last: PageNo, attrs: &[Attr]) -> Result<()> {
         let ops = self.check_attrs(attrs)?;
         let mut st = self.lock_state();
         check_mapped(start, last)?;
+        self.check_not_kfd(start, last)?;
         let xnack = st.xnack;
         // XNACK off: the new ranges reserve their size against the system-memory limit;
         // beyond it the whole call fails with ENOMEM and changes nothing (section 1.7).
@@ -536,6 +550,7 @@ impl SvmInner {
     pub(crate) fn get_attr(&self, start: PageNo, last: PageNo, attrs: &mut [RawAttr]) -> Result<()> {
         let st = self.lock_state();
         check_mapped(start, last)?;
+        self.check_not_kfd(start, last)?;
         for a in attrs.iter() {
             match a.ty {
                 uapi::KFD_IOCTL_SVM_ATTR_PREFERRED_LOC
@@ -620,6 +635,16 @@ impl SvmInner {
         if let Some(next) = st.tree.next(page) {
             l = l.min(next.start - 1);
         }
+        // A KFD buffer in the window: a fault inside it fails, one beside it gets a range of
+        // the faulting page alone (section 5.2).
+        let bos = self.kfd_bos.lock();
+        if bos.contains(page) {
+            return None;
+        }
+        if bos.first_in(s, l).is_some() {
+            (s, l) = (page, page);
+        }
+        drop(bos);
         let mut attrs = self.new_range_attrs(st.xnack);
         if matches!(v.kind, vma::VmaKind::Heap | vma::VmaKind::Stack) {
             attrs.preferred_loc = Location::Sysmem;

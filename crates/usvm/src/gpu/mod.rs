@@ -35,6 +35,8 @@ use std::sync::Arc;
 
 /// Device accesses move at most this many bytes per page-table lock hold.
 pub const ACCESS_CHUNK_BYTES: usize = 64 << 10;
+/// Device-side copies between VRAM pages move at most this many bytes per lock hold.
+pub const COPY_CHUNK_BYTES: usize = 2 << 20;
 /// A chunk that still faults this long after its first fault, although every fault was
 /// handled, is a fatal fault: an access never hangs.
 pub const FAULT_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -314,6 +316,64 @@ impl Devices {
             }
         }
         Ok(())
+    }
+
+    /// A device-side copy of `len` bytes from `src` to `dst` through GPU `gpu`'s page table
+    /// (an SDMA COPY_LINEAR). Where both sides of a chunk are VRAM (this GPU's or a peer's),
+    /// the bytes go straight from page to page under one page-table read lock; anything
+    /// else (system pages, a missing or read-only entry) goes through [`Self::access`],
+    /// which faults as any device access does. The intervals must not overlap.
+    pub fn copy(&self, gpu: usize, dst: usize, src: usize, len: usize) -> Result<()> {
+        dst.checked_add(len).ok_or(Error::BadInterval { start: dst as u64, size: len as u64 })?;
+        src.checked_add(len).ok_or(Error::BadInterval { start: src as u64, size: len as u64 })?;
+        let mut bounce = Vec::new();
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(COPY_CHUNK_BYTES);
+            if self.app_changes_pending() || !self.copy_vram_chunk(gpu, dst + off, src + off, n) {
+                bounce.resize(n.min(ACCESS_CHUNK_BYTES), 0);
+                let m = bounce.len();
+                self.access(gpu, src + off, Access::Read(&mut bounce[..m]))?;
+                self.access(gpu, dst + off, Access::Write(&bounce[..m]))?;
+                off += m;
+                continue;
+            }
+            off += n;
+        }
+        Ok(())
+    }
+
+    /// Copies `n` bytes VRAM to VRAM when every page of both sides is a valid VRAM entry
+    /// (the destination writable); false, having copied nothing, otherwise.
+    fn copy_vram_chunk(&self, gpu: usize, dst: usize, src: usize, n: usize) -> bool {
+        self.enter(gpu);
+        let t = self.gpus[gpu].pt.read();
+        let host = |a: usize, write: bool| {
+            let pte = t.get((a >> PAGE_SHIFT) as u64);
+            match pte.target() {
+                Some(Target::Vram { gpu: owner, page }) if !write || pte.writable() => {
+                    Some(self.vram_addr(owner, page) + (a & (PAGE_SIZE - 1)))
+                }
+                _ => None,
+            }
+        };
+        let pages = |a: usize| (a >> PAGE_SHIFT)..=((a + n - 1) >> PAGE_SHIFT);
+        let all = pages(src).all(|p| host(p << PAGE_SHIFT, false).is_some())
+            && pages(dst).all(|p| host(p << PAGE_SHIFT, true).is_some());
+        if all {
+            let mut off = 0;
+            while off < n {
+                let (s, d) = (src + off, dst + off);
+                let k =
+                    (PAGE_SIZE - (s & (PAGE_SIZE - 1))).min(PAGE_SIZE - (d & (PAGE_SIZE - 1))).min(n - off);
+                let (hs, hd) = (host(s, false).expect("checked"), host(d, true).expect("checked"));
+                sys::mmap::copy(hd, hs, k);
+                off += k;
+            }
+        }
+        drop(t);
+        self.leave(gpu);
+        all
     }
 
     /// Translates and copies one chunk under the page-table read lock. On a missing or

@@ -241,7 +241,6 @@ impl PageTable {
     }
 
     /// The entry of virtual page `page`.
-    #[cfg(test)]
     pub fn get(&self, page: u64) -> Pte {
         self.t.read().get(page)
     }

@@ -193,6 +193,8 @@ struct BoInner {
     npages: u64,
     last_use: AtomicU64,
     evicting: AtomicBool,
+    /// Never chosen for eviction (a KFD buffer object: it does not migrate).
+    pinned: AtomicBool,
 }
 
 impl Drop for BoInner {
@@ -262,6 +264,10 @@ impl Bo {
     /// Whether an eviction of this BO was requested.
     pub fn evicting(&self) -> bool {
         self.inner.evicting.load(Ordering::Acquire)
+    }
+    /// Pins the BO: eviction never chooses it (KFD buffer objects stay where they are).
+    pub fn pin(&self) {
+        self.inner.pinned.store(true, Ordering::Release);
     }
     /// Whether two handles name the same BO.
     pub fn same(&self, other: &Bo) -> bool {
@@ -406,6 +412,7 @@ impl VramManager {
             npages,
             last_use: AtomicU64::new(pool.clock.fetch_add(1, Ordering::Relaxed)),
             evicting: AtomicBool::new(false),
+            pinned: AtomicBool::new(false),
         });
         pool.live.lock().insert(id, Arc::downgrade(&inner));
         Ok(Bo { inner })
@@ -421,7 +428,8 @@ impl VramManager {
         // freeing takes the `live` lock.
         let all: Vec<Bo> =
             pool.live.lock().values().filter_map(Weak::upgrade).map(|inner| Bo { inner }).collect();
-        let mut live: Vec<Bo> = all.into_iter().filter(|b| !b.evicting()).collect();
+        let mut live: Vec<Bo> =
+            all.into_iter().filter(|b| !b.evicting() && !b.inner.pinned.load(Ordering::Acquire)).collect();
         live.sort_by_key(|b| b.inner.last_use.load(Ordering::Relaxed));
         let mut out = Vec::new();
         for b in live {

@@ -15,6 +15,14 @@ impl PageSet {
         self.runs.range(..=p).next_back().is_some_and(|(_, &l)| l >= p)
     }
 
+    /// The first page of `[s, l]` in the set, if any.
+    pub fn first_in(&self, s: PageNo, l: PageNo) -> Option<PageNo> {
+        if self.contains(s) {
+            return Some(s);
+        }
+        self.runs.range(s..=l).next().map(|(&k, _)| k)
+    }
+
     /// Adds `[s, l]`.
     pub fn insert(&mut self, s: PageNo, l: PageNo) {
         self.remove(s, l);

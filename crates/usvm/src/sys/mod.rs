@@ -5,6 +5,7 @@
 //! - [`vma`]: what the process's address space looks like at an address (the kernel's
 //!   `vma_lookup`), through the `PROCMAP_QUERY` ioctl on `/proc/self/maps`.
 
+pub mod doorbell;
 pub mod mmap;
 pub mod pagemap;
 pub mod uffd;

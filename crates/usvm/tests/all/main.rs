@@ -4,6 +4,7 @@ mod attrs;
 mod gpu;
 mod hygiene;
 mod inject;
+mod kfd;
 mod migrate;
 mod notifier;
 mod stress;

@@ -1,0 +1,149 @@
+//! User queues (`hsaKmtCreateQueue` / `hsaKmtDestroyQueue`). SDMA queues execute real SDMA
+//! packets on an engine thread per queue ([`super::sdma`]); compute queues are created and
+//! destroyed, and count for the XNACK rule, but execute nothing (PM4 is not emulated yet).
+//! Every queue counts as one of the process's queues: while any exists, XNACK cannot
+//! change.
+
+use super::events::Events;
+use super::sdma::{self, RPTR_WORD, WPTR_WORD};
+use super::{KfdError, KfdResult};
+use crate::svm::Svm;
+use crate::sys::doorbell::{Doorbell, SharedPage};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// The kinds of queues (`HSA_QUEUE_TYPE` values usvm accepts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueKind {
+    /// A PM4 compute queue (created, never executed).
+    Compute,
+    /// An SDMA queue on a PCIe engine.
+    Sdma,
+    /// An SDMA queue on an XGMI engine.
+    SdmaXgmi,
+}
+
+/// What the application gets for a queue (`HsaQueueResource`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueResource {
+    /// The queue's id.
+    pub id: u64,
+    /// The 64-bit doorbell the application stores the write pointer to.
+    pub doorbell: usize,
+    /// The 64-bit write pointer (bytes for SDMA, never wrapped).
+    pub write_ptr: usize,
+    /// The 64-bit read pointer the engine advances.
+    pub read_ptr: usize,
+}
+
+/// Smallest ring usvm accepts, bytes.
+pub const MIN_RING_BYTES: u64 = 256;
+
+struct Live {
+    /// Read and write pointers.
+    ptrs: Arc<SharedPage>,
+    /// The doorbell (watched for SDMA queues).
+    doorbell: Arc<Doorbell>,
+    stop: Arc<AtomicBool>,
+    engine: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("rptr", &self.ptrs.load(RPTR_WORD)).field("wptr", &self.ptrs.load(WPTR_WORD)).finish()
+    }
+}
+
+/// The queues of one KFD.
+#[derive(Debug, Default)]
+pub struct Queues {
+    live: Mutex<BTreeMap<u64, Live>>,
+    next: AtomicU64,
+}
+
+impl Queues {
+    /// `hsaKmtCreateQueue` on GPU `gpu` (index) of node `node`: `ring` is the ring's address
+    /// (GPU-mapped memory of the application), `ring_bytes` a power of two.
+    pub fn create(
+        &self,
+        svm: &Svm,
+        events: &Arc<Events>,
+        (gpu, node): (usize, u32),
+        kind: QueueKind,
+        ring: usize,
+        ring_bytes: u64,
+    ) -> KfdResult<QueueResource> {
+        if ring == 0 || !ring.is_multiple_of(4) {
+            return Err(KfdError::InvalidParameter("ring address"));
+        }
+        if ring_bytes < MIN_RING_BYTES || !ring_bytes.is_power_of_two() {
+            return Err(KfdError::InvalidParameter("ring size must be a power of two of at least 256 bytes"));
+        }
+        let ptrs = Arc::new(SharedPage::new()?);
+        let doorbell = Arc::new(Doorbell::new()?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let engine = match kind {
+            QueueKind::Compute => None,
+            QueueKind::Sdma | QueueKind::SdmaXgmi => {
+                let e = sdma::Engine {
+                    devs: svm.inner().devs.clone(),
+                    events: events.clone(),
+                    gpu,
+                    node,
+                    ring,
+                    ring_bytes,
+                    ptrs: ptrs.clone(),
+                    doorbell: doorbell.clone(),
+                    stop: stop.clone(),
+                };
+                let t = std::thread::Builder::new()
+                    .name(format!("usvm-sdmaq{gpu}"))
+                    .spawn(move || e.run())
+                    .map_err(|e| crate::Error::Sys { call: "spawn", errno: e.raw_os_error().unwrap_or(libc::EAGAIN) })?;
+                Some(t)
+            }
+        };
+        svm.inner().lock_state().queues += 1;
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let res = QueueResource {
+            id,
+            doorbell: doorbell.addr(),
+            write_ptr: ptrs.addr() + WPTR_WORD * 8,
+            read_ptr: ptrs.addr() + RPTR_WORD * 8,
+        };
+        self.live.lock().insert(id, Live { ptrs, doorbell, stop, engine });
+        Ok(res)
+    }
+
+    /// `hsaKmtDestroyQueue`: stops the queue (a packet under way finishes first) and frees it;
+    /// also for a queue halted by a fault.
+    pub fn destroy(&self, svm: &Svm, id: u64) -> KfdResult<()> {
+        let q = self.live.lock().remove(&id).ok_or(KfdError::InvalidHandle("queue"))?;
+        Self::stop(svm, q);
+        Ok(())
+    }
+
+    fn stop(svm: &Svm, mut q: Live) {
+        q.stop.store(true, Ordering::Release);
+        q.doorbell.shut();
+        if let Some(t) = q.engine.take() {
+            let _ = t.join();
+        }
+        svm.inner().lock_state().queues -= 1;
+    }
+
+    /// How many queues exist.
+    pub fn count(&self) -> usize {
+        self.live.lock().len()
+    }
+
+    /// Destroys every queue (closing the KFD).
+    pub(crate) fn destroy_all(&self, svm: &Svm) {
+        let all = std::mem::take(&mut *self.live.lock());
+        for (_, q) in all {
+            Self::stop(svm, q);
+        }
+    }
+}
