@@ -91,7 +91,10 @@ impl MemoryFault {
     /// `HsaAccessAttributeFailure` as a word: NotPresent bit 0, ReadOnly 1, NoExecute 2,
     /// GpuAccess 3.
     pub fn failure_bits(&self) -> u32 {
-        u32::from(self.not_present) | u32::from(self.read_only) << 1 | u32::from(self.no_execute) << 2 | 1 << 3
+        u32::from(self.not_present)
+            | u32::from(self.read_only) << 1
+            | u32::from(self.no_execute) << 2
+            | 1 << 3
     }
 }
 
@@ -134,7 +137,11 @@ impl Events {
     pub fn new() -> KfdResult<Self> {
         let page = sys::mmap::map_anon_aligned(PAGE_BYTES.next_multiple_of(PAGE_SIZE), PAGE_SIZE)?;
         sys::mmap::advise_dontfork(page, PAGE_BYTES);
-        Ok(Events { page, table: Mutex::new(Table { next_other: FIRST_OTHER_EVENT_ID, ..Default::default() }), changed: Condvar::new() })
+        Ok(Events {
+            page,
+            table: Mutex::new(Table { next_other: FIRST_OTHER_EVENT_ID, ..Default::default() }),
+            changed: Condvar::new(),
+        })
     }
 
     /// The event page (address, bytes).
@@ -221,8 +228,8 @@ impl Events {
         if ids.is_empty() {
             return Err(KfdError::InvalidParameter("no events to wait on"));
         }
-        let deadline =
-            (timeout_ms != WAIT_INFINITE_MS).then(|| Instant::now() + Duration::from_millis(u64::from(timeout_ms)));
+        let deadline = (timeout_ms != WAIT_INFINITE_MS)
+            .then(|| Instant::now() + Duration::from_millis(u64::from(timeout_ms)));
         let mut t = self.table.lock();
         loop {
             let mut signaled = Vec::new();

@@ -147,7 +147,8 @@ impl Memory {
             Some(g) if flags.contains(MemFlags::NON_PAGED) => {
                 let dev = &svm.inner().devs.gpus[g];
                 let reservation = dev.vram.reserve(len as u64).map_err(|_| KfdError::NoMemory)?;
-                let bo = dev.vram.alloc((len / PAGE_SIZE) as u64, Clear::Yes).map_err(|_| KfdError::NoMemory)?;
+                let bo =
+                    dev.vram.alloc((len / PAGE_SIZE) as u64, Clear::Yes).map_err(|_| KfdError::NoMemory)?;
                 // The CPU and every GPU see the buffer at one address: the first page of a
                 // contiguous BO. A fragmented VRAM cannot give one.
                 if bo.runs().len() != 1 {
@@ -212,7 +213,10 @@ impl Memory {
             p.map_err(KfdError::Sys)?;
         }
         Self::claim(svm, start, len)?;
-        bufs.insert(start, Buffer { len, flags: MemFlags::HOST_ACCESS, backing: Backing::User, mapped: GpuMask::EMPTY });
+        bufs.insert(
+            start,
+            Buffer { len, flags: MemFlags::HOST_ACCESS, backing: Backing::User, mapped: GpuMask::EMPTY },
+        );
         Ok(())
     }
 
@@ -237,7 +241,8 @@ impl Memory {
     /// usvm's own memory `[addr, addr + len)` that every GPU maps (read-write).
     pub(crate) fn adopt_system(&self, svm: &Svm, addr: usize, len: usize) -> KfdResult<()> {
         Self::claim(svm, addr, len)?;
-        let mut b = Buffer { len, flags: MemFlags::HOST_ACCESS, backing: Backing::Internal, mapped: GpuMask::EMPTY };
+        let mut b =
+            Buffer { len, flags: MemFlags::HOST_ACCESS, backing: Backing::Internal, mapped: GpuMask::EMPTY };
         let all: Vec<usize> = (0..svm.inner().devs.gpus.len()).collect();
         Self::map_on(svm, addr, &mut b, &all);
         self.bufs.lock().insert(addr, b);

@@ -311,7 +311,13 @@ impl Kfd {
     }
 
     /// `hsaKmtCreateQueue` on GPU node `node`.
-    pub fn create_queue(&self, node: u32, kind: QueueKind, ring: usize, ring_bytes: u64) -> KfdResult<QueueResource> {
+    pub fn create_queue(
+        &self,
+        node: u32,
+        kind: QueueKind,
+        ring: usize,
+        ring_bytes: u64,
+    ) -> KfdResult<QueueResource> {
         let gpu = self.gpu_index(node)?;
         self.queues.create(&self.svm, &self.events, (gpu, node), kind, ring, ring_bytes)
     }

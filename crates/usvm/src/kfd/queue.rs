@@ -52,7 +52,10 @@ struct Live {
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").field("rptr", &self.ptrs.load(RPTR_WORD)).field("wptr", &self.ptrs.load(WPTR_WORD)).finish()
+        f.debug_struct("Queue")
+            .field("rptr", &self.ptrs.load(RPTR_WORD))
+            .field("wptr", &self.ptrs.load(WPTR_WORD))
+            .finish()
     }
 }
 
@@ -101,7 +104,10 @@ impl Queues {
                 let t = std::thread::Builder::new()
                     .name(format!("usvm-sdmaq{gpu}"))
                     .spawn(move || e.run())
-                    .map_err(|e| crate::Error::Sys { call: "spawn", errno: e.raw_os_error().unwrap_or(libc::EAGAIN) })?;
+                    .map_err(|e| crate::Error::Sys {
+                    call: "spawn",
+                    errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
+                })?;
                 Some(t)
             }
         };

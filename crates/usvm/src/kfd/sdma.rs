@@ -178,7 +178,12 @@ pub fn decode(dw: &[u32]) -> Result<(Packet, usize), Decode> {
         }
         (op::CONST_FILL, 0) => {
             need(5)?;
-            let p = Packet::Fill { dst: addr(dw[1], dw[2]), data: dw[3], dword: (h >> 30) == 2, bytes: count22(dw[4]) };
+            let p = Packet::Fill {
+                dst: addr(dw[1], dw[2]),
+                data: dw[3],
+                dword: (h >> 30) == 2,
+                bytes: count22(dw[4]),
+            };
             (p, 5)
         }
         (op::TIMESTAMP, 0) => {
@@ -289,13 +294,20 @@ impl Engine {
                     // was read): read again from here.
                     Err(Decode::Incomplete) if at > 0 => break,
                     Err(Decode::Incomplete) if n == RING_READ_DWORDS => {
-                        tracing::warn!(gpu = self.gpu, "SDMA packet larger than the engine reads: queue halted");
+                        tracing::warn!(
+                            gpu = self.gpu,
+                            "SDMA packet larger than the engine reads: queue halted"
+                        );
                         return Err(Stop::Halted);
                     }
                     // The application has not published the whole packet yet.
                     Err(Decode::Incomplete) => return Ok(()),
                     Err(Decode::Illegal(h)) => {
-                        tracing::warn!(gpu = self.gpu, header = format_args!("{h:#x}"), "illegal SDMA packet: queue halted");
+                        tracing::warn!(
+                            gpu = self.gpu,
+                            header = format_args!("{h:#x}"),
+                            "illegal SDMA packet: queue halted"
+                        );
                         return Err(Stop::Halted);
                     }
                 };
@@ -318,7 +330,9 @@ impl Engine {
                 let bytes: Vec<u8> = data.iter().flat_map(|w| w.to_le_bytes()).collect();
                 self.devs.access(g, *dst as usize, Access::Write(&bytes))
             }
-            Packet::Fence { addr, data } => self.devs.access(g, *addr as usize, Access::Write(&data.to_le_bytes())),
+            Packet::Fence { addr, data } => {
+                self.devs.access(g, *addr as usize, Access::Write(&data.to_le_bytes()))
+            }
             Packet::Trap { event } => {
                 if self.events.set(*event).is_err() {
                     tracing::debug!(event, "TRAP for an event that does not exist");
@@ -360,7 +374,15 @@ impl Engine {
         Ok(())
     }
 
-    fn poll(&self, addr: u64, reference: u32, mask: u32, func: u8, interval: u16, retries: u16) -> Result<(), Stop> {
+    fn poll(
+        &self,
+        addr: u64,
+        reference: u32,
+        mask: u32,
+        func: u8,
+        interval: u16,
+        retries: u16,
+    ) -> Result<(), Stop> {
         let mut tries = 0u32;
         loop {
             let mut v = [0u8; 4];
@@ -391,7 +413,12 @@ impl Engine {
                 let page = addr & !(crate::sys::PAGE_SIZE as u64 - 1);
                 let pte = self.devs.gpus[self.gpu].pt.get(page >> crate::sys::PAGE_SHIFT);
                 let read_only = *write && pte.valid() && !pte.writable();
-                tracing::warn!(gpu = self.gpu, addr = format_args!("{addr:#x}"), write, "SDMA queue faulted: halted");
+                tracing::warn!(
+                    gpu = self.gpu,
+                    addr = format_args!("{addr:#x}"),
+                    write,
+                    "SDMA queue faulted: halted"
+                );
                 self.events.signal_memory_fault(MemoryFault {
                     node: self.node,
                     addr: page,
@@ -429,12 +456,23 @@ mod tests {
         assert_eq!(decode(&[2 << 16, 9]), Err(Decode::Incomplete));
         assert_eq!(decode(&[5, 0x40, 0, 7]).unwrap(), (Packet::Fence { addr: 0x40, data: 7 }, 4));
         assert_eq!(decode(&[6, 0xf000_0012]).unwrap(), (Packet::Trap { event: 0x12 }, 2));
-        assert_eq!(decode(&[2, 0x80, 0, 1, 0xa, 0xb]).unwrap(), (Packet::Write { dst: 0x80, data: vec![0xa, 0xb] }, 6));
+        assert_eq!(
+            decode(&[2, 0x80, 0, 1, 0xa, 0xb]).unwrap(),
+            (Packet::Write { dst: 0x80, data: vec![0xa, 0xb] }, 6)
+        );
         assert_eq!(decode(&[13 | 2 << 8, 0x100, 0]).unwrap(), (Packet::Timestamp { addr: Some(0x100) }, 3));
         let poll = [8 | 3 << 28 | 1 << 31, 0x40, 0, 5, 0xff, 10 | 0xfff << 16];
         assert_eq!(
             decode(&poll).unwrap().0,
-            Packet::Poll { addr: 0x40, reference: 5, mask: 0xff, func: 3, interval: 10, retries: 0xfff, register: false }
+            Packet::Poll {
+                addr: 0x40,
+                reference: 5,
+                mask: 0xff,
+                func: 3,
+                interval: 10,
+                retries: 0xfff,
+                register: false
+            }
         );
         assert_eq!(decode(&[0x77]), Err(Decode::Illegal(0x77)));
         assert_eq!(decode(&copy[..6]), Err(Decode::Incomplete));

@@ -17,7 +17,9 @@ fn is_location(ty: u32) -> bool {
 fn is_access(ty: u32) -> bool {
     matches!(
         ty,
-        uapi::KFD_IOCTL_SVM_ATTR_ACCESS | uapi::KFD_IOCTL_SVM_ATTR_ACCESS_IN_PLACE | uapi::KFD_IOCTL_SVM_ATTR_NO_ACCESS
+        uapi::KFD_IOCTL_SVM_ATTR_ACCESS
+            | uapi::KFD_IOCTL_SVM_ATTR_ACCESS_IN_PLACE
+            | uapi::KFD_IOCTL_SVM_ATTR_NO_ACCESS
     )
 }
 

@@ -168,7 +168,10 @@ fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|v| v.trim().to_string())
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
         })
         .unwrap_or_else(|| "CPU".to_string())
 }
@@ -232,8 +235,13 @@ pub fn build(svm: &Svm, config: &KfdConfig) -> Vec<NodeProperties> {
     let mut nodes = vec![cpu];
     for (i, g) in gpus.iter().enumerate() {
         let node = i as u32 + 1;
-        let mut io_links =
-            vec![IoLink { kind: IoLinkType::PciExpress, from: node, to: 0, weight: 20, max_bandwidth: 32_000 }];
+        let mut io_links = vec![IoLink {
+            kind: IoLinkType::PciExpress,
+            from: node,
+            to: 0,
+            weight: 20,
+            max_bandwidth: 32_000,
+        }];
         if config.xgmi_hive {
             io_links.extend((0..gpus.len()).filter(|&j| j != i).map(|j| IoLink {
                 kind: IoLinkType::Xgmi,

@@ -307,7 +307,6 @@ impl SocketEnd {
         }
         true
     }
-
 }
 
 #[cfg(test)]

@@ -35,7 +35,8 @@ const RING: usize = 4096;
 
 impl Sdma {
     fn new(k: &Arc<Kfd>, node: u32) -> Sdma {
-        let flags = MemFlags::HOST_ACCESS | MemFlags::EXECUTE_ACCESS | MemFlags::NO_NUMA_BIND | MemFlags::UNCACHED;
+        let flags =
+            MemFlags::HOST_ACCESS | MemFlags::EXECUTE_ACCESS | MemFlags::NO_NUMA_BIND | MemFlags::UNCACHED;
         let ring = k.alloc_memory(node, RING as u64, flags).unwrap();
         k.map_memory(ring, Some(&[node])).unwrap();
         let res = k.create_queue(node, QueueKind::Sdma, ring, RING as u64).unwrap();
@@ -121,8 +122,12 @@ fn svm_through_node_ids() {
     let buf = k.svm().alloc(2 * MIB).unwrap();
     let (a, n) = (buf.addr() as u64, buf.len() as u64);
     let attr = |ty, value| RawAttr { ty, value };
-    k.svm_set_attr(a, n, &[attr(uapi::KFD_IOCTL_SVM_ATTR_PREFERRED_LOC, 2), attr(uapi::KFD_IOCTL_SVM_ATTR_ACCESS, 1)])
-        .unwrap();
+    k.svm_set_attr(
+        a,
+        n,
+        &[attr(uapi::KFD_IOCTL_SVM_ATTR_PREFERRED_LOC, 2), attr(uapi::KFD_IOCTL_SVM_ATTR_ACCESS, 1)],
+    )
+    .unwrap();
     let mut q = [
         attr(uapi::KFD_IOCTL_SVM_ATTR_PREFERRED_LOC, 0),
         attr(uapi::KFD_IOCTL_SVM_ATTR_PREFETCH_LOC, 0),
@@ -138,8 +143,14 @@ fn svm_through_node_ids() {
     let bad = |r: Result<(), KfdError>| r.unwrap_err();
     assert!(matches!(bad(k.svm_set_attr(0, n, &[])), KfdError::InvalidParameter(_)));
     assert!(matches!(bad(k.svm_set_attr(a + 1, n, &[])), KfdError::InvalidParameter(_)));
-    assert_eq!(bad(k.svm_set_attr(a, n, &[attr(uapi::KFD_IOCTL_SVM_ATTR_ACCESS, 0)])), KfdError::InvalidNode(0));
-    assert_eq!(bad(k.svm_set_attr(a, n, &[attr(uapi::KFD_IOCTL_SVM_ATTR_PREFETCH_LOC, 7)])), KfdError::InvalidNode(7));
+    assert_eq!(
+        bad(k.svm_set_attr(a, n, &[attr(uapi::KFD_IOCTL_SVM_ATTR_ACCESS, 0)])),
+        KfdError::InvalidNode(0)
+    );
+    assert_eq!(
+        bad(k.svm_set_attr(a, n, &[attr(uapi::KFD_IOCTL_SVM_ATTR_PREFETCH_LOC, 7)])),
+        KfdError::InvalidNode(7)
+    );
     assert_eq!(
         bad(k.svm_set_attr(a, n, &[attr(uapi::KFD_IOCTL_SVM_ATTR_PREFETCH_LOC, 0xffff_ffff)])),
         KfdError::InvalidNode(0xffff_ffff)
@@ -225,12 +236,14 @@ fn sdma_copies_fills_and_writes_through_the_ring() {
 fn a_trap_signals_the_event_and_a_fault_halts_the_queue() {
     let k = kfd(1, false);
     let mut q = Sdma::new(&k, 1);
-    let (ev, hw2) = k.events().create(EventDescriptor { kind: EventType::Signal, node: 1 }, false, false).unwrap();
+    let (ev, hw2) =
+        k.events().create(EventDescriptor { kind: EventType::Signal, node: 1 }, false, false).unwrap();
     q.submit(&[5, hw2 as u32, (hw2 >> 32) as u32, ev, 6, ev]);
     k.events().wait(&[ev], false, 5000).unwrap();
     assert_eq!(load64(hw2 as usize) as u32, ev, "the FENCE wrote the event page");
     // A write to read-only memory: memory exception, with the page's address.
-    let (mem, _) = k.events().create(EventDescriptor { kind: EventType::Memory, node: 1 }, true, false).unwrap();
+    let (mem, _) =
+        k.events().create(EventDescriptor { kind: EventType::Memory, node: 1 }, true, false).unwrap();
     let ro = Mapping::anon(2 * PAGE, PAGE);
     let src = Mapping::anon(PAGE, PAGE);
     let attrs = [RawAttr { ty: uapi::KFD_IOCTL_SVM_ATTR_ACCESS, value: 1 }];
