@@ -46,6 +46,8 @@ const BENCHES: &[(&str, BenchFn)] = &[
     ("gpu_fault_stream", gpu_fault_stream),
     ("oversub_1_5x", oversub_1_5x),
     ("set_attr_1e6_vs_1e3", set_attr_scaling),
+    ("sdma_copy", sdma_copy),
+    ("c_get_attr", c_get_attr),
 ];
 
 /// Runs the benchmarks and prints them.
@@ -192,4 +194,69 @@ fn gpu_fault_stream(quick: bool) -> Result<BenchLine> {
 fn oversub_1_5x(quick: bool) -> Result<BenchLine> {
     let r = usvm::bench::oversub(if quick { 32 << 20 } else { 128 << 20 })?;
     Ok(BenchLine::of("oversub_1_5x", "GB/s", r))
+}
+
+/// `sdma_copy`: COPY_LINEAR of 256 MiB between two VRAM-resident SVM ranges through an SDMA
+/// queue (ring, doorbell, read pointer), throughput / memcpy of the same size. Goal >= 0.7.
+fn sdma_copy(quick: bool) -> Result<BenchLine> {
+    let (bytes, reps) = if quick { (64 << 20, 3) } else { (256 << 20, 5) };
+    let r = usvm::bench::sdma_copy(bytes, reps)?;
+    Ok(BenchLine::of("sdma_copy", "GB/s", r))
+}
+
+/// `c_get_attr`: time per `hsaKmtSVMGetAttr` call (the C entry point, node ids) against
+/// the Rust `Svm::get_attr` of the same query on the same range, in the same run.
+/// Goal <= 1.2.
+fn c_get_attr(quick: bool) -> Result<BenchLine> {
+    use hsakmt::types::{HSA_SVM_ATTRIBUTE, HSAKMT_STATUS_KERNEL_ALREADY_OPENED, HSAKMT_STATUS_SUCCESS};
+    use usvm::{Location, uapi};
+    let (batches, calls) = if quick { (5, 20_000) } else { (11, 100_000) };
+    let opened = hsakmt::hsaKmtOpenKFD();
+    if opened != HSAKMT_STATUS_SUCCESS && opened != HSAKMT_STATUS_KERNEL_ALREADY_OPENED {
+        bail!("hsaKmtOpenKFD failed with status {opened}");
+    }
+    let k = usvm::kfd::current()?;
+    let svm = k.svm();
+    let g = svm.gpu_ids()[0];
+    let node = k.node_of_gpu(g).expect("a GPU node");
+    let buf = svm.alloc(2 << 20)?;
+    svm.set_attr(buf.addr(), buf.len(), &[Attr::Access(g), Attr::PreferredLoc(Location::Gpu(g))])?;
+    let c_query = [
+        HSA_SVM_ATTRIBUTE { r#type: uapi::KFD_IOCTL_SVM_ATTR_PREFERRED_LOC, value: 0 },
+        HSA_SVM_ATTRIBUTE { r#type: uapi::KFD_IOCTL_SVM_ATTR_PREFETCH_LOC, value: 0 },
+        HSA_SVM_ATTRIBUTE { r#type: uapi::KFD_IOCTL_SVM_ATTR_ACCESS, value: node },
+        HSA_SVM_ATTRIBUTE { r#type: uapi::KFD_IOCTL_SVM_ATTR_GRANULARITY, value: 0 },
+    ];
+    let rust_query = [
+        Attr::PreferredLoc(Location::Undefined),
+        Attr::PrefetchLoc(Location::Undefined),
+        Attr::Access(g),
+        Attr::Granularity(0),
+    ];
+    let (addr, len) = (buf.addr(), buf.len());
+    // Alternate the two, batch by batch, so that both see the same machine.
+    let (mut c_ns, mut rust_ns) = (Vec::new(), Vec::new());
+    for _ in 0..batches {
+        c_ns.push(median_ns_per_call(1, calls, |_| {
+            let mut q = c_query;
+            // SAFETY: `q` is an array of four attributes, alive for the call.
+            let s =
+                unsafe { hsakmt::hsaKmtSVMGetAttr(addr as *mut libc::c_void, len as u64, 4, q.as_mut_ptr()) };
+            assert_eq!(s, HSAKMT_STATUS_SUCCESS);
+            std::hint::black_box(&q);
+        }));
+        rust_ns.push(median_ns_per_call(1, calls, |_| {
+            let mut q = rust_query;
+            svm.get_attr(addr, len, &mut q).expect("get_attr");
+            std::hint::black_box(&q);
+        }));
+    }
+    drop(buf);
+    drop(k);
+    hsakmt::hsaKmtCloseKFD();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(BenchLine::new("c_get_attr", "ns/call", median(c_ns), median(rust_ns)))
 }

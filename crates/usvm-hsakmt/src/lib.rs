@@ -132,8 +132,12 @@ pub extern "C" fn hsaKmtCloseKFD() -> HSAKMT_STATUS {
 }
 
 /// `hsaKmtGetVersion`: KFD ioctl 1.17.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtGetVersion(v: *mut HsaVersionInfo) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtGetVersion(v: *mut HsaVersionInfo) -> HSAKMT_STATUS {
     entry(|| {
         kfd::current()?;
         let (major, minor) = kfd::KFD_VERSION;
@@ -142,8 +146,12 @@ pub extern "C" fn hsaKmtGetVersion(v: *mut HsaVersionInfo) -> HSAKMT_STATUS {
 }
 
 /// `hsaKmtAcquireSystemProperties`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtAcquireSystemProperties(p: *mut HsaSystemProperties) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtAcquireSystemProperties(p: *mut HsaSystemProperties) -> HSAKMT_STATUS {
     entry(|| {
         let k = kfd::current()?;
         put(p, HsaSystemProperties { NumNodes: k.nodes().len() as u32, ..Default::default() })
@@ -214,8 +222,12 @@ fn node_properties(n: &kfd::NodeProperties) -> HsaNodeProperties {
 }
 
 /// `hsaKmtGetNodeProperties`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtGetNodeProperties(node: u32, p: *mut HsaNodeProperties) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtGetNodeProperties(node: u32, p: *mut HsaNodeProperties) -> HSAKMT_STATUS {
     entry(|| {
         let k = kfd::current()?;
         if p.is_null() {
@@ -226,8 +238,12 @@ pub extern "C" fn hsaKmtGetNodeProperties(node: u32, p: *mut HsaNodeProperties) 
 }
 
 /// `hsaKmtGetNodeMemoryProperties`: the first `n` banks of `node`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtGetNodeMemoryProperties(
+pub unsafe extern "C" fn hsaKmtGetNodeMemoryProperties(
     node: u32,
     n: u32,
     p: *mut HsaMemoryProperties,
@@ -255,8 +271,12 @@ pub extern "C" fn hsaKmtGetNodeMemoryProperties(
 }
 
 /// `hsaKmtGetNodeCacheProperties`: the emulated nodes report no caches.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtGetNodeCacheProperties(
+pub unsafe extern "C" fn hsaKmtGetNodeCacheProperties(
     node: u32,
     _processor: u32,
     n: u32,
@@ -274,8 +294,12 @@ pub extern "C" fn hsaKmtGetNodeCacheProperties(
 }
 
 /// `hsaKmtGetNodeIoLinkProperties`: the first `n` IO links of `node`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtGetNodeIoLinkProperties(
+pub unsafe extern "C" fn hsaKmtGetNodeIoLinkProperties(
     node: u32,
     n: u32,
     p: *mut HsaIoLinkProperties,
@@ -304,8 +328,12 @@ pub extern "C" fn hsaKmtGetNodeIoLinkProperties(
 }
 
 /// `hsaKmtGetClockCounters`: the GPU, CPU and system clocks in nanoseconds.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtGetClockCounters(node: u32, c: *mut HsaClockCounters) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtGetClockCounters(node: u32, c: *mut HsaClockCounters) -> HSAKMT_STATUS {
     entry(|| {
         kfd::current()?.node(node)?;
         let ns = usvm::clock_ns();
@@ -329,8 +357,12 @@ fn svm_attrs(attrs: *mut HSA_SVM_ATTRIBUTE, n: u32) -> Res<Vec<RawAttr>> {
 }
 
 /// `hsaKmtSVMSetAttr`: attributes carry node ids.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtSVMSetAttr(
+pub unsafe extern "C" fn hsaKmtSVMSetAttr(
     start: *mut libc::c_void,
     size: u64,
     nattr: u32,
@@ -344,8 +376,12 @@ pub extern "C" fn hsaKmtSVMSetAttr(
 }
 
 /// `hsaKmtSVMGetAttr`: answers in node ids; ACCESS queries answer through `.type`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtSVMGetAttr(
+pub unsafe extern "C" fn hsaKmtSVMGetAttr(
     start: *mut libc::c_void,
     size: u64,
     nattr: u32,
@@ -369,8 +405,12 @@ pub extern "C" fn hsaKmtSetXNACKMode(enable: i32) -> HSAKMT_STATUS {
 }
 
 /// `hsaKmtGetXNACKMode`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtGetXNACKMode(enable: *mut i32) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtGetXNACKMode(enable: *mut i32) -> HSAKMT_STATUS {
     entry(|| {
         let k = kfd::current()?;
         put(enable, i32::from(k.xnack()))
@@ -381,8 +421,12 @@ pub extern "C" fn hsaKmtGetXNACKMode(enable: *mut i32) -> HSAKMT_STATUS {
 // Memory.
 
 /// `hsaKmtAllocMemory`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtAllocMemory(
+pub unsafe extern "C" fn hsaKmtAllocMemory(
     node: u32,
     size: u64,
     flags: u32,
@@ -400,8 +444,12 @@ pub extern "C" fn hsaKmtAllocMemory(
 
 /// `hsaKmtAllocMemoryAlign`: alignments up to the page size (every allocation is page
 /// aligned); larger ones are not supported.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtAllocMemoryAlign(
+pub unsafe extern "C" fn hsaKmtAllocMemoryAlign(
     node: u32,
     size: u64,
     align: u64,
@@ -411,12 +459,17 @@ pub extern "C" fn hsaKmtAllocMemoryAlign(
     if align > 4096 || (align != 0 && !align.is_power_of_two()) {
         return guard(|| Err(KfdError::NotSupported("alignments above 4 KiB")));
     }
-    hsaKmtAllocMemory(node, size, flags, addr)
+    // SAFETY: the caller's pointers, passed on unchanged under the same contract.
+    unsafe { hsaKmtAllocMemory(node, size, flags, addr) }
 }
 
 /// `hsaKmtFreeMemory`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtFreeMemory(addr: *mut libc::c_void, _size: u64) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtFreeMemory(addr: *mut libc::c_void, _size: u64) -> HSAKMT_STATUS {
     entry(|| {
         let k = kfd::current()?;
         if addr.is_null() {
@@ -427,8 +480,12 @@ pub extern "C" fn hsaKmtFreeMemory(addr: *mut libc::c_void, _size: u64) -> HSAKM
 }
 
 /// `hsaKmtAvailableMemory`: free VRAM of a GPU node.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtAvailableMemory(node: u32, bytes: *mut u64) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtAvailableMemory(node: u32, bytes: *mut u64) -> HSAKMT_STATUS {
     entry(|| {
         let k = kfd::current()?;
         let g = k.gpu_index(node)?;
@@ -437,14 +494,22 @@ pub extern "C" fn hsaKmtAvailableMemory(node: u32, bytes: *mut u64) -> HSAKMT_ST
 }
 
 /// `hsaKmtRegisterMemory`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtRegisterMemory(addr: *mut libc::c_void, size: u64) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtRegisterMemory(addr: *mut libc::c_void, size: u64) -> HSAKMT_STATUS {
     entry(|| kfd::current()?.register_memory(addr as usize, size))
 }
 
 /// `hsaKmtRegisterMemoryToNodes`: the nodes must be GPU nodes.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtRegisterMemoryToNodes(
+pub unsafe extern "C" fn hsaKmtRegisterMemoryToNodes(
     addr: *mut libc::c_void,
     size: u64,
     n: u64,
@@ -460,25 +525,42 @@ pub extern "C" fn hsaKmtRegisterMemoryToNodes(
 }
 
 /// `hsaKmtRegisterMemoryWithFlags`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtRegisterMemoryWithFlags(
+pub unsafe extern "C" fn hsaKmtRegisterMemoryWithFlags(
     addr: *mut libc::c_void,
     size: u64,
     _flags: u32,
 ) -> HSAKMT_STATUS {
-    hsaKmtRegisterMemory(addr, size)
+    // SAFETY: the caller's pointers, passed on unchanged under the same contract.
+    unsafe { hsaKmtRegisterMemory(addr, size) }
 }
 
 /// `hsaKmtDeregisterMemory`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtDeregisterMemory(addr: *mut libc::c_void) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtDeregisterMemory(addr: *mut libc::c_void) -> HSAKMT_STATUS {
     entry(|| kfd::current()?.deregister_memory(addr as usize))
 }
 
 /// `hsaKmtMapMemoryToGPU`: VRAM on its GPU, system memory on every GPU. The GPU address is
 /// the CPU address.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtMapMemoryToGPU(addr: *mut libc::c_void, _size: u64, alt: *mut u64) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtMapMemoryToGPU(
+    addr: *mut libc::c_void,
+    _size: u64,
+    alt: *mut u64,
+) -> HSAKMT_STATUS {
     entry(|| {
         let k = kfd::current()?;
         if addr.is_null() {
@@ -493,8 +575,12 @@ pub extern "C" fn hsaKmtMapMemoryToGPU(addr: *mut libc::c_void, _size: u64, alt:
 }
 
 /// `hsaKmtMapMemoryToGPUNodes`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtMapMemoryToGPUNodes(
+pub unsafe extern "C" fn hsaKmtMapMemoryToGPUNodes(
     addr: *mut libc::c_void,
     _size: u64,
     alt: *mut u64,
@@ -517,8 +603,12 @@ pub extern "C" fn hsaKmtMapMemoryToGPUNodes(
 }
 
 /// `hsaKmtUnmapMemoryToGPU`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtUnmapMemoryToGPU(addr: *mut libc::c_void) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtUnmapMemoryToGPU(addr: *mut libc::c_void) -> HSAKMT_STATUS {
     entry(|| {
         let k = kfd::current()?;
         if addr.is_null() {
@@ -564,8 +654,12 @@ fn create_queue(
 
 /// `hsaKmtCreateQueue`: SDMA and SDMA_XGMI queues execute SDMA packets; compute queues
 /// exist (and count) but execute nothing.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtCreateQueue(
+pub unsafe extern "C" fn hsaKmtCreateQueue(
     node: u32,
     ty: u32,
     _percentage: u32,
@@ -579,8 +673,12 @@ pub extern "C" fn hsaKmtCreateQueue(
 }
 
 /// `hsaKmtCreateQueueExt`: as `hsaKmtCreateQueue`; the engine id is not used.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtCreateQueueExt(
+pub unsafe extern "C" fn hsaKmtCreateQueueExt(
     node: u32,
     ty: u32,
     _percentage: u32,
@@ -616,8 +714,12 @@ fn event_id(ev: *mut HsaEvent) -> Res<u32> {
 }
 
 /// `hsaKmtCreateEvent`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtCreateEvent(
+pub unsafe extern "C" fn hsaKmtCreateEvent(
     desc: *mut HsaEventDescriptor,
     manual_reset: bool,
     signaled: bool,
@@ -655,8 +757,12 @@ pub extern "C" fn hsaKmtCreateEvent(
 }
 
 /// `hsaKmtDestroyEvent`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtDestroyEvent(ev: *mut HsaEvent) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtDestroyEvent(ev: *mut HsaEvent) -> HSAKMT_STATUS {
     entry(|| {
         let id = event_id(ev)?;
         EVENTS.lock().as_mut().map(|m| m.remove(&(ev as usize)));
@@ -672,8 +778,12 @@ pub extern "C" fn hsaKmtDestroyEvent(ev: *mut HsaEvent) -> HSAKMT_STATUS {
 }
 
 /// `hsaKmtSetEvent`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtSetEvent(ev: *mut HsaEvent) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtSetEvent(ev: *mut HsaEvent) -> HSAKMT_STATUS {
     entry(|| {
         let id = event_id(ev)?;
         kfd::current()?.events().set(id)
@@ -681,8 +791,12 @@ pub extern "C" fn hsaKmtSetEvent(ev: *mut HsaEvent) -> HSAKMT_STATUS {
 }
 
 /// `hsaKmtResetEvent`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtResetEvent(ev: *mut HsaEvent) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtResetEvent(ev: *mut HsaEvent) -> HSAKMT_STATUS {
     entry(|| {
         let id = event_id(ev)?;
         kfd::current()?.events().reset(id)
@@ -690,8 +804,12 @@ pub extern "C" fn hsaKmtResetEvent(ev: *mut HsaEvent) -> HSAKMT_STATUS {
 }
 
 /// `hsaKmtQueryEventState`: SUCCESS for a live event (as libhsakmt, which asks nothing).
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtQueryEventState(ev: *mut HsaEvent) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtQueryEventState(ev: *mut HsaEvent) -> HSAKMT_STATUS {
     entry(|| {
         let id = event_id(ev)?;
         kfd::current()?.events().query(id).map(|_| ())
@@ -699,33 +817,52 @@ pub extern "C" fn hsaKmtQueryEventState(ev: *mut HsaEvent) -> HSAKMT_STATUS {
 }
 
 /// `hsaKmtWaitOnEvent`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtWaitOnEvent(ev: *mut HsaEvent, ms: u32) -> HSAKMT_STATUS {
-    hsaKmtWaitOnEvent_Ext(ev, ms, std::ptr::null_mut())
+pub unsafe extern "C" fn hsaKmtWaitOnEvent(ev: *mut HsaEvent, ms: u32) -> HSAKMT_STATUS {
+    // SAFETY: the caller's pointers, passed on unchanged under the same contract.
+    unsafe { hsaKmtWaitOnEvent_Ext(ev, ms, std::ptr::null_mut()) }
 }
 
 /// `hsaKmtWaitOnEvent_Ext`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtWaitOnEvent_Ext(ev: *mut HsaEvent, ms: u32, age: *mut u64) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtWaitOnEvent_Ext(ev: *mut HsaEvent, ms: u32, age: *mut u64) -> HSAKMT_STATUS {
     let mut one = ev;
-    hsaKmtWaitOnMultipleEvents_Ext(&mut one, 1, true, ms, age)
+    // SAFETY: the caller's pointers, passed on unchanged under the same contract.
+    unsafe { hsaKmtWaitOnMultipleEvents_Ext(&mut one, 1, true, ms, age) }
 }
 
 /// `hsaKmtWaitOnMultipleEvents`.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtWaitOnMultipleEvents(
+pub unsafe extern "C" fn hsaKmtWaitOnMultipleEvents(
     evs: *mut *mut HsaEvent,
     n: u32,
     all: bool,
     ms: u32,
 ) -> HSAKMT_STATUS {
-    hsaKmtWaitOnMultipleEvents_Ext(evs, n, all, ms, std::ptr::null_mut())
+    // SAFETY: the caller's pointers, passed on unchanged under the same contract.
+    unsafe { hsaKmtWaitOnMultipleEvents_Ext(evs, n, all, ms, std::ptr::null_mut()) }
 }
 
 /// `hsaKmtWaitOnMultipleEvents_Ext`: on success, memory-exception events carry the fault
 /// (node, page address, failure bits) and `age` (when given) each signal event's age.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtWaitOnMultipleEvents_Ext(
+pub unsafe extern "C" fn hsaKmtWaitOnMultipleEvents_Ext(
     evs: *mut *mut HsaEvent,
     n: u32,
     all: bool,
@@ -763,8 +900,12 @@ pub extern "C" fn hsaKmtWaitOnMultipleEvents_Ext(
 }
 
 /// `hsaKmtOpenSMI`: a descriptor of the GPU node's SMI events.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
 #[unsafe(no_mangle)]
-pub extern "C" fn hsaKmtOpenSMI(node: u32, fd: *mut i32) -> HSAKMT_STATUS {
+pub unsafe extern "C" fn hsaKmtOpenSMI(node: u32, fd: *mut i32) -> HSAKMT_STATUS {
     entry(|| {
         let k = kfd::current()?;
         if fd.is_null() {

@@ -75,3 +75,29 @@ not_supported! {
     hsaKmtPcSamplingStop(_node_id: u32, _trace_id: u32);
     hsaKmtQueryPointerInfo(_pointer: *mut c_void, _pointer_info: *mut c_void);
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every function `include/hsakmt/hsakmt.h` declares.
+    fn declared() -> Vec<String> {
+        let h = include_str!("../include/hsakmt/hsakmt.h");
+        let mut names: Vec<String> = h
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("hsaKmt"))
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    #[test]
+    fn the_header_declares_the_91_functions_and_the_stubs_are_among_them() {
+        let names = declared();
+        assert_eq!(names.len(), 91, "{names:?}");
+        for s in super::NAMES {
+            assert!(names.iter().any(|n| n == s), "{s} is not in hsakmt.h");
+        }
+        assert_eq!(super::NAMES.len(), 53, "unimplemented functions");
+    }
+}

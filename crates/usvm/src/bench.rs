@@ -223,3 +223,68 @@ pub fn oversub(vram: usize) -> Result<Ratio> {
     let floor = run(vram / 2)?;
     Ok(Ratio { value, floor })
 }
+
+/// `sdma_copy`: COPY_LINEAR of `bytes` between two VRAM-resident SVM ranges through an SDMA
+/// queue of the KFD model (packets of 2 MiB in a ring, doorbell, read pointer), against a
+/// single-thread memcpy of the same size in the same run.
+pub fn sdma_copy(bytes: usize, reps: usize) -> Result<Ratio> {
+    use crate::kfd::{Kfd, KfdConfig, MemFlags, QueueKind};
+    use crate::{Attr, Location};
+    const RING: usize = 64 << 10;
+    const PIECE: usize = 2 << 20;
+    let bytes = bytes.next_multiple_of(PIECE);
+    let err = |e: crate::kfd::KfdError| crate::Error::InvalidConfig(e.to_string());
+    let k = Kfd::new(KfdConfig {
+        gpus: 1,
+        vram_bytes: 2 * bytes as u64 + (64 << 20),
+        xgmi_hive: false,
+        xnack: false,
+    })
+    .map_err(err)?;
+    let svm = k.svm();
+    let g = svm.gpu_ids()[0];
+    let (src, dst) = (svm.alloc(bytes)?, svm.alloc(bytes)?);
+    src.fill(0, bytes, 0x3c);
+    for b in [&src, &dst] {
+        svm.set_attr(b.addr(), bytes, &[Attr::Access(g), Attr::PrefetchLoc(Location::Gpu(g))])?;
+    }
+    let ring = k.alloc_memory(1, RING as u64, MemFlags::HOST_ACCESS | MemFlags::UNCACHED).map_err(err)?;
+    k.map_memory(ring, Some(&[1])).map_err(err)?;
+    let q = k.create_queue(1, QueueKind::Sdma, ring, RING as u64).map_err(err)?;
+    let mut packets = Vec::new();
+    for off in (0..bytes).step_by(PIECE) {
+        let (s, d) = ((src.addr() + off) as u64, (dst.addr() + off) as u64);
+        for w in [1, PIECE as u32 - 1, 0, s as u32, (s >> 32) as u32, d as u32, (d >> 32) as u32] {
+            packets.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+    assert!(packets.len() <= RING, "the packets fit the ring");
+    let mut wptr = 0u64;
+    let mut copy = || -> Result<f64> {
+        // Each round starts at the ring's beginning: pad the rest with NOPs (zero dwords).
+        let pos = (wptr % RING as u64) as usize;
+        if pos != 0 {
+            sys::mmap::fill(ring + pos, RING - pos, 0);
+            wptr += (RING - pos) as u64;
+        }
+        sys::mmap::copy_to(ring, &packets);
+        wptr += packets.len() as u64;
+        let t = Instant::now();
+        k.queues().submit(q.id, wptr).map_err(err)?;
+        // Poll as applications do, sleeping in between: a spinning waiter would take a core
+        // from the engine (2 cores here).
+        while k.queues().read_ptr(q.id).map_err(err)? != wptr {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        Ok(bytes as f64 / t.elapsed().as_secs_f64() / 1e9)
+    };
+    copy()?; // the first copy takes the destination's VRAM pages in
+    let mut v = Vec::new();
+    for _ in 0..reps {
+        v.push(copy()?);
+    }
+    let floor = memcpy_gbps(bytes, reps)?;
+    k.destroy_queue(q.id).map_err(err)?;
+    k.free_memory(ring).map_err(err)?;
+    Ok(Ratio { value: median(v), floor })
+}

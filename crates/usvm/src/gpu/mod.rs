@@ -36,7 +36,7 @@ use std::sync::Arc;
 /// Device accesses move at most this many bytes per page-table lock hold.
 pub const ACCESS_CHUNK_BYTES: usize = 64 << 10;
 /// Device-side copies between VRAM pages move at most this many bytes per lock hold.
-pub const COPY_CHUNK_BYTES: usize = 2 << 20;
+pub const COPY_CHUNK_BYTES: usize = 8 << 20;
 /// A chunk that still faults this long after its first fault, although every fault was
 /// handled, is a fatal fault: an access never hangs.
 pub const FAULT_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -361,14 +361,30 @@ impl Devices {
         let all = pages(src).all(|p| host(p << PAGE_SHIFT, false).is_some())
             && pages(dst).all(|p| host(p << PAGE_SHIFT, true).is_some());
         if all {
+            // Runs that are contiguous on both sides; whole pages go through the GPU's copy
+            // engine (two threads, streaming stores), anything else is copied here.
+            let mut runs: Vec<(usize, usize, usize)> = Vec::new();
             let mut off = 0;
             while off < n {
                 let (s, d) = (src + off, dst + off);
                 let k =
                     (PAGE_SIZE - (s & (PAGE_SIZE - 1))).min(PAGE_SIZE - (d & (PAGE_SIZE - 1))).min(n - off);
                 let (hs, hd) = (host(s, false).expect("checked"), host(d, true).expect("checked"));
-                sys::mmap::copy(hd, hs, k);
+                match runs.last_mut() {
+                    Some((rs, rd, len)) if *rs + *len == hs && *rd + *len == hd => *len += k,
+                    _ => runs.push((hs, hd, k)),
+                }
                 off += k;
+            }
+            let paged = runs.iter().all(|&(s, d, l)| (s | d | l) & (PAGE_SIZE - 1) == 0);
+            let ops: Vec<sdma::CopyOp> = runs
+                .iter()
+                .map(|&(s, d, l)| sdma::CopyOp { src: s, dst: d, npages: (l / PAGE_SIZE) as u64 })
+                .collect();
+            if !paged || self.gpus[gpu].sdma.copy_sync(&ops).1.is_err() {
+                for &(s, d, l) in &runs {
+                    sys::mmap::copy(d, s, l);
+                }
             }
         }
         drop(t);

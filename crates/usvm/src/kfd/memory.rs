@@ -106,7 +106,7 @@ impl Memory {
         let (s, l) = pages(addr, len);
         let st = inner.lock_state();
         if let Some(r) = st.tree.overlapping(s, l).next() {
-            let at = (r.start.max(s) << PAGE_SHIFT) as u64;
+            let at = r.start.max(s) << PAGE_SHIFT;
             return Err(crate::Error::AddressInUse { addr: at }.into());
         }
         inner.kfd_bos.lock().insert(s, l);

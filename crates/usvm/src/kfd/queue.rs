@@ -140,6 +140,25 @@ impl Queues {
         svm.inner().lock_state().queues -= 1;
     }
 
+    /// Publishes the write pointer `wptr` of queue `id` and rings its doorbell, as an
+    /// application's two stores do (for Rust callers; C programs store directly).
+    pub fn submit(&self, id: u64, wptr: u64) -> KfdResult<()> {
+        let (ptrs, doorbell) = {
+            let live = self.live.lock();
+            let q = live.get(&id).ok_or(KfdError::InvalidHandle("queue"))?;
+            (q.ptrs.clone(), q.doorbell.clone())
+        };
+        ptrs.store(WPTR_WORD, wptr);
+        doorbell.ring(wptr);
+        Ok(())
+    }
+
+    /// The read pointer of queue `id`: how far the engine has executed.
+    pub fn read_ptr(&self, id: u64) -> KfdResult<u64> {
+        let live = self.live.lock();
+        Ok(live.get(&id).ok_or(KfdError::InvalidHandle("queue"))?.ptrs.load(RPTR_WORD))
+    }
+
     /// How many queues exist.
     pub fn count(&self) -> usize {
         self.live.lock().len()

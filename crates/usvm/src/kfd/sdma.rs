@@ -198,6 +198,37 @@ pub fn decode(dw: &[u32]) -> Result<(Packet, usize), Decode> {
     })
 }
 
+/// Most bytes one merged copy moves ([`merge_copies`]).
+pub const MERGE_COPY_BYTES: u64 = 64 << 20;
+
+/// A copy followed by copies that continue it on both sides (a large copy split into
+/// packets of 2 MiB, as applications send it) becomes one copy of all of them, up to
+/// [`MERGE_COPY_BYTES`]: the read pointer then moves past them all once the whole copy is
+/// done. `p` and `len` are the first packet and its length in dwords, `dw` the dwords from
+/// it on; returns the packet to execute and the dwords it covers.
+pub fn merge_copies(p: Packet, len: usize, dw: &[u32]) -> (Packet, usize) {
+    let Packet::Copy { src, dst, bytes } = p else { return (p, len) };
+    if dst.len() != 1 {
+        return (Packet::Copy { src, dst, bytes }, len);
+    }
+    let (mut total, mut at) = (bytes, len);
+    while total < MERGE_COPY_BYTES {
+        match decode(&dw[at..]) {
+            Ok((Packet::Copy { src: s, dst: d, bytes: b }, l))
+                if d.len() == 1
+                    && s == src + total
+                    && d[0] == dst[0] + total
+                    && total + b <= MERGE_COPY_BYTES =>
+            {
+                total += b;
+                at += l;
+            }
+            _ => break,
+        }
+    }
+    (Packet::Copy { src, dst, bytes: total }, at)
+}
+
 /// Whether a poll's condition holds.
 fn poll_holds(func: u8, v: u32, reference: u32) -> bool {
     match func {
@@ -311,6 +342,7 @@ impl Engine {
                         return Err(Stop::Halted);
                     }
                 };
+                let (p, len) = merge_copies(p, len, &buf[at..]);
                 self.execute(&p)?;
                 at += len;
                 self.ptrs.store(RPTR_WORD, rptr + at as u64 * 4);
@@ -476,6 +508,20 @@ mod tests {
         );
         assert_eq!(decode(&[0x77]), Err(Decode::Illegal(0x77)));
         assert_eq!(decode(&copy[..6]), Err(Decode::Incomplete));
+    }
+
+    #[test]
+    fn contiguous_copies_merge() {
+        let c = |s: u32, d: u32, n: u32| vec![1, n - 1, 0, s, 0, d, 0];
+        let mut dw = c(0x1000, 0x9000, 0x100);
+        dw.extend(c(0x1100, 0x9100, 0x100));
+        dw.extend(c(0x1200, 0x7000, 0x100)); // a new destination: not merged
+        let (p, l) = decode(&dw).unwrap();
+        let (m, len) = merge_copies(p, l, &dw);
+        assert_eq!(m, Packet::Copy { src: 0x1000, dst: vec![0x9000], bytes: 0x200 });
+        assert_eq!(len, 14);
+        let (p, l) = decode(&dw[14..]).unwrap();
+        assert_eq!(merge_copies(p, l, &dw[14..]).1, 7);
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub const ALL_PROCESS_BIT: u64 = 1 << 63;
 
 /// Whether `mask` lets event `id` through.
 pub fn wanted(mask: u64, id: u32) -> bool {
-    id >= 1 && id <= 63 && mask & (1 << (id - 1)) != 0
+    (1..=63).contains(&id) && mask & (1 << (id - 1)) != 0
 }
 
 /// Opens an SMI file for GPU `gpu` of `svm`; returns the application's descriptor.

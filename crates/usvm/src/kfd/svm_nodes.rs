@@ -39,7 +39,8 @@ impl Kfd {
 
     /// libhsakmt's entry checks: a null, zero or unaligned start or size.
     fn check_interval(start: u64, size: u64) -> KfdResult<()> {
-        if start == 0 || size == 0 || start % PAGE_SIZE as u64 != 0 || size % PAGE_SIZE as u64 != 0 {
+        let page = PAGE_SIZE as u64;
+        if start == 0 || size == 0 || !start.is_multiple_of(page) || !size.is_multiple_of(page) {
             return Err(KfdError::InvalidParameter("start and size must be non-zero and page aligned"));
         }
         Ok(())

@@ -159,6 +159,12 @@ impl Doorbell {
         self.page.load(0)
     }
 
+    /// Stores `v` to the doorbell, as an application does: the store faults while the page
+    /// is protected and lands once the device's thread has let it through.
+    pub fn ring(&self, v: u64) {
+        self.page.store(0, v);
+    }
+
     fn protect(&self, on: bool) -> Result<()> {
         let mode = if on { UFFDIO_WRITEPROTECT_MODE_WP } else { 0 };
         let mut wp = UffdioWriteprotect { start: self.page.addr as u64, len: PAGE_SIZE as u64, mode };
