@@ -198,3 +198,14 @@ mod tests {
         assert_eq!(SvmFlags::DEFAULT.bits(), 0x3);
     }
 }
+
+/// Where one page's data is ([`crate::Svm::residency`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Residency {
+    /// In no memory yet (never touched, or dropped).
+    Unpopulated,
+    /// In system memory.
+    Sysmem,
+    /// In the VRAM of this GPU.
+    Vram(GpuId),
+}

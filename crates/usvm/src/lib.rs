@@ -27,17 +27,17 @@ mod error;
 mod events;
 mod fault;
 mod gpu;
+mod instance;
 pub mod kfd;
 mod map;
 mod migrate;
 mod policy;
 mod range;
 mod svm;
-mod svms;
 mod sys;
 pub mod uapi;
 
-pub use attr::{Attr, GpuId, Location, SvmFlags};
+pub use attr::{Attr, GpuId, Location, Residency, SvmFlags};
 pub use error::{Error, Result};
 pub use events::{
     Counters, Event, EventKind, EventStream, EvictTrigger, MigrateTrigger, UnmapTrigger, clock_ns,
@@ -46,6 +46,6 @@ pub use gpu::fence::Fence;
 pub use gpu::queue::{KernelCtx, Queue};
 pub use svm::{
     ALLOC_ALIGN, DEFAULT_GPUS, DEFAULT_GRANULARITY, DEFAULT_VRAM_BYTES, GpuSnapshot, InjectUffd, MAX_GPUS,
-    RangeInfo, Residency, Svm, SvmBuffer, SvmBuilder,
+    RangeInfo, Svm, SvmBuffer, SvmBuilder,
 };
 pub use uapi::RawAttr;

@@ -1,16 +1,16 @@
 //! The public face of an instance: the builder, [`Svm`] with its API (api.md) and
 //! [`SvmBuffer`]. The work is done in `svms.rs` (ranges, ioctls, faults) and `gpu/`.
 
-use crate::attr::{Attr, GpuId, Location, SvmFlags};
+use crate::attr::{Attr, GpuId, Location, Residency, SvmFlags};
 use crate::error::{Error, Result};
 use crate::events::{Counters, EventHub, EventStream, EvictTrigger};
 use crate::fault::cpu::CpuFaultHandler;
 use crate::gpu::queue::Queue;
 use crate::gpu::{Access, Devices, GpuFaultHandler};
+use crate::instance::{GpuInfo, SvmInner, SvmState, check_interval};
 use crate::migrate::Engine;
 use crate::policy;
 use crate::range::GpuMask;
-use crate::svms::{GpuInfo, SvmInner, SvmState, check_interval};
 use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::uapi::{self, RawAttr};
 use parking_lot::Mutex;
@@ -151,7 +151,7 @@ impl SvmBuilder {
             work: std::sync::OnceLock::new(),
             kfd_bos: Mutex::new(Default::default()),
         });
-        crate::svms::track_for_fork(&inner);
+        crate::instance::track_for_fork(&inner);
         let handler: Arc<dyn GpuFaultHandler> = inner.clone();
         inner.devs.set_fault_handler(Arc::downgrade(&handler));
         let cpu = CpuFaultHandler::start(&inner, inner.engine.uffd.clone())
@@ -203,17 +203,6 @@ pub enum InjectUffd {
     Copy,
     /// `UFFDIO_ZEROPAGE` resolving a first touch.
     Zeropage,
-}
-
-/// Where one page's data is ([`Svm::residency`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Residency {
-    /// In no memory yet (never touched, or dropped).
-    Unpopulated,
-    /// In system memory.
-    Sysmem,
-    /// In the VRAM of this GPU.
-    Vram(GpuId),
 }
 
 /// What [`Svm::smi`] reports for one GPU.

@@ -21,8 +21,8 @@
 //! thread, as the kernel's `migrate_to_ram` failure does, then a wake-up; the threads never
 //! die silently, since faulting threads would wait forever.
 
+use crate::instance::{PendingOp, RESTORE_DELAY, SvmInner, SvmState, Work};
 use crate::range::PageNo;
-use crate::svms::{PendingOp, RESTORE_DELAY, SvmInner, SvmState, Work};
 use crate::sys::uffd::{Fault, Uffd, UffdEvent, signal_thread};
 use crate::sys::{PAGE_SHIFT, PAGE_SIZE};
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -32,19 +32,46 @@ pub mod pageset;
 
 use crate::attr::{Location, SvmFlags};
 use crate::error::{Error, Result};
+use crate::events::EventHub;
 use crate::events::{Counter, EventKind, EvictTrigger, MigrateTrigger, UnmapTrigger};
+use crate::gpu::Devices;
 use crate::gpu::sdma::CopyOp;
+use crate::gpu::vram::Bo;
 use crate::gpu::vram::Clear;
 use crate::map;
 use crate::policy;
 use crate::range::{PageNo, SvmRange, VramBacking};
-use crate::svms::{SvmInner, SvmState};
 use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE, uffd::Uffd, vma};
 use batch::ToVramBatch;
 use pageset::PageSet;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+
+/// What a migration works with: the engine, the GPUs, the events and the XNACK mode (never
+/// the instance's ranges: a migration works on one range, and anything it needs from the
+/// others, VRAM eviction, goes through an [`Evict`] callback).
+pub(crate) struct Ctx<'a> {
+    /// The process-side resources.
+    pub(crate) engine: &'a Engine,
+    /// The GPUs.
+    pub(crate) devs: &'a Devices,
+    /// Events and counters.
+    pub(crate) events: &'a EventHub,
+    /// XNACK on (unmap from the GPUs) or off (evict the queues).
+    pub(crate) xnack: bool,
+}
+
+impl Ctx<'_> {
+    /// The GPU index of a location, if it is one of the instance's GPUs.
+    pub(crate) fn gpu_of(&self, l: Location) -> Option<usize> {
+        l.gpu().and_then(|g| self.devs.gpus.iter().position(|d| d.id == g))
+    }
+}
+
+/// Makes room in VRAM for a migration: moves the ranges holding these BOs (the victims
+/// the VRAM manager chose) back to RAM (TTM_EVICTION).
+pub(crate) type Evict<'e> = &'e mut dyn FnMut(&[Bo]);
 
 /// Collection of a page that could not be moved is retried this many times (the seed).
 pub const MIGRATE_COLLECT_RETRIES: u32 = 3;
@@ -352,7 +379,7 @@ enum Invalidation {
 /// moving. XNACK off or ALWAYS_MAPPED: every GPU's queues are evicted, once per migration
 /// (`inv` says whether that happened); XNACK on: the piece is unmapped from the GPUs.
 fn invalidate_piece(
-    inner: &SvmInner,
+    cx: &Ctx,
     r: &mut SvmRange,
     (ps, pl): (PageNo, PageNo),
     xnack: bool,
@@ -361,14 +388,14 @@ fn invalidate_piece(
     let mapped = r.mapped_gpus.iter().next().is_some();
     if !xnack || r.attrs.flags.contains(SvmFlags::GPU_ALWAYS_MAPPED) {
         if mapped && *inv != Invalidation::QueuesEvicted {
-            for g in 0..inner.devs.gpus.len() {
-                inner.devs.evict_queues(g, EvictTrigger::Svm);
+            for g in 0..cx.devs.gpus.len() {
+                cx.devs.evict_queues(g, EvictTrigger::Svm);
             }
             *inv = Invalidation::QueuesEvicted;
         }
     } else {
         // Also when no GPU holds entries: the unmap clears `mapped_to_gpu`.
-        map::unmap_from_gpus(&inner.devs, r, ps, pl, UnmapTrigger::MmuNotifyMigrate);
+        map::unmap_from_gpus(&cx.devs, r, ps, pl, UnmapTrigger::MmuNotifyMigrate);
         if mapped {
             *inv = Invalidation::Unmapped;
         }
@@ -389,17 +416,17 @@ fn end_invalidation(r: &mut SvmRange, (first, last): (PageNo, PageNo), xnack: bo
 /// The restore work (section 6.3): remap the whole range on its GPUs, then resume the
 /// queues. A range that cannot be remapped is unmapped instead, so no GPU keeps entries to
 /// pages that moved.
-fn restore(inner: &SvmInner, r: &mut SvmRange, inv: Invalidation, xnack: bool) {
+fn restore(cx: &Ctx, r: &mut SvmRange, inv: Invalidation, xnack: bool) {
     if inv != Invalidation::QueuesEvicted {
         return;
     }
-    let gpus = policy::gpus_to_map(&r.attrs, inner.gpu_of(r.actual_loc), r.mapped_to_gpu, xnack);
+    let gpus = policy::gpus_to_map(&r.attrs, cx.gpu_of(r.actual_loc), r.mapped_to_gpu, xnack);
     let (s, l) = (r.start, r.last);
-    if map::remap_range(&inner.devs, r, gpus).is_err() {
-        map::unmap_from_gpus(&inner.devs, r, s, l, UnmapTrigger::MmuNotify);
+    if map::remap_range(&cx.devs, r, gpus).is_err() {
+        map::unmap_from_gpus(&cx.devs, r, s, l, UnmapTrigger::MmuNotify);
     }
-    for g in 0..inner.devs.gpus.len() {
-        inner.devs.restore_queues(g, false);
+    for g in 0..cx.devs.gpus.len() {
+        cx.devs.restore_queues(g, false);
     }
 }
 
@@ -437,7 +464,7 @@ fn merge_ops(pages: impl Iterator<Item = (usize, usize)>) -> Vec<CopyOp> {
 
 /// The MIGRATE_START / MIGRATE_END pair around one VMA piece.
 fn piece_events<T>(
-    inner: &SvmInner,
+    cx: &Ctx,
     (prefetch_loc, preferred_loc): (u32, u32),
     (s, l): (PageNo, PageNo),
     (from, to): (u32, u32),
@@ -445,7 +472,7 @@ fn piece_events<T>(
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     let npages = l - s + 1;
-    inner.events.emit(|| EventKind::MigrateStart {
+    cx.events.emit(|| EventKind::MigrateStart {
         start: s,
         npages,
         from,
@@ -459,18 +486,18 @@ fn piece_events<T>(
         Ok(_) => 0,
         Err(e) => -e.errno(),
     };
-    inner.events.emit(|| EventKind::MigrateEnd { start: s, npages, from, to, trigger, error });
+    cx.events.emit(|| EventKind::MigrateEnd { start: s, npages, from, to, trigger, error });
     res
 }
 
 /// Registers the anonymous private memory of `r` with the userfaultfd (once per range):
 /// from then on its missing pages fault to usvm, and the application's munmap, mremap and
 /// MADV_DONTNEED of it are reported.
-pub fn register(inner: &SvmInner, r: &mut SvmRange) -> Result<()> {
+pub fn register(engine: &Engine, r: &mut SvmRange) -> Result<()> {
     if r.registered {
         return Ok(());
     }
-    register_interval(inner, r.start, r.last)?;
+    register_interval(engine, r.start, r.last)?;
     r.registered = true;
     Ok(())
 }
@@ -480,7 +507,7 @@ pub fn register(inner: &SvmInner, r: &mut SvmRange) -> Result<()> {
 /// watches some of it; on any error, what this call registered is unregistered again, so
 /// a refused call leaves nothing behind (that memory stayed watched by this instance, and
 /// the other could never take it).
-pub fn register_interval(inner: &SvmInner, first: PageNo, last: PageNo) -> Result<()> {
+pub fn register_interval(engine: &Engine, first: PageNo, last: PageNo) -> Result<()> {
     let mut done: Vec<(usize, usize)> = Vec::new();
     let mut result = Ok(());
     for piece in vma::mapped_pieces(first, last) {
@@ -493,7 +520,7 @@ pub fn register_interval(inner: &SvmInner, first: PageNo, last: PageNo) -> Resul
         };
         if p.vma.migratable() {
             let (addr, len) = ((p.first << PAGE_SHIFT) as usize, (p.last - p.first + 1) as usize * PAGE_SIZE);
-            match inner.engine.uffd.register(addr, len) {
+            match engine.uffd.register(addr, len) {
                 Ok(()) => done.push((addr, len)),
                 Err(e) => {
                     result = Err(match e {
@@ -509,18 +536,18 @@ pub fn register_interval(inner: &SvmInner, first: PageNo, last: PageNo) -> Resul
     }
     if result.is_err() {
         for (addr, len) in done {
-            let _ = inner.engine.uffd.unregister(addr, len);
+            let _ = engine.uffd.unregister(addr, len);
         }
     }
     result
 }
 
 /// Undoes [`register_interval`] for `[first, last]` (a refused call rolling back).
-pub fn unregister_interval(inner: &SvmInner, first: PageNo, last: PageNo) {
+pub fn unregister_interval(engine: &Engine, first: PageNo, last: PageNo) {
     for p in vma::mapped_pieces(first, last).map_while(Result::ok) {
         if p.vma.migratable() {
             let len = (p.last - p.first + 1) as usize * PAGE_SIZE;
-            let _ = inner.engine.uffd.unregister((p.first << PAGE_SHIFT) as usize, len);
+            let _ = engine.uffd.unregister((p.first << PAGE_SHIFT) as usize, len);
         }
     }
 }
@@ -528,17 +555,12 @@ pub fn unregister_interval(inner: &SvmInner, first: PageNo, last: PageNo) {
 /// How many rounds of TTM eviction an allocation may ask for before it fails.
 pub const EVICTION_ROUNDS: usize = 3;
 
-/// A BO for the whole range `key` on GPU `g`, evicting least recently used BOs of the
-/// instance (every range sharing them goes back to RAM, trigger TTM_EVICTION) when VRAM
-/// is short (section 6.5).
-fn alloc_evicting(
-    inner: &SvmInner,
-    st: &mut SvmState,
-    key: PageNo,
-    g: usize,
-) -> Result<crate::gpu::vram::Bo> {
-    let npages = st.tree.get_mut(key).map(|r| r.npages()).unwrap_or(0);
-    let vram = &inner.devs.gpus[g].vram;
+/// A BO for the whole range `r` on GPU `g`; when VRAM is short, the least recently used
+/// BOs are handed to `evict` (every range sharing them goes back to RAM, trigger
+/// TTM_EVICTION) and the allocation tries again (section 6.5).
+fn alloc_evicting(cx: &Ctx, r: &SvmRange, g: usize, evict: Evict) -> Result<crate::gpu::vram::Bo> {
+    let npages = r.npages();
+    let vram = &cx.devs.gpus[g].vram;
     let mut round = 0;
     loop {
         match vram.alloc(npages, Clear::No) {
@@ -549,29 +571,15 @@ fn alloc_evicting(
                 if victims.is_empty() {
                     return Err(e);
                 }
-                let holders: Vec<(PageNo, PageNo)> = st
-                    .tree
-                    .iter()
-                    .filter(|r| r.start != key)
-                    .filter(|r| r.vram.as_ref().is_some_and(|b| victims.iter().any(|v| v.same(&b.bo))))
-                    .map(|r| (r.start, r.last))
-                    .collect();
                 let ids: Vec<u64> = victims.iter().map(|b| b.id()).collect();
-                drop(victims);
                 tracing::debug!(
                     gpu = g,
                     need_pages = npages,
-                    victims = holders.len(),
+                    victims = ids.len(),
                     "VRAM full: evicting LRU ranges"
                 );
-                for (s, l) in holders {
-                    for _ in 0..VRAM_TO_VRAM_TRIES {
-                        let done = st.tree.get_mut(s).is_none_or(|r| r.vram.is_none());
-                        if done || to_ram(inner, st, s, s, l, MigrateTrigger::TtmEviction).is_err() {
-                            break;
-                        }
-                    }
-                }
+                evict(&victims);
+                drop(victims);
                 vram.end_eviction(&ids);
                 round += 1;
             }
@@ -579,45 +587,41 @@ fn alloc_evicting(
     }
 }
 
-/// RAM -> VRAM of the pages `[first, last]` of the range starting at `key`, to GPU `g`
-/// (`svm_migrate_to_vram`). A range on another GPU first goes through RAM. Returns the
-/// number of pages that moved; pages that could not be collected stay in RAM.
+/// RAM -> VRAM of the pages `[first, last]` of `r`, to GPU `g` (`svm_migrate_to_vram`). A
+/// range on another GPU first goes through RAM. Returns the number of pages that moved;
+/// pages that could not be collected stay in RAM.
 pub fn to_vram(
-    inner: &SvmInner,
-    st: &mut SvmState,
-    key: PageNo,
-    first: PageNo,
-    last: PageNo,
+    cx: &Ctx,
+    r: &mut SvmRange,
+    (first, last): (PageNo, PageNo),
     g: usize,
     trigger: MigrateTrigger,
+    evict: Evict,
 ) -> Result<u64> {
-    let xnack = st.xnack;
+    let xnack = cx.xnack;
     // VRAM -> VRAM: empty the old GPU first (section 4.7).
     let mut tries = 0;
-    while let Some(cur) = st.tree.get_mut(key).and_then(|r| inner.gpu_of(r.actual_loc)) {
+    while let Some(cur) = cx.gpu_of(r.actual_loc) {
         if cur == g {
             break;
         }
         if tries == VRAM_TO_VRAM_TRIES {
             return Err(Error::Deadlock);
         }
-        let (s, l) = st.tree.get_mut(key).map(|r| (r.start, r.last)).expect("range");
-        to_ram(inner, st, key, s, l, trigger)?;
+        let (s, l) = (r.start, r.last);
+        to_ram(cx, r, (s, l), trigger)?;
         tries += 1;
     }
-    let r = st.tree.get_mut(key).ok_or(Error::NotMapped { addr: (first << PAGE_SHIFT) })?;
     // Watched before any VRAM is taken: memory another instance watches is refused
     // (EADDRINUSE) with nothing to undo (a BO taken first stayed with the range).
-    register(inner, r)?;
+    register(cx.engine, r)?;
     let npages = r.npages();
-    let dev = &inner.devs.gpus[g];
+    let dev = &cx.devs.gpus[g];
     let _reservation = dev.vram.reserve(npages * PAGE_SIZE as u64)?;
-    if st.tree.get_mut(key).is_some_and(|r| r.vram.is_none()) {
-        let bo = alloc_evicting(inner, st, key, g)?;
-        let r = st.tree.get_mut(key).expect("range");
+    if r.vram.is_none() {
+        let bo = alloc_evicting(cx, r, g, evict)?;
         r.vram = Some(VramBacking { bo, offset: 0 });
     }
-    let r = st.tree.get_mut(key).expect("range");
     let mut inv = Invalidation::None;
     let mut moved = 0;
     let mut result = Ok(());
@@ -627,16 +631,16 @@ pub fn to_vram(
     {
         let ids = (0, dev.id.0);
         let locs = (r.attrs.prefetch_loc.to_raw(), r.attrs.preferred_loc.to_raw());
-        let res = piece_events(inner, locs, (page, end), ids, trigger, || {
-            invalidate_piece(inner, r, (page, end), xnack, &mut inv);
-            if v.migratable() { piece_to_vram(inner, r, g, page, end) } else { Ok(0) }
+        let res = piece_events(cx, locs, (page, end), ids, trigger, || {
+            invalidate_piece(cx, r, (page, end), xnack, &mut inv);
+            if v.migratable() { piece_to_vram(cx, r, g, page, end) } else { Ok(0) }
         });
         match res {
             Ok(n) => moved += n,
             Err(e) => result = Err(e),
         }
     }
-    inner.events.count(g, Counter::PageIn, moved);
+    cx.events.count(g, Counter::PageIn, moved);
     // From what the range holds, not from `moved`: a piece that failed after committing
     // pages (its batch settled them on the way out) reports none, and dropping the BO of
     // committed pages would lose them.
@@ -649,7 +653,7 @@ pub fn to_vram(
         b.bo.touch();
     }
     end_invalidation(r, (first, last), xnack);
-    restore(inner, r, inv, xnack);
+    restore(cx, r, inv, xnack);
     log_migration("RAM -> VRAM", (first, last), g, trigger, moved, result.is_ok());
     result.map(|()| moved)
 }
@@ -676,15 +680,15 @@ fn log_migration(
 
 /// The three phases for one anonymous VMA piece `[ps, pl]` of `r`, RAM -> VRAM of GPU `g`,
 /// one staging batch ([`ToVramBatch`]) at a time.
-fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) -> Result<u64> {
-    let dev = &inner.devs.gpus[g];
+fn piece_to_vram(cx: &Ctx, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) -> Result<u64> {
+    let dev = &cx.devs.gpus[g];
     let backing = r.vram.clone().expect("BO allocated");
     let mut moved = 0;
     for (rs, rl) in runs(ps, pl, |p| !r.page_in_vram(p)) {
         let mut bs = rs;
         while bs <= rl {
             let bl = rl.min(bs + STAGING_PAGES - 1);
-            let mut batch = ToVramBatch::collect(&inner.engine, r, backing.clone(), (bs, bl))?;
+            let mut batch = ToVramBatch::collect(&cx.engine, r, backing.clone(), (bs, bl))?;
             if let Err(e) = batch.copy(&dev.sdma) {
                 // Its pages go back to the application; the rest of the range moves.
                 tracing::debug!(gpu = g, error = %e, "a copy chunk to VRAM failed");
@@ -696,21 +700,18 @@ fn piece_to_vram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: P
     Ok(moved)
 }
 
-/// VRAM -> RAM of the pages `[first, last]` of the range starting at `key`
-/// (`svm_migrate_vram_to_ram`). Returns the number of pages that moved.
+/// VRAM -> RAM of the pages `[first, last]` of `r` (`svm_migrate_vram_to_ram`). Returns the
+/// number of pages that moved.
 pub fn to_ram(
-    inner: &SvmInner,
-    st: &mut SvmState,
-    key: PageNo,
-    first: PageNo,
-    last: PageNo,
+    cx: &Ctx,
+    r: &mut SvmRange,
+    (first, last): (PageNo, PageNo),
     trigger: MigrateTrigger,
 ) -> Result<u64> {
-    let xnack = st.xnack;
-    let r = st.tree.get_mut(key).ok_or(Error::NotMapped { addr: (first << PAGE_SHIFT) })?;
-    let Some(g) = inner.gpu_of(r.actual_loc) else { return Ok(0) };
+    let xnack = cx.xnack;
+    let Some(g) = cx.gpu_of(r.actual_loc) else { return Ok(0) };
     let mut inv = Invalidation::None;
-    let id = inner.devs.gpus[g].id.0;
+    let id = cx.devs.gpus[g].id.0;
     let mut moved = 0;
     let mut result = Ok(());
     // A single page is its own VMA piece (a CPU fault at granularity 0): no walk needed.
@@ -732,32 +733,31 @@ pub fn to_ram(
             }
         };
         let locs = (r.attrs.prefetch_loc.to_raw(), r.attrs.preferred_loc.to_raw());
-        match piece_events(inner, locs, (page, end), (id, 0), trigger, || {
-            invalidate_piece(inner, r, (page, end), xnack, &mut inv);
-            piece_to_ram(inner, r, g, page, end)
+        match piece_events(cx, locs, (page, end), (id, 0), trigger, || {
+            invalidate_piece(cx, r, (page, end), xnack, &mut inv);
+            piece_to_ram(cx, r, g, page, end)
         }) {
             Ok(n) => moved += n,
             Err(e) => result = Err(e),
         }
     }
-    inner.events.count(g, Counter::PageOut, moved);
+    cx.events.count(g, Counter::PageOut, moved);
     if r.vram_pages() == 0 {
         r.actual_loc = Location::Sysmem;
         r.vram = None;
     }
     end_invalidation(r, (first, last), xnack);
-    restore(inner, r, inv, xnack);
+    restore(cx, r, inv, xnack);
     // Only now, with the bookkeeping done, may the threads that faulted on these pages go on.
-    let _ =
-        inner.engine.uffd.wake((first << PAGE_SHIFT) as usize, ((last - first + 1) << PAGE_SHIFT) as usize);
+    let _ = cx.engine.uffd.wake((first << PAGE_SHIFT) as usize, ((last - first + 1) << PAGE_SHIFT) as usize);
     log_migration("VRAM -> RAM", (first, last), g, trigger, moved, result.is_ok());
     result.map(|()| moved)
 }
 
 /// The three phases for one VMA piece `[ps, pl]` of `r`, VRAM of GPU `g` -> RAM.
-fn piece_to_ram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) -> Result<u64> {
-    let eng = &inner.engine;
-    let dev = &inner.devs.gpus[g];
+fn piece_to_ram(cx: &Ctx, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) -> Result<u64> {
+    let eng = &cx.engine;
+    let dev = &cx.devs.gpus[g];
     let Some(backing) = r.vram.clone() else { return Ok(0) };
     let mut moved = 0;
     for (rs, rl) in runs(ps, pl, |p| r.page_in_vram(p)) {
@@ -767,7 +767,7 @@ fn piece_to_ram(inner: &SvmInner, r: &mut SvmRange, g: usize, ps: PageNo, pl: Pa
             let n = bl - bs + 1;
             let bytes = n as usize * PAGE_SIZE;
             if n < SMALL_BATCH_PAGES {
-                moved += small_to_ram(inner, r, g, &backing, bs, n)?;
+                moved += small_to_ram(cx, r, g, &backing, bs, n)?;
                 bs = bl + 1;
                 continue;
             }
@@ -812,15 +812,15 @@ fn app_has_page(page: PageNo) -> bool {
 /// shootdown that moving a staging page out would cost). The copy engine accounts for the
 /// copy, so its fault injection applies as to a chunk.
 fn small_to_ram(
-    inner: &SvmInner,
+    cx: &Ctx,
     r: &mut SvmRange,
     g: usize,
     backing: &VramBacking,
     bs: PageNo,
     n: u64,
 ) -> Result<u64> {
-    let eng = &inner.engine;
-    let dev = &inner.devs.gpus[g];
+    let eng = &cx.engine;
+    let dev = &cx.devs.gpus[g];
     let start = r.start;
     let host = |p: PageNo| backing.bo.host_addr(backing.offset + (p - start));
     let mut i = 0u64;

@@ -80,7 +80,6 @@ impl RangeTree {
     }
 
     /// The range starting at `start`.
-    #[cfg(test)]
     pub fn get(&self, start: PageNo) -> Option<&SvmRange> {
         self.map.get(&start)
     }
@@ -114,7 +113,13 @@ impl RangeTree {
         self.map.range(page + 1..).next().map(|(_, r)| r)
     }
 
-    /// Inserts a range that overlaps none.
+    /// Takes the range starting at `start` out of the tree (a migration works on it alone,
+    /// then puts it back with [`Self::insert`]).
+    pub fn take(&mut self, start: PageNo) -> Option<SvmRange> {
+        self.map.remove(&start)
+    }
+
+    /// Inserts `r`, which overlaps no range of the tree.
     pub fn insert(&mut self, r: SvmRange) {
         let prev = self.map.insert(r.start, r);
         debug_assert!(prev.is_none(), "ranges overlap");

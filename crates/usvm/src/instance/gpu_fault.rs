@@ -1,0 +1,180 @@
+//! GPU retry faults under XNACK on (`svm_range_restore_pages`, section 5) and fatal GPU VM
+//! faults: the instance is the devices' fault handler.
+
+use super::{SvmInner, SvmState};
+use crate::attr::{Location, SvmFlags};
+use crate::error::{Error, Result};
+use crate::events::{Counter, EventKind, MigrateTrigger};
+use crate::gpu::GpuFaultHandler;
+use crate::map;
+use crate::migrate;
+use crate::policy::{self, RestoreLocation};
+use crate::range::{GpuMask, PageNo, SvmRange};
+use crate::sys::{self, PAGE_SHIFT, vma};
+use std::time::Duration;
+
+/// GPU faults on a range validated less than this long ago are ignored: the access retries
+/// (`AMDGPU_SVM_RANGE_RETRY_FAULT_PENDING`, 2 ms).
+pub const RETRY_FAULT_PENDING: Duration = Duration::from_millis(2);
+
+impl SvmInner {
+    /// A fatal GPU VM fault: VMFAULT event and EFAULT.
+    pub(super) fn fatal_fault(&self, gpu: usize, addr: usize, write: bool) -> Error {
+        let id = self.gpus[gpu].id;
+        tracing::warn!(gpu = %id, addr = format_args!("{addr:#x}"), write, "fatal GPU VM fault");
+        self.events.emit(|| EventKind::VmFault { gpu: id, task: sys::process_name() });
+        Error::GpuVmFault { gpu: id.0, addr: addr as u64, write }
+    }
+
+    /// Creates a range for a GPU fault on an address no range covers
+    /// (`svm_range_create_unregistered_range`): the default granule around the page,
+    /// inside its mapping, clipped by the neighbouring ranges. The initial heap and stack
+    /// get PREFERRED_LOC = system memory. `None` when no mapping holds the page.
+    pub(super) fn create_unregistered(&self, st: &mut SvmState, page: PageNo) -> Option<PageNo> {
+        let v = vma::lookup((page << PAGE_SHIFT) as usize, false).ok().flatten()?;
+        let vs = (v.start >> PAGE_SHIFT) as PageNo;
+        let vl = (v.end >> PAGE_SHIFT) as PageNo - 1;
+        let (mut s, mut l) = policy::granule_extent(page, self.default_granularity, vs, vl);
+        if let Some(prev) = st.tree.prev(page) {
+            s = s.max(prev.last + 1);
+        }
+        if let Some(next) = st.tree.next(page) {
+            l = l.min(next.start - 1);
+        }
+        // A KFD buffer in the window: a fault inside it fails, one beside it gets a range of
+        // the faulting page alone (section 5.2).
+        let bos = self.kfd_bos.lock();
+        if bos.contains(page) {
+            return None;
+        }
+        if bos.first_in(s, l).is_some() {
+            (s, l) = (page, page);
+        }
+        drop(bos);
+        let mut attrs = self.new_range_attrs(st.xnack);
+        if matches!(v.kind, vma::VmaKind::Heap | vma::VmaKind::Stack) {
+            attrs.preferred_loc = Location::Sysmem;
+        }
+        let mut r = SvmRange::new(s, l, attrs);
+        // Watched from now on, as a SET_ATTR's range is: the application's munmap of it must
+        // reach usvm even if its data never moves (an unwatched range outlived a munmap of
+        // part of it, and a later fault's walk met the hole: the access failed). Memory
+        // another instance watches stays unwatched here (that instance sees its changes).
+        r.registered = migrate::register_interval(&self.engine, s, l).is_ok();
+        st.tree.insert(r);
+        Some(s)
+    }
+
+    /// `svm_range_restore_pages`: a GPU retry fault under XNACK on (section 5).
+    pub(super) fn restore_pages(&self, gpu: usize, addr: usize, write: bool) -> Result<()> {
+        let entry_ns = sys::boottime_ns();
+        let page = (addr >> PAGE_SHIFT) as PageNo;
+        let mut st = self.lock_state();
+        let key = match st.tree.find(page).map(|r| r.start) {
+            Some(k) => k,
+            None => match self.create_unregistered(&mut st, page) {
+                Some(k) => k,
+                None => {
+                    // A failed range creation counts too (section 5.4 step 6).
+                    self.events.count(gpu, Counter::Faults, 1);
+                    return Err(self.fatal_fault(gpu, addr, write));
+                }
+            },
+        };
+        // From here on every outcome counts as a processed fault (section 5.4 step 6).
+        self.events.count(gpu, Counter::Faults, 1);
+        let r = st.tree.get_mut(key).expect("range just found");
+        if r.validate_timestamp.is_some_and(|t| t.elapsed() < RETRY_FAULT_PENDING) {
+            return Ok(()); // a duplicate of a fault just handled: let the access retry
+        }
+        let Ok(Some(v)) = vma::lookup(addr, false) else {
+            return Ok(()); // racing munmap: nothing to map, the access will fault again
+        };
+        if !v.read || (write && !v.write) {
+            return Err(self.fatal_fault(gpu, addr, write)); // EPERM in the kernel
+        }
+        if write && r.attrs.flags.contains(SvmFlags::GPU_RO) {
+            // The range is mapped read-only on every GPU: a store is a permission fault,
+            // which mapping again cannot resolve (retrying until FAULT_RETRY_TIMEOUT made
+            // every such store take 2 s).
+            return Err(self.fatal_fault(gpu, addr, write));
+        }
+        let preferred = match r.attrs.preferred_loc {
+            Location::Undefined => None,
+            Location::Sysmem => Some(None),
+            Location::Gpu(g) => self.gpu_idx(g.0).map(Some),
+        };
+        let actual = self.gpu_of(r.actual_loc);
+        let best =
+            policy::best_restore_location(&r.attrs, preferred, actual, gpu, |a, b| self.devs.same_hive(a, b));
+        if best == RestoreLocation::NoAccess {
+            return Err(self.fatal_fault(gpu, addr, write)); // EACCES in the kernel
+        }
+        let id = self.gpus[gpu].id;
+        if self.events.listening() {
+            let ev = crate::events::Event {
+                ns: entry_ns,
+                pid: self.events.pid(),
+                kind: EventKind::PageFaultStart { addr: page, gpu: id, write },
+            };
+            self.events.emit_event(ev);
+        }
+        let (first, last) = policy::granule_extent(page, r.attrs.granularity, r.start, r.last);
+        let actual = r.actual_loc;
+        // Migrate the granule where it is best, or map the data in place (section 5.4).
+        let mut migrated = false;
+        let mut result = Ok(());
+        if actual != Location::Sysmem || best != RestoreLocation::Sysmem {
+            let r2 = match best {
+                RestoreLocation::Gpu(b) => {
+                    match self.move_to_vram(&mut st, key, (first, last), b, MigrateTrigger::PagefaultGpu) {
+                        Ok(_) => Ok(()),
+                        // On another GPU and stuck there: bring the granule to RAM instead.
+                        Err(_) if self.gpu_of(actual).is_some_and(|a| a != b) => self
+                            .move_to_ram(&mut st, key, (first, last), MigrateTrigger::PagefaultGpu)
+                            .map(|_| ()),
+                        Err(_) => Ok(()), // map in place
+                    }
+                }
+                _ => self.move_to_ram(&mut st, key, (first, last), MigrateTrigger::PagefaultGpu).map(|_| ()),
+            };
+            match r2 {
+                Ok(()) => migrated = true,
+                Err(e) => result = Err(e),
+            }
+        }
+        if result.is_ok() {
+            let mut one = GpuMask::EMPTY;
+            one.insert(gpu);
+            let r = st.tree.get_mut(key).expect("range");
+            result = map::validate_and_map(&self.devs, r, one, first, last);
+        }
+        self.events.emit(|| EventKind::PageFaultEnd { addr: page, gpu: id, migrated });
+        match result {
+            // The address space changed under the fault: the GPU retries (section 5.4).
+            Err(e) if e.errno() == libc::EAGAIN => Ok(()),
+            r => r,
+        }
+    }
+}
+
+impl GpuFaultHandler for SvmInner {
+    fn settle(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.devs.reading_event.load(SeqCst) {
+            // The reader is between reading an event and queueing its change.
+            drop(self.event_gate.lock());
+        }
+        if self.devs.changes_pending.load(SeqCst) {
+            drop(self.lock_state());
+        }
+    }
+
+    fn gpu_fault(&self, gpu: usize, addr: usize, write: bool) -> Result<()> {
+        let xnack = self.lock_state().xnack;
+        if !xnack {
+            return Err(self.fatal_fault(gpu, addr, write));
+        }
+        self.restore_pages(gpu, addr, write)
+    }
+}

@@ -1,0 +1,217 @@
+//! The application's own page-table changes (KFD's MMU notifier callbacks and their
+//! deferred work): the userfaultfd reader queues them as [`PendingOp`]s, the next holder of
+//! the instance lock applies them (section 6), and the restore worker remaps ranges whose
+//! queues were evicted (XNACK off).
+
+use super::{SvmInner, SvmState};
+use crate::attr::{Location, SvmFlags};
+use crate::events::UnmapTrigger;
+use crate::map;
+use crate::migrate;
+use crate::policy;
+use crate::range::{GpuMask, PageNo, SvmRange};
+use crate::sys::{PAGE_SHIFT, PAGE_SIZE};
+use std::time::Duration;
+
+/// A change of the application's own page tables, reported by the userfaultfd and applied
+/// by the next holder of the instance lock (KFD's MMU notifier callbacks + deferred work).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PendingOp {
+    /// munmap of `[start, last]`.
+    Unmap { start: PageNo, last: PageNo },
+    /// MADV_DONTNEED of `[start, last]`: the data is gone, the pages read as zero.
+    Remove { start: PageNo, last: PageNo },
+    /// mremap moved `npages` from `from` to `to`.
+    Remap { from: PageNo, to: PageNo, npages: u64 },
+}
+
+/// Messages to the instance's worker thread.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Work {
+    /// A CPU fault on a page whose data is out of RAM, the lock having been busy.
+    Fault(crate::sys::uffd::Fault),
+    /// Apply the pending page-table changes now.
+    Flush,
+    /// The restore work (section 6.3), after RESTORE_DELAY.
+    Restore,
+}
+
+/// The restore worker re-validates evicted ranges this long after the eviction.
+pub const RESTORE_DELAY: Duration = Duration::from_millis(1);
+
+impl SvmInner {
+    /// Applies the page-table changes the userfaultfd reported (section 6.1-6.4).
+    pub(super) fn apply_pending(&self, st: &mut SvmState) {
+        let ops = std::mem::take(&mut *self.pending.lock());
+        if ops.is_empty() {
+            return;
+        }
+        self.apply_ops(st, ops);
+        // Lowered only once the changes are applied (a device access seeing it lowered
+        // must find them done, not under way on another thread), unless more came since.
+        let pending = self.pending.lock();
+        if pending.is_empty() {
+            self.devs.changes_pending.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Applies `ops` in order (see [`Self::apply_pending`]).
+    pub(super) fn apply_ops(&self, st: &mut SvmState, ops: Vec<PendingOp>) {
+        let mut ops = ops.into_iter();
+        while let Some(op) = ops.next() {
+            match op {
+                PendingOp::Unmap { start, last } => self.cpu_unmapped(st, start, last),
+                PendingOp::Remove { start, last } => {
+                    let xnack = st.xnack;
+                    let keys: Vec<PageNo> = st.tree.overlapping(start, last).map(|r| r.start).collect();
+                    for k in keys {
+                        let r = st.tree.get_mut(k).expect("range");
+                        drop_vram(r, start, last);
+                        let mapped = r.mapped_gpus != GpuMask::EMPTY;
+                        if mapped && (!xnack || r.attrs.flags.contains(SvmFlags::GPU_ALWAYS_MAPPED)) {
+                            // XNACK off: evict the queues once; the restore worker remaps.
+                            r.invalid += 1;
+                            if st.evicted_ranges == 0 {
+                                for g in 0..self.devs.gpus.len() {
+                                    self.devs.evict_queues(g, crate::events::EvictTrigger::Svm);
+                                }
+                                self.post(Work::Restore);
+                            }
+                            st.evicted_ranges += 1;
+                        } else {
+                            map::unmap_from_gpus(&self.devs, r, start, last, UnmapTrigger::MmuNotify);
+                        }
+                    }
+                }
+                PendingOp::Remap { from, to, npages } => {
+                    // The pages whose data is in VRAM did not move with the mapping: give
+                    // their data to the new place (a page the application has there already
+                    // keeps its data), then forget the old one.
+                    let last = from + npages - 1;
+                    let keys: Vec<PageNo> = st.tree.overlapping(from, last).map(|r| r.start).collect();
+                    let mut copied = true;
+                    for k in keys {
+                        let r = st.tree.get_mut(k).expect("range");
+                        let Some(b) = r.vram.clone() else { continue };
+                        for p in from.max(r.start)..=last.min(r.last) {
+                            if r.page_in_vram(p) {
+                                let src = b.bo.host_addr(b.offset + (p - r.start));
+                                let dst = to + (p - from);
+                                let (_, err) = self.engine.commit_in(dst, 1, src, migrate::Fill::Copy);
+                                match err {
+                                    None => {}
+                                    Some(libc::EAGAIN) => copied = false,
+                                    // Anything else would fail again on every retry (the
+                                    // worker would spin): say so and go on.
+                                    Some(errno) => tracing::error!(
+                                        page = format_args!("{:#x}", dst << PAGE_SHIFT),
+                                        errno,
+                                        "mremap: the data of a VRAM page could not follow it"
+                                    ),
+                                }
+                                let _ = self.engine.uffd.wake((dst << PAGE_SHIFT) as usize, PAGE_SIZE);
+                            }
+                        }
+                    }
+                    if !copied {
+                        // An event still waits to be read (EAGAIN, on the reader thread): keep
+                        // this change and the later ones for the next lock holder, with the
+                        // old data still in VRAM.
+                        let mut pending = self.pending.lock();
+                        let later = std::mem::take(&mut *pending);
+                        pending.push(PendingOp::Remap { from, to, npages });
+                        pending.extend(ops.by_ref());
+                        pending.extend(later);
+                        self.devs.changes_pending.store(true, std::sync::atomic::Ordering::SeqCst);
+                        drop(pending);
+                        self.post(Work::Flush);
+                        break;
+                    }
+                    {
+                        let _out = self.engine.out.lock();
+                        self.engine.remapped.lock().remove(from, last);
+                    }
+                    self.cpu_unmapped(st, from, last);
+                }
+            }
+        }
+    }
+
+    /// `[start, last]` is no longer mapped by the application: unmap it from the GPUs now
+    /// (UNMAP_FROM_GPU, trigger 2), drop its VRAM copies and its range pieces.
+    pub(super) fn cpu_unmapped(&self, st: &mut SvmState, start: PageNo, last: PageNo) {
+        let keys: Vec<PageNo> = st.tree.overlapping(start, last).map(|r| r.start).collect();
+        for k in keys {
+            let r = st.tree.get_mut(k).expect("range");
+            map::unmap_from_gpus(&self.devs, r, start, last, UnmapTrigger::UnmapFromCpu);
+            drop_vram(r, start, last);
+        }
+        self.engine.forget_out(start, last);
+        {
+            let _out = self.engine.out.lock();
+            self.engine.gone.lock().remove(start, last);
+        }
+        for gone in st.tree.remove_interval(start, last) {
+            if gone.accounted {
+                st.reserved_bytes -= gone.npages() << PAGE_SHIFT;
+            }
+        }
+    }
+
+    /// The restore worker (section 6.3): remap every invalidated range, then resume the
+    /// queues; when a range cannot be remapped, report `R` and try again later.
+    pub(crate) fn restore_work(&self) {
+        let mut st = self.lock_state();
+        if st.evicted_ranges == 0 {
+            return;
+        }
+        let snapshot = st.evicted_ranges;
+        tracing::debug!(evicted_ranges = snapshot, "restore worker: revalidating evicted ranges");
+        let xnack = st.xnack;
+        let keys: Vec<PageNo> = st.tree.iter().filter(|r| r.invalid > 0).map(|r| r.start).collect();
+        let mut ok = true;
+        for k in keys {
+            let r = st.tree.get_mut(k).expect("range");
+            let gpus = policy::gpus_to_map(&r.attrs, self.gpu_of(r.actual_loc), r.mapped_to_gpu, xnack);
+            match map::remap_range(&self.devs, r, gpus) {
+                Ok(()) => r.invalid = 0,
+                Err(_) => ok = false,
+            }
+        }
+        if ok && st.evicted_ranges == snapshot {
+            st.evicted_ranges = 0;
+            for g in 0..self.devs.gpus.len() {
+                self.devs.restore_queues(g, false);
+            }
+        } else {
+            for g in 0..self.devs.gpus.len() {
+                self.devs.restore_queues(g, true);
+            }
+            self.post(Work::Restore);
+        }
+    }
+
+    /// The munmap notifier for `[addr, addr + len)` (`svm_range_unmap_from_cpu`), called
+    /// before usvm unmaps a buffer of its own: clears the GPU mappings of the pages
+    /// (UNMAP_FROM_GPU, trigger 2), their VRAM copies and their range pieces.
+    pub(crate) fn notify_unmap(&self, addr: usize, len: usize) {
+        let start = (addr >> PAGE_SHIFT) as PageNo;
+        let last = ((addr + len) >> PAGE_SHIFT) as PageNo - 1;
+        let mut st = self.lock_state();
+        self.cpu_unmapped(&mut st, start, last);
+    }
+}
+
+/// Forgets the VRAM copies of the pages `[start, last]` of `r` (their data is gone).
+fn drop_vram(r: &mut SvmRange, start: PageNo, last: PageNo) {
+    if r.vram.is_none() {
+        return;
+    }
+    for p in start.max(r.start)..=last.min(r.last) {
+        r.in_vram.set(p - r.start, false);
+    }
+    if r.vram_pages() == 0 {
+        r.actual_loc = Location::Sysmem;
+        r.vram = None;
+    }
+}
