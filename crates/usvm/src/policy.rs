@@ -1,7 +1,9 @@
 //! Placement decisions as pure functions: they compute, they never act.
 //!
-//! This is the home of the kernel's heuristics (`svm_range_set_max_pages`, and later the
-//! best prefetch and restore locations). Everything here is deterministic and unit tested.
+//! This is the home of every placement heuristic: the kernel's (`svm_range_set_max_pages`,
+//! the best prefetch and restore locations, which GPUs map a range), the seed's (a
+//! PREFERRED_LOC change migrates), and what a SET_ATTR or a GPU retry fault moves.
+//! Everything here is deterministic and unit tested; the instance acts on the answers.
 
 use crate::attr::{Location, SvmFlags};
 use crate::range::{AttrOp, GpuMask, PageNo, RangeAttrs};
@@ -134,6 +136,150 @@ pub fn best_restore_location(
         };
     }
     RestoreLocation::NoAccess
+}
+
+/// A migration a decision asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Move {
+    /// Nothing moves.
+    Stay,
+    /// To system memory.
+    ToSysmem,
+    /// To the VRAM of the GPU with this index.
+    ToGpu(usize),
+}
+
+/// What a SET_ATTR moves a range to (`svm_range_trigger_migration`, section 4.2, plus the
+/// seed's rule): the range's PREFETCH_LOC (resolved by [`best_prefetch_location`]) when it
+/// names one; otherwise, when the call changed PREFERRED_LOC and did not prefetch, the seed
+/// migrates from system (or undefined) to the new GPU (downgraded like a prefetch when a
+/// GPU mapping the range is outside the target's hive) and from a GPU back to system memory
+/// (`seed_enabled` off: never). Nothing moves to system memory when the data is already
+/// there.
+///
+/// `attrs` are the range's new attributes, `old_pref` its PREFERRED_LOC before the call,
+/// `actual` where its data is; `gpu_idx` resolves a (checked) GPU id to its index.
+pub fn set_attr_move(
+    attrs: &RangeAttrs,
+    old_pref: Location,
+    (seed_enabled, asks_prefetch, xnack): (bool, bool, bool),
+    actual: Location,
+    gpu_idx: impl Fn(crate::attr::GpuId) -> usize,
+    same_hive: impl Fn(usize, usize) -> bool,
+) -> Move {
+    let best = match attrs.prefetch_loc {
+        Location::Gpu(g) => best_prefetch_location(attrs, gpu_idx(g), xnack, &same_hive),
+        other => other,
+    };
+    let new_pref = attrs.preferred_loc;
+    let seed = match (old_pref, new_pref) {
+        _ if !seed_enabled || asks_prefetch || new_pref == old_pref => None,
+        (Location::Sysmem | Location::Undefined, Location::Gpu(g)) => {
+            let mut a = *attrs;
+            a.prefetch_loc = new_pref;
+            Some(best_prefetch_location(&a, gpu_idx(g), xnack, &same_hive))
+        }
+        (Location::Gpu(_), Location::Sysmem) => Some(Location::Sysmem),
+        _ => None,
+    };
+    let target = match (best, seed) {
+        (Location::Undefined, Some(t)) => t,
+        (b, _) => b,
+    };
+    match target {
+        Location::Sysmem if actual == Location::Sysmem => Move::Stay,
+        Location::Sysmem => Move::ToSysmem,
+        Location::Gpu(g) => Move::ToGpu(gpu_idx(g)),
+        Location::Undefined => Move::Stay,
+    }
+}
+
+/// What a GPU retry fault does with the faulting granule (section 5.4): with the data in
+/// system memory and system memory its best place, nothing moves (the GPU maps it in
+/// place); otherwise the data goes to the best place.
+pub fn retry_fault_move(actual: Location, best: RestoreLocation) -> Move {
+    match best {
+        RestoreLocation::Gpu(b) => Move::ToGpu(b),
+        RestoreLocation::Sysmem if actual == Location::Sysmem => Move::Stay,
+        RestoreLocation::Sysmem => Move::ToSysmem,
+        RestoreLocation::NoAccess => Move::Stay,
+    }
+}
+
+#[cfg(test)]
+mod move_tests {
+    use super::*;
+    use crate::attr::GpuId;
+
+    fn gpu(i: usize) -> Location {
+        Location::Gpu(GpuId(0x1111 * (i as u32 + 1)))
+    }
+
+    fn idx(g: GpuId) -> usize {
+        (g.0 / 0x1111 - 1) as usize
+    }
+
+    fn attrs(prefetch: Location, preferred: Location) -> RangeAttrs {
+        let mut a = RangeAttrs::new_default(9, GpuMask::EMPTY);
+        a.prefetch_loc = prefetch;
+        a.preferred_loc = preferred;
+        a
+    }
+
+    fn decide(a: &RangeAttrs, old: Location, flags: (bool, bool, bool), actual: Location) -> Move {
+        set_attr_move(a, old, flags, actual, idx, |x, y| x == y)
+    }
+
+    const PLAIN: (bool, bool, bool) = (true, false, false);
+
+    #[test]
+    fn prefetch_wins_and_goes_where_it_says() {
+        let a = attrs(gpu(1), Location::Undefined);
+        assert_eq!(decide(&a, Location::Undefined, PLAIN, Location::Sysmem), Move::ToGpu(1));
+        let a = attrs(Location::Sysmem, gpu(0));
+        assert_eq!(decide(&a, Location::Undefined, PLAIN, gpu(0)), Move::ToSysmem);
+        assert_eq!(decide(&a, Location::Undefined, PLAIN, Location::Sysmem), Move::Stay, "already there");
+    }
+
+    #[test]
+    fn a_gpu_outside_the_hive_downgrades_a_prefetch() {
+        let mut a = attrs(gpu(0), Location::Undefined);
+        a.access = GpuMask(0b10); // GPU 1 maps it, and is not in GPU 0's hive
+        assert_eq!(decide(&a, Location::Undefined, PLAIN, Location::Sysmem), Move::Stay);
+        assert_eq!(decide(&a, Location::Undefined, PLAIN, gpu(1)), Move::ToSysmem);
+    }
+
+    #[test]
+    fn the_seeds_preferred_loc_rule() {
+        let to_gpu = attrs(Location::Undefined, gpu(1));
+        assert_eq!(decide(&to_gpu, Location::Sysmem, PLAIN, Location::Sysmem), Move::ToGpu(1));
+        assert_eq!(decide(&to_gpu, Location::Undefined, PLAIN, Location::Sysmem), Move::ToGpu(1));
+        assert_eq!(decide(&to_gpu, gpu(1), PLAIN, Location::Sysmem), Move::Stay, "no change");
+        assert_eq!(
+            decide(&to_gpu, Location::Sysmem, (false, false, false), Location::Sysmem),
+            Move::Stay,
+            "off"
+        );
+        assert_eq!(
+            decide(&to_gpu, Location::Sysmem, (true, true, false), Location::Sysmem),
+            Move::Stay,
+            "prefetching"
+        );
+        let back = attrs(Location::Undefined, Location::Sysmem);
+        assert_eq!(decide(&back, gpu(0), PLAIN, gpu(0)), Move::ToSysmem);
+        assert_eq!(decide(&back, gpu(0), PLAIN, Location::Sysmem), Move::Stay);
+        let gpu_to_gpu = attrs(Location::Undefined, gpu(1));
+        assert_eq!(decide(&gpu_to_gpu, gpu(0), PLAIN, gpu(0)), Move::Stay, "GPU to GPU is not the seed's");
+    }
+
+    #[test]
+    fn retry_faults_map_in_place_or_move() {
+        use RestoreLocation as R;
+        assert_eq!(retry_fault_move(Location::Sysmem, R::Sysmem), Move::Stay);
+        assert_eq!(retry_fault_move(gpu(0), R::Sysmem), Move::ToSysmem);
+        assert_eq!(retry_fault_move(Location::Sysmem, R::Gpu(1)), Move::ToGpu(1));
+        assert_eq!(retry_fault_move(gpu(1), R::Gpu(1)), Move::ToGpu(1));
+    }
 }
 
 /// The granule of `page` for a range with granularity `g`, clipped to `[start, last]`.

@@ -124,24 +124,27 @@ impl SvmInner {
         // Migrate the granule where it is best, or map the data in place (section 5.4).
         let mut migrated = false;
         let mut result = Ok(());
-        if actual != Location::Sysmem || best != RestoreLocation::Sysmem {
-            let r2 = match best {
-                RestoreLocation::Gpu(b) => {
-                    match self.move_to_vram(&mut st, key, (first, last), b, MigrateTrigger::PagefaultGpu) {
-                        Ok(_) => Ok(()),
-                        // On another GPU and stuck there: bring the granule to RAM instead.
-                        Err(_) if self.gpu_of(actual).is_some_and(|a| a != b) => self
-                            .move_to_ram(&mut st, key, (first, last), MigrateTrigger::PagefaultGpu)
-                            .map(|_| ()),
-                        Err(_) => Ok(()), // map in place
+        let trigger = MigrateTrigger::PagefaultGpu;
+        let moved = match policy::retry_fault_move(actual, best) {
+            policy::Move::Stay => None,
+            policy::Move::ToGpu(b) => {
+                Some(match self.move_to_vram(&mut st, key, (first, last), b, trigger) {
+                    Ok(_) => Ok(()),
+                    // On another GPU and stuck there: bring the granule to RAM instead.
+                    Err(_) if self.gpu_of(actual).is_some_and(|a| a != b) => {
+                        self.move_to_ram(&mut st, key, (first, last), trigger).map(|_| ())
                     }
-                }
-                _ => self.move_to_ram(&mut st, key, (first, last), MigrateTrigger::PagefaultGpu).map(|_| ()),
-            };
-            match r2 {
-                Ok(()) => migrated = true,
-                Err(e) => result = Err(e),
+                    Err(_) => Ok(()), // map in place
+                })
             }
+            policy::Move::ToSysmem => {
+                Some(self.move_to_ram(&mut st, key, (first, last), trigger).map(|_| ()))
+            }
+        };
+        match moved {
+            Some(Ok(())) => migrated = true,
+            Some(Err(e)) => result = Err(e),
+            None => {}
         }
         if result.is_ok() {
             let mut one = GpuMask::EMPTY;

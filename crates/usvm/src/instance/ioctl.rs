@@ -147,51 +147,24 @@ impl SvmInner {
         asks_prefetch: bool,
     ) -> Result<bool> {
         let xnack = st.xnack;
-        let Some(r) = st.tree.get_mut(s) else { return Ok(false) };
+        let Some(r) = st.tree.get(s) else { return Ok(false) };
         let (first, last) = (r.start, r.last);
-        let best = match r.attrs.prefetch_loc {
-            Location::Gpu(g) => {
-                let target = self.gpu_idx(g.0).expect("checked GPU");
-                policy::best_prefetch_location(&r.attrs, target, xnack, |a, b| self.devs.same_hive(a, b))
-            }
-            other => other,
-        };
-        let new_pref = r.attrs.preferred_loc;
-        let seed = if self.migrate_on_preferred_loc && !asks_prefetch && new_pref != old_pref {
-            match (old_pref, new_pref) {
-                // Like a prefetch, never to a GPU that another mapping GPU cannot reach.
-                (Location::Sysmem | Location::Undefined, Location::Gpu(g)) => {
-                    let target = self.gpu_idx(g.0).expect("checked GPU");
-                    let mut a = r.attrs;
-                    a.prefetch_loc = new_pref;
-                    Some(policy::best_prefetch_location(&a, target, xnack, |x, y| self.devs.same_hive(x, y)))
-                }
-                (Location::Gpu(_), Location::Sysmem) => Some(Location::Sysmem),
-                _ => None,
-            }
-        } else {
-            None
-        };
-        let actual = r.actual_loc;
-        let target = match (best, seed) {
-            (Location::Undefined, None) => return Ok(false),
-            (Location::Undefined, Some(t)) => t,
-            (b, _) => b,
-        };
-        match target {
-            Location::Sysmem if actual == Location::Sysmem => Ok(false),
-            Location::Sysmem => {
+        let flags = (self.migrate_on_preferred_loc, asks_prefetch, xnack);
+        let gpu_idx = |g: crate::attr::GpuId| self.gpu_idx(g.0).expect("checked GPU");
+        match policy::set_attr_move(&r.attrs, old_pref, flags, r.actual_loc, gpu_idx, |a, b| {
+            self.devs.same_hive(a, b)
+        }) {
+            policy::Move::Stay => Ok(false),
+            policy::Move::ToSysmem => {
                 self.move_to_ram(st, s, (first, last), MigrateTrigger::Prefetch).map(|_| true)
             }
-            Location::Gpu(g) => {
-                let idx = self.gpu_idx(g.0).expect("checked GPU");
-                // A failed migration to VRAM leaves the data in RAM, silently (section 4.2),
-                // and does not count as migrated: the mapping step then runs as without it
-                // (taken for done, it skipped the remap of a GPU_RO change, and under XNACK
-                // on mapped every ACCESS GPU).
+            // A failed migration to VRAM leaves the data in RAM, silently (section 4.2), and
+            // does not count as migrated: the mapping step then runs as without it (taken
+            // for done, it skipped the remap of a GPU_RO change, and under XNACK on mapped
+            // every ACCESS GPU).
+            policy::Move::ToGpu(idx) => {
                 Ok(self.move_to_vram(st, s, (first, last), idx, MigrateTrigger::Prefetch).is_ok())
             }
-            Location::Undefined => Ok(false),
         }
     }
 

@@ -395,7 +395,7 @@ fn invalidate_piece(
         }
     } else {
         // Also when no GPU holds entries: the unmap clears `mapped_to_gpu`.
-        map::unmap_from_gpus(&cx.devs, r, ps, pl, UnmapTrigger::MmuNotifyMigrate);
+        map::unmap_from_gpus(cx.devs, r, ps, pl, UnmapTrigger::MmuNotifyMigrate);
         if mapped {
             *inv = Invalidation::Unmapped;
         }
@@ -422,8 +422,8 @@ fn restore(cx: &Ctx, r: &mut SvmRange, inv: Invalidation, xnack: bool) {
     }
     let gpus = policy::gpus_to_map(&r.attrs, cx.gpu_of(r.actual_loc), r.mapped_to_gpu, xnack);
     let (s, l) = (r.start, r.last);
-    if map::remap_range(&cx.devs, r, gpus).is_err() {
-        map::unmap_from_gpus(&cx.devs, r, s, l, UnmapTrigger::MmuNotify);
+    if map::remap_range(cx.devs, r, gpus).is_err() {
+        map::unmap_from_gpus(cx.devs, r, s, l, UnmapTrigger::MmuNotify);
     }
     for g in 0..cx.devs.gpus.len() {
         cx.devs.restore_queues(g, false);
@@ -688,7 +688,7 @@ fn piece_to_vram(cx: &Ctx, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) -
         let mut bs = rs;
         while bs <= rl {
             let bl = rl.min(bs + STAGING_PAGES - 1);
-            let mut batch = ToVramBatch::collect(&cx.engine, r, backing.clone(), (bs, bl))?;
+            let mut batch = ToVramBatch::collect(cx.engine, r, backing.clone(), (bs, bl))?;
             if let Err(e) = batch.copy(&dev.sdma) {
                 // Its pages go back to the application; the rest of the range moves.
                 tracing::debug!(gpu = g, error = %e, "a copy chunk to VRAM failed");
