@@ -23,6 +23,7 @@
 
 mod attr;
 pub mod bench;
+mod buffer;
 mod error;
 mod events;
 mod fault;
@@ -38,6 +39,7 @@ mod sys;
 pub mod uapi;
 
 pub use attr::{Attr, GpuId, Location, Residency, SvmFlags};
+pub use buffer::SvmBuffer;
 pub use error::{Error, Result};
 pub use events::{
     Counters, Event, EventKind, EventStream, EvictTrigger, MigrateTrigger, UnmapTrigger, clock_ns,
@@ -46,6 +48,6 @@ pub use gpu::fence::Fence;
 pub use gpu::queue::{KernelCtx, Queue};
 pub use svm::{
     ALLOC_ALIGN, DEFAULT_GPUS, DEFAULT_GRANULARITY, DEFAULT_VRAM_BYTES, GpuSnapshot, InjectUffd, MAX_GPUS,
-    RangeInfo, Svm, SvmBuffer, SvmBuilder,
+    RangeInfo, Svm, SvmBuilder,
 };
 pub use uapi::RawAttr;

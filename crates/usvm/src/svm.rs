@@ -2,6 +2,7 @@
 //! [`SvmBuffer`]. The work is done in `svms.rs` (ranges, ioctls, faults) and `gpu/`.
 
 use crate::attr::{Attr, GpuId, Location, Residency, SvmFlags};
+use crate::buffer::SvmBuffer;
 use crate::error::{Error, Result};
 use crate::events::{Counters, EventHub, EventStream, EvictTrigger};
 use crate::fault::cpu::CpuFaultHandler;
@@ -14,7 +15,7 @@ use crate::range::GpuMask;
 use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::uapi::{self, RawAttr};
 use parking_lot::Mutex;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 /// Default number of emulated GPUs.
 pub const DEFAULT_GPUS: usize = 1;
@@ -548,80 +549,5 @@ impl Svm {
     pub fn range_count(&self) -> usize {
         let st = self.inner.lock_state();
         st.tree.len()
-    }
-}
-
-/// Anonymous private memory from [`Svm::alloc`]: 2 MiB aligned, a whole number of pages,
-/// unmapped on drop. The CPU uses it through ordinary loads and stores.
-#[derive(Debug)]
-pub struct SvmBuffer {
-    addr: usize,
-    len: usize,
-    owner: Weak<SvmInner>,
-    /// The fork generation of the owner (a child made by `fork` only unmaps its copy).
-    generation: u64,
-}
-
-impl SvmBuffer {
-    /// The first byte.
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.addr as *mut u8
-    }
-
-    /// The first byte's address.
-    pub fn addr(&self) -> usize {
-        self.addr
-    }
-
-    /// Length in bytes (a multiple of 4 KiB).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Always false: a buffer holds at least one page.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn check_bounds(&self, offset: usize, len: usize) {
-        assert!(
-            offset.checked_add(len).is_some_and(|e| e <= self.len),
-            "access [{offset:#x}, +{len:#x}) outside a buffer of {:#x} bytes",
-            self.len
-        );
-    }
-
-    /// CPU store of `data` at byte `offset` (a plain memcpy; faults like any CPU access).
-    /// Panics when the bytes fall outside the buffer.
-    pub fn write_at(&self, offset: usize, data: &[u8]) {
-        self.check_bounds(offset, data.len());
-        sys::mmap::copy_to(self.addr + offset, data);
-    }
-
-    /// CPU load of `out.len()` bytes at byte `offset`. Panics outside the buffer.
-    pub fn read_at(&self, offset: usize, out: &mut [u8]) {
-        self.check_bounds(offset, out.len());
-        sys::mmap::copy_from(self.addr + offset, out);
-    }
-
-    /// CPU store of `byte` over `[offset, offset + len)`. Panics outside the buffer.
-    pub fn fill(&self, offset: usize, len: usize, byte: u8) {
-        self.check_bounds(offset, len);
-        sys::mmap::fill(self.addr + offset, len, byte);
-    }
-}
-
-impl Drop for SvmBuffer {
-    fn drop(&mut self) {
-        // As the MMU notifier does for munmap: queue the range bookkeeping first, so that
-        // no later SET_ATTR / GET_ATTR can see ranges of memory that is gone.
-        // A child made by `fork` only unmaps its copy: the instance it inherited is not live
-        // there (see `Svm`'s `Drop`).
-        if let Some(owner) = self.owner.upgrade().filter(|_| sys::fork_generation() == self.generation) {
-            owner.notify_unmap(self.addr, self.len);
-        }
-        if let Err(e) = sys::mmap::unmap(self.addr, self.len) {
-            debug_assert!(false, "munmap of an SvmBuffer failed: {e}");
-        }
     }
 }

@@ -211,99 +211,107 @@ impl CpuFaultHandler {
         let (tx, rx) = mpsc::channel::<Work>();
         let _ = inner.work.set(tx);
         let w: Weak<SvmInner> = Arc::downgrade(inner);
-        let worker = std::thread::Builder::new().name("usvm-worker".into()).spawn(move || {
-            for job in rx {
-                // An instance that is gone has closed its userfaultfd, which woke every
-                // waiting thread: nothing left to do.
-                let Some(inner) = w.upgrade() else { continue };
-                // As for the reader: a panic must not end the worker.
-                let fault = if let Work::Fault(f) = &job { Some(*f) } else { None };
-                let handled = catch_unwind(AssertUnwindSafe(|| match job {
-                    Work::Fault(f) => {
-                        let mut st = inner.lock_state();
-                        serve_slow(&inner, (f.addr >> PAGE_SHIFT) as PageNo, f, &mut st, Handler::Worker);
-                    }
-                    Work::Flush => drop(inner.lock_state()),
-                    Work::Restore => {
-                        std::thread::sleep(RESTORE_DELAY);
-                        inner.restore_work();
-                    }
-                }));
-                if let (Err(_), Some(f)) = (handled, fault) {
-                    fail(&inner, f, &"its handler panicked");
-                }
-            }
-        })?;
+        let worker =
+            std::thread::Builder::new().name("usvm-worker".into()).spawn(move || worker_loop(&w, rx))?;
         let r: Weak<SvmInner> = Arc::downgrade(inner);
         let u = uffd.clone();
-        let reader = std::thread::Builder::new().name("usvm-fault".into()).spawn(move || {
-            crate::sys::uffd::set_event_reader();
-            // Faults that met EAGAIN, their threads still waiting: tried again after the
-            // next event is read, or after PARKED_RETRY without one.
-            let mut parked: Vec<Fault> = Vec::new();
-            loop {
-                let timeout = (!parked.is_empty()).then_some(PARKED_RETRY);
-                match u.wait_readable_for(timeout) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        for f in parked.drain(..) {
-                            let _ = u.wake(f.addr, PAGE_SIZE);
-                        }
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::error!("userfaultfd poll failed: {e}");
-                        std::thread::sleep(std::time::Duration::from_millis(1));
-                        continue;
-                    }
+        let reader =
+            std::thread::Builder::new().name("usvm-fault".into()).spawn(move || reader_loop(&r, &u))?;
+        Ok(CpuFaultHandler { uffd, reader: Some(reader), worker: Some(worker) })
+    }
+}
+
+/// The worker thread: faults handed over by the reader, flushes, the restore work.
+fn worker_loop(w: &Weak<SvmInner>, rx: mpsc::Receiver<Work>) {
+    for job in rx {
+        // An instance that is gone has closed its userfaultfd, which woke every
+        // waiting thread: nothing left to do.
+        let Some(inner) = w.upgrade() else { continue };
+        // As for the reader: a panic must not end the worker.
+        let fault = if let Work::Fault(f) = &job { Some(*f) } else { None };
+        let handled = catch_unwind(AssertUnwindSafe(|| match job {
+            Work::Fault(f) => {
+                let mut st = inner.lock_state();
+                serve_slow(&inner, (f.addr >> PAGE_SHIFT) as PageNo, f, &mut st, Handler::Worker);
+            }
+            Work::Flush => drop(inner.lock_state()),
+            Work::Restore => {
+                std::thread::sleep(RESTORE_DELAY);
+                inner.restore_work();
+            }
+        }));
+        if let (Err(_), Some(f)) = (handled, fault) {
+            fail(&inner, f, &"its handler panicked");
+        }
+    }
+}
+
+/// The reader thread: reads the userfaultfd's faults and events (see the module docs).
+fn reader_loop(r: &Weak<SvmInner>, u: &Arc<Uffd>) {
+    crate::sys::uffd::set_event_reader();
+    // Faults that met EAGAIN, their threads still waiting: tried again after the
+    // next event is read, or after PARKED_RETRY without one.
+    let mut parked: Vec<Fault> = Vec::new();
+    loop {
+        let timeout = (!parked.is_empty()).then_some(PARKED_RETRY);
+        match u.wait_readable_for(timeout) {
+            Ok(true) => {}
+            Ok(false) => {
+                for f in parked.drain(..) {
+                    let _ = u.wake(f.addr, PAGE_SIZE);
                 }
-                let Some(inner) = r.upgrade() else {
-                    // The instance is gone: its memory is plain memory again.
-                    if let Ok(Some(UffdEvent::Fault(f))) = u.read_event() {
-                        let _ = u.zeropage(f.addr, PAGE_SIZE);
-                    }
-                    continue;
-                };
-                // Read and take in the event under the gate: the application's munmap or
-                // madvise returns as soon as its event is read, and whoever takes the
-                // instance lock next must find the change queued (see `lock_state`).
-                // Device accesses starting meanwhile see `reading_event` and wait at the
-                // gate (`GpuFaultHandler::settle`). A fault leaves the gate before it is
-                // handled: handling it may take long, and needs no gate.
-                let gate = inner.event_gate.lock();
-                inner.devs.reading_event.store(true, std::sync::atomic::Ordering::SeqCst);
-                let read = read_event(&inner, &u);
-                if let Ok(Some(ev)) = read
-                    && !matches!(ev, UffdEvent::Fault(_))
-                {
-                    on_event_guarded(&inner, ev, Handler::Reader); // queues the change
+                break;
+            }
+            Err(e) => {
+                tracing::error!("userfaultfd poll failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                continue;
+            }
+        }
+        let Some(inner) = r.upgrade() else {
+            // The instance is gone: its memory is plain memory again.
+            if let Ok(Some(UffdEvent::Fault(f))) = u.read_event() {
+                let _ = u.zeropage(f.addr, PAGE_SIZE);
+            }
+            continue;
+        };
+        // Read and take in the event under the gate: the application's munmap or
+        // madvise returns as soon as its event is read, and whoever takes the
+        // instance lock next must find the change queued (see `lock_state`).
+        // Device accesses starting meanwhile see `reading_event` and wait at the
+        // gate (`GpuFaultHandler::settle`). A fault leaves the gate before it is
+        // handled: handling it may take long, and needs no gate.
+        let gate = inner.event_gate.lock();
+        inner.devs.reading_event.store(true, std::sync::atomic::Ordering::SeqCst);
+        let read = read_event(&inner, u);
+        if let Ok(Some(ev)) = read
+            && !matches!(ev, UffdEvent::Fault(_))
+        {
+            on_event_guarded(&inner, ev, Handler::Reader); // queues the change
+        }
+        inner.devs.reading_event.store(false, std::sync::atomic::Ordering::SeqCst);
+        drop(gate);
+        let retry_parked = match read {
+            Ok(Some(UffdEvent::Fault(f))) => {
+                inner.events.cpu_fault();
+                if on_event_guarded(&inner, UffdEvent::Fault(f), Handler::Reader) == Outcome::Retry {
+                    parked.push(f);
                 }
-                inner.devs.reading_event.store(false, std::sync::atomic::Ordering::SeqCst);
-                drop(gate);
-                let retry_parked = match read {
-                    Ok(Some(UffdEvent::Fault(f))) => {
-                        inner.events.cpu_fault();
-                        if on_event_guarded(&inner, UffdEvent::Fault(f), Handler::Reader) == Outcome::Retry {
-                            parked.push(f);
-                        }
-                        false
-                    }
-                    Ok(_) => true,
-                    Err(e) => {
-                        tracing::error!("userfaultfd read failed: {e}");
-                        true
-                    }
-                };
-                if retry_parked {
-                    for f in std::mem::take(&mut parked) {
-                        if on_event_guarded(&inner, UffdEvent::Fault(f), Handler::Parked) == Outcome::Retry {
-                            parked.push(f);
-                        }
-                    }
+                false
+            }
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!("userfaultfd read failed: {e}");
+                true
+            }
+        };
+        if retry_parked {
+            for f in std::mem::take(&mut parked) {
+                if on_event_guarded(&inner, UffdEvent::Fault(f), Handler::Parked) == Outcome::Retry {
+                    parked.push(f);
                 }
             }
-        })?;
-        Ok(CpuFaultHandler { uffd, reader: Some(reader), worker: Some(worker) })
+        }
     }
 }
 

@@ -19,6 +19,7 @@
 //! The caller's own buffer is only touched with no lock held, so a CPU fault on it (its
 //! data in VRAM) can migrate it, which needs the page-table write lock, without deadlock.
 
+mod buddy;
 pub mod fence;
 pub mod pagetable;
 pub mod queue;

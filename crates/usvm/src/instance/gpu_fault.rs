@@ -70,25 +70,59 @@ impl SvmInner {
         let entry_ns = sys::boottime_ns();
         let page = (addr >> PAGE_SHIFT) as PageNo;
         let mut st = self.lock_state();
-        let key = match st.tree.find(page).map(|r| r.start) {
-            Some(k) => k,
-            None => match self.create_unregistered(&mut st, page) {
-                Some(k) => k,
-                None => {
-                    // A failed range creation counts too (section 5.4 step 6).
-                    self.events.count(gpu, Counter::Faults, 1);
-                    return Err(self.fatal_fault(gpu, addr, write));
-                }
-            },
+        let Some(key) =
+            st.tree.find(page).map(|r| r.start).or_else(|| self.create_unregistered(&mut st, page))
+        else {
+            // A failed range creation counts too (section 5.4 step 6).
+            self.events.count(gpu, Counter::Faults, 1);
+            return Err(self.fatal_fault(gpu, addr, write));
         };
         // From here on every outcome counts as a processed fault (section 5.4 step 6).
         self.events.count(gpu, Counter::Faults, 1);
-        let r = st.tree.get_mut(key).expect("range just found");
+        let r = st.tree.get(key).expect("range just found");
+        let Some(best) = self.fault_target(r, gpu, addr, write)? else {
+            return Ok(()); // a duplicate, or a racing munmap: the access retries
+        };
+        let id = self.gpus[gpu].id;
+        if self.events.listening() {
+            let kind = EventKind::PageFaultStart { addr: page, gpu: id, write };
+            self.events.emit_event(crate::events::Event { ns: entry_ns, pid: self.events.pid(), kind });
+        }
+        let (first, last) = policy::granule_extent(page, r.attrs.granularity, r.start, r.last);
+        // Migrate the granule where it is best, or map the data in place (section 5.4).
+        let moved = self.fault_move(&mut st, key, (first, last), best);
+        let migrated = matches!(moved, Some(Ok(())));
+        let mut result = moved.unwrap_or(Ok(()));
+        if result.is_ok() {
+            let mut one = GpuMask::EMPTY;
+            one.insert(gpu);
+            let r = st.tree.get_mut(key).expect("range");
+            result = map::validate_and_map(&self.devs, r, one, first, last);
+        }
+        self.events.emit(|| EventKind::PageFaultEnd { addr: page, gpu: id, migrated });
+        match result {
+            // The address space changed under the fault: the GPU retries (section 5.4).
+            Err(e) if e.errno() == libc::EAGAIN => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Where a retry fault of GPU `gpu` at `addr` on range `r` puts the data (section 5.3):
+    /// `Ok(None)` when the fault is to be retried without doing anything (a duplicate of one
+    /// just handled, or the memory is going away), an error for a fatal fault (no
+    /// permission, no access).
+    fn fault_target(
+        &self,
+        r: &SvmRange,
+        gpu: usize,
+        addr: usize,
+        write: bool,
+    ) -> Result<Option<RestoreLocation>> {
         if r.validate_timestamp.is_some_and(|t| t.elapsed() < RETRY_FAULT_PENDING) {
-            return Ok(()); // a duplicate of a fault just handled: let the access retry
+            return Ok(None);
         }
         let Ok(Some(v)) = vma::lookup(addr, false) else {
-            return Ok(()); // racing munmap: nothing to map, the access will fault again
+            return Ok(None); // racing munmap: nothing to map, the access will fault again
         };
         if !v.read || (write && !v.write) {
             return Err(self.fatal_fault(gpu, addr, write)); // EPERM in the kernel
@@ -105,59 +139,37 @@ impl SvmInner {
             Location::Gpu(g) => self.gpu_idx(g.0).map(Some),
         };
         let actual = self.gpu_of(r.actual_loc);
-        let best =
-            policy::best_restore_location(&r.attrs, preferred, actual, gpu, |a, b| self.devs.same_hive(a, b));
-        if best == RestoreLocation::NoAccess {
-            return Err(self.fatal_fault(gpu, addr, write)); // EACCES in the kernel
+        match policy::best_restore_location(&r.attrs, preferred, actual, gpu, |a, b| {
+            self.devs.same_hive(a, b)
+        }) {
+            RestoreLocation::NoAccess => Err(self.fatal_fault(gpu, addr, write)), // EACCES in the kernel
+            best => Ok(Some(best)),
         }
-        let id = self.gpus[gpu].id;
-        if self.events.listening() {
-            let ev = crate::events::Event {
-                ns: entry_ns,
-                pid: self.events.pid(),
-                kind: EventKind::PageFaultStart { addr: page, gpu: id, write },
-            };
-            self.events.emit_event(ev);
-        }
-        let (first, last) = policy::granule_extent(page, r.attrs.granularity, r.start, r.last);
-        let actual = r.actual_loc;
-        // Migrate the granule where it is best, or map the data in place (section 5.4).
-        let mut migrated = false;
-        let mut result = Ok(());
+    }
+
+    /// The migration of a retry fault's granule `[first, last]` of the range at `key` to
+    /// `best`: `None` when the data stays where it is (mapped in place).
+    fn fault_move(
+        &self,
+        st: &mut SvmState,
+        key: PageNo,
+        (first, last): (PageNo, PageNo),
+        best: RestoreLocation,
+    ) -> Option<Result<()>> {
         let trigger = MigrateTrigger::PagefaultGpu;
-        let moved = match policy::retry_fault_move(actual, best) {
-            policy::Move::Stay => None,
-            policy::Move::ToGpu(b) => {
-                Some(match self.move_to_vram(&mut st, key, (first, last), b, trigger) {
-                    Ok(_) => Ok(()),
-                    // On another GPU and stuck there: bring the granule to RAM instead.
-                    Err(_) if self.gpu_of(actual).is_some_and(|a| a != b) => {
-                        self.move_to_ram(&mut st, key, (first, last), trigger).map(|_| ())
-                    }
-                    Err(_) => Ok(()), // map in place
-                })
-            }
-            policy::Move::ToSysmem => {
-                Some(self.move_to_ram(&mut st, key, (first, last), trigger).map(|_| ()))
-            }
-        };
-        match moved {
-            Some(Ok(())) => migrated = true,
-            Some(Err(e)) => result = Err(e),
-            None => {}
-        }
-        if result.is_ok() {
-            let mut one = GpuMask::EMPTY;
-            one.insert(gpu);
-            let r = st.tree.get_mut(key).expect("range");
-            result = map::validate_and_map(&self.devs, r, one, first, last);
-        }
-        self.events.emit(|| EventKind::PageFaultEnd { addr: page, gpu: id, migrated });
-        match result {
-            // The address space changed under the fault: the GPU retries (section 5.4).
-            Err(e) if e.errno() == libc::EAGAIN => Ok(()),
-            r => r,
-        }
+        let actual = st.tree.get(key)?.actual_loc;
+        Some(match policy::retry_fault_move(actual, best) {
+            policy::Move::Stay => return None,
+            policy::Move::ToGpu(b) => match self.move_to_vram(st, key, (first, last), b, trigger) {
+                Ok(_) => Ok(()),
+                // On another GPU and stuck there: bring the granule to RAM instead.
+                Err(_) if self.gpu_of(actual).is_some_and(|a| a != b) => {
+                    self.move_to_ram(st, key, (first, last), trigger).map(|_| ())
+                }
+                Err(_) => Ok(()), // map in place
+            },
+            policy::Move::ToSysmem => self.move_to_ram(st, key, (first, last), trigger).map(|_| ()),
+        })
     }
 }
 

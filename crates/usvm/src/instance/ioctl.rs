@@ -50,25 +50,12 @@ impl SvmInner {
         }
     }
 
-    /// `svm_range_set_attr` after the entry checks.
-    pub(crate) fn set_attr(&self, start: PageNo, last: PageNo, attrs: &[Attr]) -> Result<()> {
-        let ops = self.check_attrs(attrs)?;
-        let mut st = self.lock_state();
-        check_mapped(start, last)?;
-        self.check_not_kfd(start, last)?;
-        let xnack = st.xnack;
-        // XNACK off: the new ranges reserve their size against the system-memory limit;
-        // beyond it the whole call fails with ENOMEM and changes nothing (section 1.7).
-        let gap_pages = st.tree.gap_pages(start, last);
-        let new_bytes = if xnack { 0 } else { gap_pages << PAGE_SHIFT };
-        if st.reserved_bytes + new_bytes > self.system_memory_limit {
-            return Err(Error::NoMemory { bytes: new_bytes });
-        }
-        // Anonymous memory of every range is watched from now on: the application's munmap,
-        // mremap and MADV_DONTNEED of it reach usvm as the MMU notifier's do. Done before
-        // anything changes: memory another instance watches is refused (EADDRINUSE).
-        // Only the parts no range of this instance watches yet: a refused call unregisters
-        // what it registered, and must not unregister what the instance watched before.
+    /// Watches the anonymous memory of `[start, last]` that no range of this instance watches
+    /// yet: from now on the application's munmap, mremap and MADV_DONTNEED of it reach usvm as
+    /// the MMU notifier's do. Done before anything changes: memory another instance watches is
+    /// refused (EADDRINUSE), and a refused call unregisters what it registered (never what the
+    /// instance watched before).
+    fn watch(&self, st: &SvmState, start: PageNo, last: PageNo) -> Result<()> {
         let mut unwatched: Vec<(PageNo, PageNo)> = Vec::new();
         let mut next = start;
         for r in st.tree.overlapping(start, last).filter(|r| r.registered) {
@@ -88,6 +75,24 @@ impl SvmInner {
                 return Err(e);
             }
         }
+        Ok(())
+    }
+
+    /// `svm_range_set_attr` after the entry checks.
+    pub(crate) fn set_attr(&self, start: PageNo, last: PageNo, attrs: &[Attr]) -> Result<()> {
+        let ops = self.check_attrs(attrs)?;
+        let mut st = self.lock_state();
+        check_mapped(start, last)?;
+        self.check_not_kfd(start, last)?;
+        let xnack = st.xnack;
+        // XNACK off: the new ranges reserve their size against the system-memory limit;
+        // beyond it the whole call fails with ENOMEM and changes nothing (section 1.7).
+        let gap_pages = st.tree.gap_pages(start, last);
+        let new_bytes = if xnack { 0 } else { gap_pages << PAGE_SHIFT };
+        if st.reserved_bytes + new_bytes > self.system_memory_limit {
+            return Err(Error::NoMemory { bytes: new_bytes });
+        }
+        self.watch(&st, start, last)?;
         let defaults = self.new_range_attrs(xnack);
         let out = st.tree.add(start, last, &ops, &defaults, self.max_range_pages, !xnack);
         st.reserved_bytes += new_bytes;

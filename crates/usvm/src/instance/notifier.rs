@@ -61,65 +61,15 @@ impl SvmInner {
         while let Some(op) = ops.next() {
             match op {
                 PendingOp::Unmap { start, last } => self.cpu_unmapped(st, start, last),
-                PendingOp::Remove { start, last } => {
-                    let xnack = st.xnack;
-                    let keys: Vec<PageNo> = st.tree.overlapping(start, last).map(|r| r.start).collect();
-                    for k in keys {
-                        let r = st.tree.get_mut(k).expect("range");
-                        drop_vram(r, start, last);
-                        let mapped = r.mapped_gpus != GpuMask::EMPTY;
-                        if mapped && (!xnack || r.attrs.flags.contains(SvmFlags::GPU_ALWAYS_MAPPED)) {
-                            // XNACK off: evict the queues once; the restore worker remaps.
-                            r.invalid += 1;
-                            if st.evicted_ranges == 0 {
-                                for g in 0..self.devs.gpus.len() {
-                                    self.devs.evict_queues(g, crate::events::EvictTrigger::Svm);
-                                }
-                                self.post(Work::Restore);
-                            }
-                            st.evicted_ranges += 1;
-                        } else {
-                            map::unmap_from_gpus(&self.devs, r, start, last, UnmapTrigger::MmuNotify);
-                        }
-                    }
-                }
+                PendingOp::Remove { start, last } => self.cpu_removed(st, start, last),
                 PendingOp::Remap { from, to, npages } => {
-                    // The pages whose data is in VRAM did not move with the mapping: give
-                    // their data to the new place (a page the application has there already
-                    // keeps its data), then forget the old one.
-                    let last = from + npages - 1;
-                    let keys: Vec<PageNo> = st.tree.overlapping(from, last).map(|r| r.start).collect();
-                    let mut copied = true;
-                    for k in keys {
-                        let r = st.tree.get_mut(k).expect("range");
-                        let Some(b) = r.vram.clone() else { continue };
-                        for p in from.max(r.start)..=last.min(r.last) {
-                            if r.page_in_vram(p) {
-                                let src = b.bo.host_addr(b.offset + (p - r.start));
-                                let dst = to + (p - from);
-                                let (_, err) = self.engine.commit_in(dst, 1, src, migrate::Fill::Copy);
-                                match err {
-                                    None => {}
-                                    Some(libc::EAGAIN) => copied = false,
-                                    // Anything else would fail again on every retry (the
-                                    // worker would spin): say so and go on.
-                                    Some(errno) => tracing::error!(
-                                        page = format_args!("{:#x}", dst << PAGE_SHIFT),
-                                        errno,
-                                        "mremap: the data of a VRAM page could not follow it"
-                                    ),
-                                }
-                                let _ = self.engine.uffd.wake((dst << PAGE_SHIFT) as usize, PAGE_SIZE);
-                            }
-                        }
-                    }
-                    if !copied {
-                        // An event still waits to be read (EAGAIN, on the reader thread): keep
-                        // this change and the later ones for the next lock holder, with the
-                        // old data still in VRAM.
+                    if !self.cpu_remapped(st, from, to, npages) {
+                        // An event still waits to be read (EAGAIN, on the reader thread):
+                        // keep this change and the later ones for the next lock holder,
+                        // with the old data still in VRAM.
                         let mut pending = self.pending.lock();
                         let later = std::mem::take(&mut *pending);
-                        pending.push(PendingOp::Remap { from, to, npages });
+                        pending.push(op);
                         pending.extend(ops.by_ref());
                         pending.extend(later);
                         self.devs.changes_pending.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -127,14 +77,73 @@ impl SvmInner {
                         self.post(Work::Flush);
                         break;
                     }
-                    {
-                        let _out = self.engine.out.lock();
-                        self.engine.remapped.lock().remove(from, last);
-                    }
-                    self.cpu_unmapped(st, from, last);
                 }
             }
         }
+    }
+
+    /// MADV_DONTNEED of `[start, last]`: the VRAM copies are gone; XNACK off (or
+    /// ALWAYS_MAPPED), the GPUs' queues are evicted once and the restore worker remaps;
+    /// XNACK on, the pages are unmapped from the GPUs.
+    fn cpu_removed(&self, st: &mut SvmState, start: PageNo, last: PageNo) {
+        let xnack = st.xnack;
+        let keys: Vec<PageNo> = st.tree.overlapping(start, last).map(|r| r.start).collect();
+        for k in keys {
+            let r = st.tree.get_mut(k).expect("range");
+            drop_vram(r, start, last);
+            let mapped = r.mapped_gpus != GpuMask::EMPTY;
+            if mapped && (!xnack || r.attrs.flags.contains(SvmFlags::GPU_ALWAYS_MAPPED)) {
+                // XNACK off: evict the queues once; the restore worker remaps.
+                r.invalid += 1;
+                if st.evicted_ranges == 0 {
+                    for g in 0..self.devs.gpus.len() {
+                        self.devs.evict_queues(g, crate::events::EvictTrigger::Svm);
+                    }
+                    self.post(Work::Restore);
+                }
+                st.evicted_ranges += 1;
+            } else {
+                map::unmap_from_gpus(&self.devs, r, start, last, UnmapTrigger::MmuNotify);
+            }
+        }
+    }
+
+    /// mremap moved `npages` from `from` to `to`: the pages whose data is in VRAM did not
+    /// move with the mapping, so their data goes to the new place (a page the application
+    /// has there already keeps its data), then the old place is forgotten. False (nothing
+    /// forgotten) when a copy met EAGAIN: an event waits to be read.
+    fn cpu_remapped(&self, st: &mut SvmState, from: PageNo, to: PageNo, npages: u64) -> bool {
+        let last = from + npages - 1;
+        let keys: Vec<PageNo> = st.tree.overlapping(from, last).map(|r| r.start).collect();
+        let mut copied = true;
+        for k in keys {
+            let r = st.tree.get_mut(k).expect("range");
+            let Some(b) = r.vram.clone() else { continue };
+            for p in (from.max(r.start)..=last.min(r.last)).filter(|&p| r.page_in_vram(p)) {
+                let src = b.bo.host_addr(b.offset + (p - r.start));
+                let dst = to + (p - from);
+                match self.engine.commit_in(dst, 1, src, migrate::Fill::Copy).1 {
+                    None => {}
+                    Some(libc::EAGAIN) => copied = false,
+                    // Anything else would fail again on every retry (the worker would
+                    // spin): say so and go on.
+                    Some(errno) => tracing::error!(
+                        page = format_args!("{:#x}", dst << PAGE_SHIFT),
+                        errno,
+                        "mremap: the data of a VRAM page could not follow it"
+                    ),
+                }
+                let _ = self.engine.uffd.wake((dst << PAGE_SHIFT) as usize, PAGE_SIZE);
+            }
+        }
+        if copied {
+            {
+                let _out = self.engine.out.lock();
+                self.engine.remapped.lock().remove(from, last);
+            }
+            self.cpu_unmapped(st, from, last);
+        }
+        copied
     }
 
     /// `[start, last]` is no longer mapped by the application: unmap it from the GPUs now

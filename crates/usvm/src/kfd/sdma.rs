@@ -139,16 +139,7 @@ pub fn decode(dw: &[u32]) -> Result<(Packet, usize), Decode> {
             need(n)?;
             (Packet::Nop, n)
         }
-        (op::COPY, 0) => {
-            let broadcast = h & (1 << 27) != 0;
-            let n = if broadcast { 9 } else { 7 };
-            need(n)?;
-            let mut dst = vec![addr(dw[5], dw[6])];
-            if broadcast {
-                dst.push(addr(dw[7], dw[8]));
-            }
-            (Packet::Copy { src: addr(dw[3], dw[4]), dst, bytes: count22(dw[1]) }, n)
-        }
+        (op::COPY, 0) => decode_copy(h, dw)?,
         (op::WRITE, 0) => {
             need(4)?;
             let ndw = (dw[3] & 0xf_ffff) as usize + 1;
@@ -163,19 +154,7 @@ pub fn decode(dw: &[u32]) -> Result<(Packet, usize), Decode> {
             need(2)?;
             (Packet::Trap { event: dw[1] & 0x0fff_ffff }, 2)
         }
-        (op::POLL_REGMEM, 0) => {
-            need(6)?;
-            let p = Packet::Poll {
-                addr: addr(dw[1], dw[2]),
-                reference: dw[3],
-                mask: dw[4],
-                func: ((h >> 28) & 0x7) as u8,
-                interval: (dw[5] & 0xffff) as u16,
-                retries: ((dw[5] >> 16) & 0xfff) as u16,
-                register: h & (1 << 31) == 0,
-            };
-            (p, 6)
-        }
+        (op::POLL_REGMEM, 0) => decode_poll(h, dw)?,
         (op::CONST_FILL, 0) => {
             need(5)?;
             let p = Packet::Fill {
@@ -227,6 +206,38 @@ pub fn merge_copies(p: Packet, len: usize, dw: &[u32]) -> (Packet, usize) {
         }
     }
     (Packet::Copy { src, dst, bytes: total }, at)
+}
+
+/// COPY_LINEAR: 7 dwords, 9 with the broadcast bit (a second destination).
+fn decode_copy(h: u32, dw: &[u32]) -> Result<(Packet, usize), Decode> {
+    let broadcast = h & (1 << 27) != 0;
+    let n = if broadcast { 9 } else { 7 };
+    if dw.len() < n {
+        return Err(Decode::Incomplete);
+    }
+    let mut dst = vec![addr(dw[5], dw[6])];
+    if broadcast {
+        dst.push(addr(dw[7], dw[8]));
+    }
+    Ok((Packet::Copy { src: addr(dw[3], dw[4]), dst, bytes: u64::from(dw[1] & 0x3f_ffff) + 1 }, n))
+}
+
+/// POLL_REGMEM: 6 dwords; bit 31 of the header selects a memory poll, bits 28-30 the
+/// function.
+fn decode_poll(h: u32, dw: &[u32]) -> Result<(Packet, usize), Decode> {
+    if dw.len() < 6 {
+        return Err(Decode::Incomplete);
+    }
+    let p = Packet::Poll {
+        addr: addr(dw[1], dw[2]),
+        reference: dw[3],
+        mask: dw[4],
+        func: ((h >> 28) & 0x7) as u8,
+        interval: (dw[5] & 0xffff) as u16,
+        retries: ((dw[5] >> 16) & 0xfff) as u16,
+        register: h & (1 << 31) == 0,
+    };
+    Ok((p, 6))
 }
 
 /// Whether a poll's condition holds.

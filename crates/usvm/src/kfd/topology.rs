@@ -4,6 +4,7 @@
 //! VRAM and the capability bit for the SVM API.
 
 use super::KfdConfig;
+use crate::attr::GpuId;
 use crate::svm::Svm;
 
 /// `HSA_CAPABILITY`: bits 12-13, the doorbell type (2: gfx9 64-bit doorbells).
@@ -179,9 +180,18 @@ fn cpu_name() -> String {
 /// The nodes of `svm`'s machine.
 pub fn build(svm: &Svm, config: &KfdConfig) -> Vec<NodeProperties> {
     let gpus = svm.gpu_ids();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let hive_id = if config.xgmi_hive { 0x5553_564d_0000_0001 } else { 0 };
-    let cpu = NodeProperties {
+    let mut nodes = vec![cpu_node(gpus.len())];
+    for (i, g) in gpus.iter().enumerate() {
+        nodes.push(gpu_node(svm, config, (i, gpus.len()), *g, hive_id));
+    }
+    nodes
+}
+
+/// Node 0: the CPU, linked to every GPU by PCIe.
+fn cpu_node(gpus: usize) -> NodeProperties {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    NodeProperties {
         cpu_cores: cores,
         simd_count: 0,
         banks: vec![MemoryBank {
@@ -190,7 +200,7 @@ pub fn build(svm: &Svm, config: &KfdConfig) -> Vec<NodeProperties> {
             width: 64,
             clock_mhz: 3200,
         }],
-        io_links: (0..gpus.len())
+        io_links: (0..gpus)
             .map(|i| IoLink {
                 kind: IoLinkType::PciExpress,
                 from: 0,
@@ -231,69 +241,78 @@ pub fn build(svm: &Svm, config: &KfdConfig) -> Vec<NodeProperties> {
         num_xcc: 0,
         gpu_id: 0,
         family_id: 0,
-    };
-    let mut nodes = vec![cpu];
-    for (i, g) in gpus.iter().enumerate() {
-        let node = i as u32 + 1;
-        let mut io_links = vec![IoLink {
-            kind: IoLinkType::PciExpress,
-            from: node,
-            to: 0,
-            weight: 20,
-            max_bandwidth: 32_000,
-        }];
-        if config.xgmi_hive {
-            io_links.extend((0..gpus.len()).filter(|&j| j != i).map(|j| IoLink {
-                kind: IoLinkType::Xgmi,
-                from: node,
-                to: j as u32 + 1,
-                weight: 15,
-                max_bandwidth: 100_000,
-            }));
-        }
-        nodes.push(NodeProperties {
-            cpu_cores: 0,
-            simd_count: GPU_COMPUTE_UNITS * SIMD_PER_CU,
-            banks: vec![MemoryBank {
-                heap: HeapType::FrameBufferPublic,
-                size: svm.vram_bytes(*g).unwrap_or(0),
-                width: 4096,
-                clock_mhz: 1600,
-            }],
-            io_links,
-            first_id: 0x8000_0000 + i as u32 * 0x1000,
-            capability: CAP_SVM_API_SUPPORTED | CAP_DOORBELL_TYPE_GFX9 | CAP_COHERENT_HOST_ACCESS,
-            max_waves_per_simd: 8,
-            lds_kib: 64,
-            wavefront_size: 64,
-            shader_banks: 8,
-            arrays: 1,
-            cu_per_array: GPU_COMPUTE_UNITS / 8,
-            simd_per_cu: SIMD_PER_CU,
-            max_slots_scratch_cu: 32,
-            gfx_version: GFX90A,
-            vendor_id: VENDOR_AMD,
-            device_id: 0x740f,
-            location_id: (0x10 + i as u32) << 8,
-            local_mem_size: svm.vram_bytes(*g).unwrap_or(0),
-            max_clock_mhz: 1700,
-            drm_render_minor: 128 + i as u32,
-            marketing_name: "usvm emulated gfx90a".to_string(),
-            amd_name: "gfx90a".to_string(),
-            hive_id,
-            sdma_engines: 2,
-            sdma_xgmi_engines: 3,
-            sdma_queues_per_engine: 8,
-            cp_queues: 24,
-            gws: 64,
-            integrated: false,
-            unique_id: 0x5553_564d_0000_0000 | u64::from(g.0),
-            vgpr_size_per_cu: 0x80000,
-            sgpr_size_per_cu: 0x6400,
-            num_xcc: 1,
-            gpu_id: g.0,
-            family_id: FAMILY_AI,
-        });
     }
-    nodes
+}
+
+/// Node `i + 1`: GPU `g`, the `i`-th of `count`, linked to the CPU (PCIe) and, in a hive, to
+/// every other GPU (XGMI).
+fn gpu_node(
+    svm: &Svm,
+    config: &KfdConfig,
+    (i, count): (usize, usize),
+    g: GpuId,
+    hive_id: u64,
+) -> NodeProperties {
+    let io_links = gpu_links((i, count), config.xgmi_hive);
+    NodeProperties {
+        cpu_cores: 0,
+        simd_count: GPU_COMPUTE_UNITS * SIMD_PER_CU,
+        banks: vec![MemoryBank {
+            heap: HeapType::FrameBufferPublic,
+            size: svm.vram_bytes(g).unwrap_or(0),
+            width: 4096,
+            clock_mhz: 1600,
+        }],
+        io_links,
+        first_id: 0x8000_0000 + i as u32 * 0x1000,
+        capability: CAP_SVM_API_SUPPORTED | CAP_DOORBELL_TYPE_GFX9 | CAP_COHERENT_HOST_ACCESS,
+        max_waves_per_simd: 8,
+        lds_kib: 64,
+        wavefront_size: 64,
+        shader_banks: 8,
+        arrays: 1,
+        cu_per_array: GPU_COMPUTE_UNITS / 8,
+        simd_per_cu: SIMD_PER_CU,
+        max_slots_scratch_cu: 32,
+        gfx_version: GFX90A,
+        vendor_id: VENDOR_AMD,
+        device_id: 0x740f,
+        location_id: (0x10 + i as u32) << 8,
+        local_mem_size: svm.vram_bytes(g).unwrap_or(0),
+        max_clock_mhz: 1700,
+        drm_render_minor: 128 + i as u32,
+        marketing_name: "usvm emulated gfx90a".to_string(),
+        amd_name: "gfx90a".to_string(),
+        hive_id,
+        sdma_engines: 2,
+        sdma_xgmi_engines: 3,
+        sdma_queues_per_engine: 8,
+        cp_queues: 24,
+        gws: 64,
+        integrated: false,
+        unique_id: 0x5553_564d_0000_0000 | u64::from(g.0),
+        vgpr_size_per_cu: 0x80000,
+        sgpr_size_per_cu: 0x6400,
+        num_xcc: 1,
+        gpu_id: g.0,
+        family_id: FAMILY_AI,
+    }
+}
+
+/// The IO links of the `i`-th of `count` GPUs: PCIe to the CPU, XGMI to every other GPU of
+/// a hive.
+fn gpu_links((i, count): (usize, usize), hive: bool) -> Vec<IoLink> {
+    let node = i as u32 + 1;
+    let mut links =
+        vec![IoLink { kind: IoLinkType::PciExpress, from: node, to: 0, weight: 20, max_bandwidth: 32_000 }];
+    if hive {
+        links.extend((0..count).filter(|&j| j != i).map(|j| IoLink {
+            kind: IoLinkType::Xgmi,
+            from: node,
+            to: j as u32 + 1,
+            weight: 15,
+            max_bandwidth: 100_000,
+        }));
+    }
+    links
 }
