@@ -1,0 +1,82 @@
+//! User queues: SDMA queues execute packets; compute queues only exist.
+
+use crate::entry;
+use crate::types::*;
+use usvm::kfd::{self, KfdError, QueueKind};
+
+fn create_queue(
+    node: u32,
+    ty: u32,
+    ring: *mut libc::c_void,
+    size: u64,
+    res: *mut HsaQueueResource,
+) -> HSAKMT_STATUS {
+    entry(|| {
+        let k = kfd::current()?;
+        if res.is_null() {
+            return Err(KfdError::InvalidParameter("null QueueResource"));
+        }
+        let kind = match ty {
+            HSA_QUEUE_COMPUTE | HSA_QUEUE_COMPUTE_AQL => QueueKind::Compute,
+            HSA_QUEUE_SDMA => QueueKind::Sdma,
+            HSA_QUEUE_SDMA_XGMI => QueueKind::SdmaXgmi,
+            _ => return Err(KfdError::NotSupported("this queue type")),
+        };
+        let q = k.create_queue(node, kind, ring as usize, size)?;
+        // SAFETY: `res` is non-null and points at the caller's HsaQueueResource; only the
+        // fields the call fills are written (ErrorReason is the caller's).
+        unsafe {
+            std::ptr::addr_of_mut!((*res).QueueId).write_unaligned(q.id);
+            std::ptr::addr_of_mut!((*res).Queue_DoorBell_aql).write_unaligned(q.doorbell as *mut u64);
+            std::ptr::addr_of_mut!((*res).Queue_write_ptr_aql).write_unaligned(q.write_ptr as *mut u64);
+            std::ptr::addr_of_mut!((*res).Queue_read_ptr_aql).write_unaligned(q.read_ptr as *mut u64);
+        }
+        Ok(())
+    })
+}
+
+/// `hsaKmtCreateQueue`: SDMA and SDMA_XGMI queues execute SDMA packets; compute queues
+/// exist (and count) but execute nothing.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn hsaKmtCreateQueue(
+    node: u32,
+    ty: u32,
+    _percentage: u32,
+    _priority: i64,
+    ring: *mut libc::c_void,
+    size: u64,
+    _event: *mut HsaEvent,
+    res: *mut HsaQueueResource,
+) -> HSAKMT_STATUS {
+    create_queue(node, ty, ring, size, res)
+}
+
+/// `hsaKmtCreateQueueExt`: as `hsaKmtCreateQueue`; the engine id is not used.
+///
+/// # Safety
+/// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
+/// call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn hsaKmtCreateQueueExt(
+    node: u32,
+    ty: u32,
+    _percentage: u32,
+    _priority: i64,
+    _engine: u32,
+    ring: *mut libc::c_void,
+    size: u64,
+    _event: *mut HsaEvent,
+    res: *mut HsaQueueResource,
+) -> HSAKMT_STATUS {
+    create_queue(node, ty, ring, size, res)
+}
+
+/// `hsaKmtDestroyQueue`.
+#[unsafe(no_mangle)]
+pub extern "C" fn hsaKmtDestroyQueue(id: u64) -> HSAKMT_STATUS {
+    entry(|| kfd::current()?.destroy_queue(id))
+}
