@@ -1,5 +1,6 @@
 //! The public face of an instance: the builder, [`Svm`] with its API (api.md) and
-//! [`SvmBuffer`]. The work is done in `svms.rs` (ranges, ioctls, faults) and `gpu/`.
+//! [`crate::SvmBuffer`] (`buffer.rs`). The work is done in `instance/` (ranges, ioctls,
+//! faults), `migrate/` and `gpu/`.
 
 use crate::attr::{Attr, GpuId, Location, Residency, SvmFlags};
 use crate::buffer::SvmBuffer;
