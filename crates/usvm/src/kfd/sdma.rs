@@ -455,7 +455,16 @@ impl Engine {
             Error::GpuVmFault { addr, write, .. } => {
                 let page = addr & !(crate::sys::PAGE_SIZE as u64 - 1);
                 let pte = self.devs.gpus[self.gpu].pt.get(page >> crate::sys::PAGE_SHIFT);
-                let read_only = *write && pte.valid() && !pte.writable();
+                // A store the mapping refuses: a read-only GPU entry, or (system pages, whose
+                // entries stay writable when the application mprotects them) a mapping of
+                // the process that is present but not writable.
+                let vma_read_only = || {
+                    crate::sys::vma::lookup(page as usize, false)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|v| v.read && !v.write)
+                };
+                let read_only = *write && pte.valid() && (!pte.writable() || vma_read_only());
                 tracing::warn!(
                     gpu = self.gpu,
                     addr = format_args!("{addr:#x}"),

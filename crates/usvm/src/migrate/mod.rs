@@ -248,3 +248,25 @@ fn log_migration(
         "{dir}"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_group_consecutive_pages() {
+        assert_eq!(runs(10, 20, |p| p % 5 != 0), vec![(11, 14), (16, 19)]);
+        assert_eq!(runs(3, 3, |_| true), vec![(3, 3)]);
+        assert!(runs(0, 9, |_| false).is_empty());
+    }
+
+    #[test]
+    fn copy_ops_merge_where_both_sides_continue() {
+        let p = PAGE_SIZE;
+        let ops = merge_ops([(0, 10 * p), (p, 11 * p), (2 * p, 20 * p), (3 * p, 21 * p)].into_iter());
+        assert_eq!(
+            ops,
+            vec![CopyOp { src: 0, dst: 10 * p, npages: 2 }, CopyOp { src: 2 * p, dst: 20 * p, npages: 2 }]
+        );
+    }
+}

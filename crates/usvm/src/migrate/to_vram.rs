@@ -130,3 +130,94 @@ fn piece_to_vram(cx: &Ctx, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) -
     }
     Ok(moved)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attr::GpuId;
+    use crate::range::{GpuMask, RangeAttrs};
+    use std::sync::Arc;
+
+    /// A migration needs no instance: an engine, GPUs, events and one range.
+    struct Rig {
+        engine: Engine,
+        devs: Devices,
+        events: Arc<EventHub>,
+    }
+
+    impl Rig {
+        fn new(vram: u64) -> Rig {
+            let ids = [GpuId(0x1111)];
+            let events = Arc::new(EventHub::new(ids.to_vec()));
+            Rig {
+                engine: Engine::new().unwrap(),
+                devs: Devices::new(&ids, vram, false, events.clone()).unwrap(),
+                events,
+            }
+        }
+
+        fn cx(&self) -> Ctx<'_> {
+            Ctx { engine: &self.engine, devs: &self.devs, events: &self.events, xnack: false }
+        }
+    }
+
+    fn range_over(addr: usize, len: usize) -> SvmRange {
+        let s = (addr >> PAGE_SHIFT) as PageNo;
+        SvmRange::new(s, s + (len / PAGE_SIZE) as u64 - 1, RangeAttrs::new_default(9, GpuMask::EMPTY))
+    }
+
+    #[test]
+    fn one_range_goes_to_vram_and_back_with_every_byte() {
+        let rig = Rig::new(16 << 20);
+        let len = 2 << 20;
+        let addr = sys::mmap::map_anon_aligned(len, 2 << 20).unwrap();
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        sys::mmap::copy_to(addr, &data[..len - PAGE_SIZE]); // the last page stays a hole
+        let mut r = range_over(addr, len);
+        let all = (r.start, r.last);
+        let mut evicted = 0;
+        let moved =
+            to_vram(&rig.cx(), &mut r, all, 0, MigrateTrigger::Prefetch, &mut |_| evicted += 1).unwrap();
+        assert_eq!((moved, r.vram_pages(), evicted), (512, 512, 0));
+        assert_eq!(r.actual_loc, Location::Gpu(GpuId(0x1111)));
+        assert!(
+            sys::pagemap::has_memory(addr, 512).unwrap().iter().all(|&p| !p),
+            "the pages left the process"
+        );
+        assert_eq!(rig.events.counters(0).page_in, 512);
+        let moved = to_ram(&rig.cx(), &mut r, all, MigrateTrigger::Prefetch).unwrap();
+        assert_eq!((moved, r.vram_pages(), r.actual_loc), (512, 0, Location::Sysmem));
+        let mut back = vec![0u8; len];
+        sys::mmap::copy_from(addr, &mut back);
+        assert!(back[..len - PAGE_SIZE] == data[..len - PAGE_SIZE], "every byte came back");
+        assert!(back[len - PAGE_SIZE..].iter().all(|&b| b == 0), "the hole reads zero");
+        unregister_interval(&rig.engine, r.start, r.last);
+        sys::mmap::unmap(addr, len).unwrap();
+    }
+
+    #[test]
+    fn short_vram_asks_the_eviction_callback_then_fails() {
+        let rig = Rig::new(4 << 20);
+        let len = 2 << 20;
+        let addr = sys::mmap::map_anon_aligned(len, 2 << 20).unwrap();
+        sys::mmap::fill(addr, len, 1);
+        let mut r = range_over(addr, len);
+        let all = (r.start, r.last);
+        // Another BO holds 3 MiB of the 4: the allocation asks for it to be evicted (and,
+        // since this callback keeps it, fails after its rounds).
+        let squatter = rig.devs.gpus[0].vram.alloc(768, crate::gpu::vram::Clear::Yes).unwrap();
+        let mut asked = Vec::new();
+        let res = to_vram(&rig.cx(), &mut r, all, 0, MigrateTrigger::Prefetch, &mut |v| {
+            asked.extend(v.iter().map(|b| b.id()))
+        });
+        assert!(res.is_err(), "the squatter stayed");
+        assert!(asked.contains(&squatter.id()), "asked to evict {asked:?}");
+        assert!(asked.len() as usize <= EVICTION_ROUNDS, "a bounded number of rounds");
+        assert_eq!(r.vram_pages(), 0);
+        let mut b = [0u8; 1];
+        sys::mmap::copy_from(addr + 4096, &mut b);
+        assert_eq!(b[0], 1, "the data stayed in RAM");
+        unregister_interval(&rig.engine, r.start, r.last);
+        sys::mmap::unmap(addr, len).unwrap();
+    }
+}
