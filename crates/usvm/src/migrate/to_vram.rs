@@ -212,7 +212,7 @@ mod tests {
         });
         assert!(res.is_err(), "the squatter stayed");
         assert!(asked.contains(&squatter.id()), "asked to evict {asked:?}");
-        assert!(asked.len() as usize <= EVICTION_ROUNDS, "a bounded number of rounds");
+        assert!(asked.len() <= EVICTION_ROUNDS, "a bounded number of rounds");
         assert_eq!(r.vram_pages(), 0);
         let mut b = [0u8; 1];
         sys::mmap::copy_from(addr + 4096, &mut b);
