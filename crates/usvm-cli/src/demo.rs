@@ -5,7 +5,8 @@
 use crate::progress;
 use crate::record::{Live, Recorder};
 use crate::summary::{self, Settings};
-use crate::table::{Table, bytes};
+use crate::table::Table;
+use crate::units::bytes;
 use crate::workload::{Ctx, Workload};
 use anyhow::Result;
 use std::sync::Arc;
@@ -44,13 +45,13 @@ fn show_ranges(svm: &Svm, base: usize) {
             ..
         } = &r;
         t.row(vec![
-            format!("base+{}", bytes(start - base)).replace("base+0 B", "base"),
-            bytes(*size),
+            format!("base+{}", bytes((start - base) as u64)).replace("base+0 B", "base"),
+            bytes(*size as u64),
             preferred_loc.to_string(),
             prefetch_loc.to_string(),
             actual_loc.to_string(),
             vram_pages.to_string(),
-            format!("{granularity} ({})", bytes(4096 << granularity.min(&40))),
+            format!("{granularity} ({})", bytes(4096u64 << granularity.min(&40))),
             format!("{:#x}", flags.bits()),
             ids(&r.access),
             ids(&r.access_in_place),
@@ -105,7 +106,7 @@ fn attributes(svm: &Svm) -> Result<()> {
         "instance: 2 emulated GPUs ({g1}, {g2}), {} of VRAM each, XNACK {}; new ranges are at most {}",
         bytes(256 << 20),
         if svm.xnack() { "on" } else { "off" },
-        bytes(svm.max_range_bytes())
+        bytes(svm.max_range_bytes() as u64)
     );
 
     step(1, "allocate a 16 MiB buffer and write to it from the CPU");
@@ -114,7 +115,7 @@ fn attributes(svm: &Svm) -> Result<()> {
     buf.fill(0, buf.len(), 0x5a);
     println!(
         "buffer at {base:#x}, {}; no SVM range exists yet: {} ranges",
-        bytes(buf.len()),
+        bytes(buf.len() as u64),
         svm.range_count()
     );
 
@@ -125,7 +126,7 @@ fn attributes(svm: &Svm) -> Result<()> {
         buf.len(),
         &[Attr::Access(g1), Attr::Access(g2), Attr::PreferredLoc(Location::Gpu(g1))],
     )?;
-    println!("the buffer is cut into ranges of at most {} (VRAM / 32):", bytes(svm.max_range_bytes()));
+    println!("the buffer is cut into ranges of at most {} (VRAM / 32):", bytes(svm.max_range_bytes() as u64));
     show_ranges(svm, base);
 
     step(3, "SET_ATTR on 4 MiB in the middle: granularity 0 (4 KiB migrations), GPU read-only");
@@ -169,7 +170,8 @@ fn attributes(svm: &Svm) -> Result<()> {
             Attr::AccessInPlace(_) => "in place".into(),
             Attr::NoAccess(_) => "no access".into(),
         };
-        let mut row = vec![format!("[base+{}, +{})", bytes(off), bytes(len)).replace("base+0 B", "base")];
+        let mut row =
+            vec![format!("[base+{}, +{})", bytes(off as u64), bytes(len as u64)).replace("base+0 B", "base")];
         row.extend(q.iter().map(show));
         t.row(row);
     }
@@ -265,7 +267,7 @@ fn seed(svm: &Svm) -> Result<()> {
             c.page_in.to_string(),
             c.page_out.to_string(),
             c.faults.to_string(),
-            bytes(snap.vram_used as usize),
+            bytes(snap.vram_used),
         ]);
     }
     print!("{}", t.render());

@@ -20,6 +20,7 @@ mod smi;
 mod summary;
 mod table;
 mod trace;
+mod units;
 mod workload;
 
 use clap::{Parser, Subcommand};

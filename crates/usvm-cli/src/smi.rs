@@ -1,7 +1,8 @@
 //! `usvm smi` and `--smi`: a per-GPU snapshot as amd-smi / rocm-smi show one: VRAM total,
 //! used, free and peak, buffer objects, resident and mapped pages, queue state.
 
-use crate::table::{Table, human_bytes};
+use crate::table::Table;
+use crate::units::bytes;
 use serde_json::json;
 use usvm::Svm;
 
@@ -22,11 +23,11 @@ pub fn render(svm: &Svm) -> String {
     for g in svm.smi() {
         t.row(vec![
             format!("{:#x}", g.id.0),
-            human_bytes(g.vram_bytes),
-            human_bytes(g.vram_used),
-            human_bytes(g.vram_free),
-            human_bytes(g.vram_peak),
-            human_bytes(g.vram_reserved),
+            bytes(g.vram_bytes),
+            bytes(g.vram_used),
+            bytes(g.vram_free),
+            bytes(g.vram_peak),
+            bytes(g.vram_reserved),
             g.bos.to_string(),
             g.resident_pages.to_string(),
             g.mapped_pages.to_string(),

@@ -3,7 +3,8 @@
 //! throughput, queue evictions, VRAM peak, and the ranges that moved the most.
 
 use crate::record::Record;
-use crate::table::{Table, human_bytes};
+use crate::table::Table;
+use crate::units::bytes;
 use serde::Serialize;
 use std::collections::HashMap;
 use usvm::{EventKind, MigrateTrigger, RangeInfo, Svm};
@@ -277,10 +278,6 @@ fn top_ranges(ranges: &[RangeInfo], moved: &[(u64, u64)]) -> Vec<TopRange> {
         .collect()
 }
 
-fn gib(b: u64) -> String {
-    human_bytes(b)
-}
-
 /// The summary as text tables.
 pub fn render(s: &Summary) -> String {
     let mut out = String::new();
@@ -289,10 +286,10 @@ pub fn render(s: &Summary) -> String {
         "\n== {}: {} GPU(s) x {} VRAM, XNACK {}, granularity {}, working set {}, {} iteration(s), {:.2} s\n",
         s.workload,
         st.gpus,
-        gib(st.vram),
+        bytes(st.vram),
         if st.xnack { "on" } else { "off" },
         st.granularity,
-        gib(st.size),
+        bytes(st.size),
         st.iterations,
         s.seconds
     );
@@ -301,7 +298,7 @@ pub fn render(s: &Summary) -> String {
         "operations {}, errors {}, bytes verified {}, mismatches {}{}\n\n",
         o.operations,
         o.errors,
-        gib(o.bytes_verified),
+        bytes(o.bytes_verified),
         o.mismatches,
         if o.mismatches == 0 { " (ok)" } else { "  <-- DATA MISMATCH" }
     );
@@ -325,16 +322,16 @@ pub fn render(s: &Summary) -> String {
             name,
             f.cpu_faults.to_string(),
             f.gpu_faults.to_string(),
-            gib(f.h2d.prefetch.bytes),
-            gib(f.h2d.gpu_fault.bytes),
-            gib(f.d2h.cpu_fault.bytes),
-            gib(f.d2h.prefetch.bytes),
-            gib(f.d2h.eviction.bytes),
-            gib(f.h2d.total.bytes),
-            gib(f.d2h.total.bytes),
+            bytes(f.h2d.prefetch.bytes),
+            bytes(f.h2d.gpu_fault.bytes),
+            bytes(f.d2h.cpu_fault.bytes),
+            bytes(f.d2h.prefetch.bytes),
+            bytes(f.d2h.eviction.bytes),
+            bytes(f.h2d.total.bytes),
+            bytes(f.d2h.total.bytes),
             format!("{:.2}", f.throughput_gbps),
             f.queue_evictions.to_string(),
-            format!("{} / {}", gib(f.vram_peak), gib(f.vram_bytes)),
+            format!("{} / {}", bytes(f.vram_peak), bytes(f.vram_bytes)),
         ]
     };
     for f in &s.gpus {
@@ -350,7 +347,12 @@ pub fn render(s: &Summary) -> String {
         out += "\ntop ranges by migrated bytes\n";
         let mut t = Table::new(&["start", "size", "migrated", "location now"]);
         for r in &s.top_ranges {
-            t.row(vec![format!("{:#x}", r.start), gib(r.size), gib(r.bytes_migrated), r.location.clone()]);
+            t.row(vec![
+                format!("{:#x}", r.start),
+                bytes(r.size),
+                bytes(r.bytes_migrated),
+                r.location.clone(),
+            ]);
         }
         out += &t.render();
     }

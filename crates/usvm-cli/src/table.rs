@@ -44,26 +44,3 @@ impl Table {
         out
     }
 }
-
-/// Bytes in a human unit (KiB, MiB, GiB).
-pub fn bytes(n: usize) -> String {
-    const K: usize = 1 << 10;
-    match n {
-        n if n >= K << 20 && n.is_multiple_of(K << 20) => format!("{} GiB", n >> 30),
-        n if n >= K << 10 && n.is_multiple_of(K << 10) => format!("{} MiB", n >> 20),
-        n if n >= K && n.is_multiple_of(K) => format!("{} KiB", n >> 10),
-        n => format!("{n} B"),
-    }
-}
-
-/// Bytes in the largest binary unit that keeps a number of at least 1, with one decimal
-/// when not whole (e.g. "1.5 GiB", "512 KiB", "0 B").
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut u = 0;
-    while u + 1 < UNITS.len() && n >= 1 << (10 * (u + 1)) {
-        u += 1;
-    }
-    let v = n as f64 / (1u64 << (10 * u)) as f64;
-    if v.fract() == 0.0 { format!("{v:.0} {}", UNITS[u]) } else { format!("{v:.1} {}", UNITS[u]) }
-}

@@ -188,11 +188,51 @@ fn trace_file_is_chrome_trace_json_with_the_tracks() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The texts of an SVG document, trimmed.
+fn svg_texts(doc: &roxmltree::Document) -> Vec<String> {
+    doc.descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .map(|t| t.trim().into())
+        .collect()
+}
+
+/// The data lines of a plot (polylines not in the axes' black): colour (lower case) and
+/// number of points.
+fn svg_series(doc: &roxmltree::Document) -> Vec<(String, usize)> {
+    doc.descendants()
+        .filter(|n| n.has_tag_name("polyline"))
+        .map(|n| (n.attribute("stroke").unwrap_or("").to_lowercase(), n.attribute("points").unwrap_or("")))
+        .filter(|(c, _)| c != "#000000")
+        .map(|(c, p)| (c, p.split_whitespace().count()))
+        .collect()
+}
+
+/// How many rectangles are filled with `fill` (lower case).
+fn svg_rects(doc: &roxmltree::Document, fill: &str) -> usize {
+    doc.descendants()
+        .filter(|n| {
+            n.has_tag_name("rect") && n.attribute("fill").is_some_and(|f| f.eq_ignore_ascii_case(fill))
+        })
+        .count()
+}
+
 #[test]
 fn plots_are_valid_svg() {
     let dir = tmp("plots");
     let text = ok(&["run", "stream", "--size", "8M", "--iterations", "2", "--plot", dir.to_str().unwrap()]);
-    for name in ["vram.svg", "faults.svg", "residency.svg"] {
+    let (blue, orange) = ("#1f77b4", "#ff7f0e");
+    let mut samples = 0;
+    for (name, title, ylabel, legend) in [
+        ("vram.svg", "VRAM in use", "MiB", &["GPU 0x1111", "GPU 0x2222"][..]),
+        ("faults.svg", "Fault rate", "faults / s", &["GPU faults", "CPU faults (migrating)"]),
+        (
+            "residency.svg",
+            "Range residency (rows: ranges by address; colour: GPU, grey: RAM)",
+            "ranges",
+            &["GPU 0x1111", "GPU 0x2222", "system memory"],
+        ),
+    ] {
         let p = dir.join(name);
         assert!(text.contains(p.to_str().unwrap()), "the summary names {name}");
         let svg = std::fs::read_to_string(&p).unwrap();
@@ -200,9 +240,34 @@ fn plots_are_valid_svg() {
         let root = doc.root_element();
         assert_eq!(root.tag_name().name(), "svg");
         assert!(root.descendants().any(|n| n.tag_name().name() == "path" || n.tag_name().name() == "rect"));
+        let texts = svg_texts(&doc);
+        for want in [title, "time (s)", ylabel].iter().chain(legend) {
+            assert!(texts.iter().any(|t| t == want), "{name}: no text {want:?} in {texts:?}");
+        }
+        assert!(texts.iter().any(|t| t == "0"), "{name}: tick labels in {texts:?}");
+        let series = svg_series(&doc);
+        match name {
+            // A line per GPU through every sample.
+            "vram.svg" => {
+                assert_eq!(series.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), [blue, orange], "{name}");
+                samples = series[0].1;
+                assert!(samples >= 2 && series[1].1 == samples, "{name}: {series:?}");
+            }
+            // GPU and CPU faults, 60 bins each.
+            "faults.svg" => assert_eq!(series, [(blue.into(), 60), (orange.into(), 60)], "{name}"),
+            // Grey cells, rows x columns (a column per sample up to 200), both GPUs.
+            _ => {
+                assert!(series.is_empty(), "{name}: {series:?}");
+                let grey = svg_rects(&doc, "#dddddd") - 1;
+                assert!(grey >= 1, "{name}: no cell");
+                if samples <= 200 {
+                    assert_eq!(grey % samples, 0, "{name}: {grey} cells for {samples} columns");
+                }
+                // Both GPUs appear in the heat map (more than their legend's swatch).
+                assert!(svg_rects(&doc, blue) > 1 && svg_rects(&doc, orange) > 1, "{name}: both GPUs");
+            }
+        }
     }
-    let heat = std::fs::read_to_string(dir.join("residency.svg")).unwrap();
-    assert!(heat.contains("#1f77b4") && heat.contains("#ff7f0e"), "both GPUs appear in the heat map");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -204,7 +204,8 @@ impl Ctx {
     /// Allocates a buffer of `len` bytes and gives it `attrs`. It lives until the run's
     /// summary is done (so that the summary sees its ranges).
     pub fn buffer(&mut self, len: usize, attrs: &[Attr]) -> Result<Arc<SvmBuffer>> {
-        let b = self.svm.alloc(len).with_context(|| format!("allocating {len} bytes"))?;
+        let b =
+            self.svm.alloc(len).with_context(|| format!("allocating {}", crate::units::bytes(len as u64)))?;
         if !attrs.is_empty() {
             self.svm.set_attr(b.addr(), b.len(), attrs).context("SET_ATTR on a new buffer")?;
         }

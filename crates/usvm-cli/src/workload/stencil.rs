@@ -7,6 +7,7 @@
 
 use super::{Ctx, wait_all};
 use crate::summary::Outcome;
+use crate::units::bytes;
 use anyhow::{Result, bail};
 use usvm::{Attr, KernelCtx, Location};
 
@@ -70,7 +71,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     let grid_bytes = ctx.size / 2 / (2 << 20) * (2 << 20);
     let rows = grid_bytes / ROW_BYTES;
     if rows < n * SLAB_ROWS {
-        bail!("the stencil workload needs --size of at least {} MiB for {n} GPUs", 4 * n);
+        bail!("the stencil workload needs --size of at least {} for {n} GPUs", bytes((4 * n as u64) << 20));
     }
     // Slab g: rows [first[g], first[g + 1]).
     let per = rows / n / SLAB_ROWS * SLAB_ROWS;
