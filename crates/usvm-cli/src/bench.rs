@@ -86,6 +86,34 @@ pub fn run(quick: bool, json: bool, filter: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// `usvm bench --history-cost`: every chosen benchmark with the causal record off, then on
+/// (in one run); a line per benchmark: its ratio (against its own floor, measured in the
+/// same run: the machine's noise cancels) with recording on, with it off, and the cost,
+/// oriented so that above 1 means recording costs (goal <= 1.05).
+pub fn history_cost(quick: bool, json: bool, filter: Option<&str>) -> Result<()> {
+    let chosen: Vec<_> = BENCHES.iter().filter(|(n, _)| filter.is_none_or(|f| n.contains(f))).collect();
+    let mut t = Table::new(&["benchmark", "ratio, record on", "ratio, record off", "cost"]);
+    for (name, f) in chosen {
+        usvm::history::set_record_by_default(false);
+        let off = f(quick)?;
+        usvm::history::set_record_by_default(true);
+        let on = f(quick)?;
+        // Lower is better for times (us, ns/call), higher for throughputs (GB/s).
+        let lower_is_better = matches!(on.unit, "us" | "ns/call");
+        let cost = if lower_is_better { on.ratio / off.ratio } else { off.ratio / on.ratio };
+        let line = BenchLine { name: on.name, value: on.ratio, unit: "ratio", floor: off.ratio, ratio: cost };
+        if json {
+            crate::progress::out(&serde_json::to_string(&line)?);
+        } else {
+            t.row(vec![(*name).to_string(), format!("{:.3}", on.ratio), format!("{:.3}", off.ratio), format!("{cost:.3}")]);
+        }
+    }
+    if !json {
+        crate::progress::out(&t.render());
+    }
+    Ok(())
+}
+
 /// Median of the per-call time of `batches` batches of `calls` calls of `f`.
 fn median_ns_per_call(batches: usize, calls: usize, mut f: impl FnMut(usize)) -> f64 {
     let mut per: Vec<f64> = (0..batches)

@@ -59,6 +59,10 @@ enum Cmd {
         /// Run only the benchmarks whose name contains this text.
         #[arg(long)]
         filter: Option<String>,
+        /// Run each benchmark with the causal record off, then on, and print the cost of
+        /// recording (the ratio of the two values; goal: within 5 %).
+        #[arg(long)]
+        history_cost: bool,
     },
 }
 
@@ -77,7 +81,8 @@ fn main() -> ExitCode {
         Cmd::Demo => demo::run(),
         Cmd::Run(a) => run::run(&a),
         Cmd::Smi { machine, json } => machine.build().map(|svm| smi::print(&svm, "idle", json)),
-        Cmd::Bench { quick, json, filter } => bench::run(quick, json, filter.as_deref()),
+        Cmd::Bench { quick, json, filter, history_cost: false } => bench::run(quick, json, filter.as_deref()),
+        Cmd::Bench { quick, json, filter, history_cost: true } => bench::history_cost(quick, json, filter.as_deref()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

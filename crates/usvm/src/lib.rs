@@ -28,6 +28,7 @@ mod error;
 mod events;
 mod fault;
 mod gpu;
+pub mod history;
 mod instance;
 pub mod kfd;
 mod map;
@@ -45,6 +46,7 @@ pub use events::{
     Counters, Event, EventKind, EventStream, EvictTrigger, MigrateTrigger, UnmapTrigger, clock_ns,
 };
 pub use gpu::fence::Fence;
+pub use history::{Cause, Finding, FindingKind, Move};
 pub use gpu::queue::{KernelCtx, Queue};
 pub use svm::{
     ALLOC_ALIGN, DEFAULT_GPUS, DEFAULT_GRANULARITY, DEFAULT_VRAM_BYTES, GpuSnapshot, InjectUffd, MAX_GPUS,

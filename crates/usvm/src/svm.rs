@@ -47,6 +47,7 @@ pub struct SvmBuilder {
     migrate_on_preferred_loc: bool,
     xgmi_hive: bool,
     system_memory_limit: Option<u64>,
+    history: Option<bool>,
 }
 
 impl Default for SvmBuilder {
@@ -59,6 +60,7 @@ impl Default for SvmBuilder {
             migrate_on_preferred_loc: true,
             xgmi_hive: false,
             system_memory_limit: None,
+            history: None,
         }
     }
 }
@@ -113,6 +115,13 @@ impl SvmBuilder {
         self
     }
 
+    /// Whether every movement of pages is recorded with its cause ([`Svm::history`],
+    /// [`Svm::diagnose`]; on by default, bounded by `history::HISTORY_BUDGET`).
+    pub fn history(mut self, on: bool) -> Self {
+        self.history = Some(on);
+        self
+    }
+
     /// Creates the instance.
     pub fn build(self) -> Result<Svm> {
         if self.gpus == 0 || self.gpus > MAX_GPUS {
@@ -152,6 +161,8 @@ impl SvmBuilder {
             event_gate: Mutex::new(()),
             work: std::sync::OnceLock::new(),
             kfd_bos: Mutex::new(Default::default()),
+            history: Default::default(),
+            record_history: self.history.unwrap_or_else(crate::history::record_by_default),
         });
         crate::instance::track_for_fork(&inner);
         let handler: Arc<dyn GpuFaultHandler> = inner.clone();
@@ -546,9 +557,36 @@ impl Svm {
         }
     }
 
+    /// Every movement of pages of `[addr, addr + len)` with its cause, oldest first (the
+    /// newest `history::HISTORY_BUDGET` moves of the instance are kept).
+    pub fn history(&self, addr: usize, len: usize) -> Vec<crate::history::Move> {
+        self.inner.history.query(addr, len)
+    }
+
+    /// The patterns found in the record so far, worst first, each with one concrete change.
+    pub fn diagnose(&self) -> Vec<crate::history::Finding> {
+        let (moves, totals) = self.inner.history.snapshot();
+        let facts = Facts(&self.inner);
+        let devs = &self.inner.devs;
+        let accessed = |g: GpuId, when: (u64, u64), span: (usize, usize)| {
+            self.inner.gpu_idx(g.0).is_none_or(|i| devs.accessed_between(i, when, span))
+        };
+        crate::history::diagnose(&moves, &totals, &facts, &accessed)
+    }
+
     /// Number of SVM ranges (cheaper than `ranges().len()`).
     pub fn range_count(&self) -> usize {
         let st = self.inner.lock_state();
         st.tree.len()
+    }
+}
+
+/// What the diagnosis looks up in the live ranges.
+struct Facts<'a>(&'a SvmInner);
+
+impl crate::history::RangeFacts for Facts<'_> {
+    fn granularity(&self, addr: usize) -> Option<u8> {
+        let st = self.0.lock_state();
+        st.tree.find((addr >> PAGE_SHIFT) as u64).map(|r| r.attrs.granularity)
     }
 }

@@ -81,7 +81,7 @@ fn give_up(inner: &SvmInner, f: Fault, why: &dyn std::fmt::Display, h: Handler) 
 
 /// Serves a fault on a page whose data is out of RAM, with the instance lock held.
 fn serve_slow(inner: &SvmInner, page: PageNo, f: Fault, st: &mut SvmState, h: Handler) -> Outcome {
-    match inner.cpu_fault(st, page) {
+    match inner.cpu_fault(st, page, f.write) {
         Ok(()) => Outcome::Done,
         Err(e) if e.errno() == libc::EAGAIN && h != Handler::Worker => Outcome::Retry,
         Err(e) if e.errno() == libc::EAGAIN => {

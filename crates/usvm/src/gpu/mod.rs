@@ -118,7 +118,24 @@ pub struct Devices {
     /// asks the fault handler to [`GpuFaultHandler::settle`] first. Two loads on the
     /// common path, nothing more.
     pub(crate) changes_pending: std::sync::atomic::AtomicBool,
+    /// When each GPU made device accesses, in milliseconds (for the diagnosis of wasted
+    /// prefetches).
+    access_log: Vec<AccessLog>,
 }
+
+/// Where and when a GPU made device accesses: (millisecond of `clock_ns`, 2 MiB block of
+/// the address) pairs, the newest [`ACCESS_LOG_ENTRIES`], a pair noted once however many
+/// accesses repeat it (one clock read per access).
+#[derive(Debug, Default)]
+struct AccessLog {
+    last: std::sync::atomic::AtomicU64,
+    seen: Mutex<std::collections::VecDeque<(u64, u64)>>,
+}
+
+/// (millisecond, block) pairs kept per GPU.
+pub const ACCESS_LOG_ENTRIES: usize = 1 << 15;
+/// log2 of the blocks the access log notes addresses in (2 MiB).
+pub const ACCESS_LOG_BLOCK_SHIFT: u32 = 21;
 
 impl std::fmt::Debug for Devices {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -157,6 +174,7 @@ impl Devices {
             fault: Mutex::new(None),
             reading_event: std::sync::atomic::AtomicBool::new(false),
             changes_pending: std::sync::atomic::AtomicBool::new(false),
+            access_log: ids.iter().map(|_| AccessLog::default()).collect(),
         })
     }
 
@@ -234,12 +252,53 @@ impl Devices {
         self.gpus[gpu].sched.leave();
     }
 
+    /// Notes that GPU `gpu` accesses `[addr, addr + len)` now.
+    fn note_access(&self, gpu: usize, addr: usize, len: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let log = &self.access_log[gpu];
+        let ms = crate::events::clock_ns() / 1_000_000;
+        let (first, last) =
+            (addr >> ACCESS_LOG_BLOCK_SHIFT, addr.saturating_add(len.max(1) - 1) >> ACCESS_LOG_BLOCK_SHIFT);
+        let key = ms << 32 ^ (first as u64) ^ ((last as u64) << 16);
+        if log.last.swap(key, Relaxed) == key {
+            return;
+        }
+        let mut q = log.seen.lock();
+        for block in first..=last.min(first + 64) {
+            let e = (ms, block as u64);
+            if !q.iter().rev().take(8).any(|&x| x == e) {
+                if q.len() == ACCESS_LOG_ENTRIES {
+                    q.pop_front();
+                }
+                q.push_back(e);
+            }
+        }
+    }
+
+    /// Whether GPU `gpu` accessed some of `[start, end)` between `clock_ns` times `a` and `b`
+    /// (2 MiB blocks, milliseconds; true when the log no longer reaches back that far:
+    /// nothing is claimed unseen).
+    pub fn accessed_between(&self, gpu: usize, (a, b): (u64, u64), (start, end): (usize, usize)) -> bool {
+        let (a, b) = (a / 1_000_000, b / 1_000_000);
+        let (first, last) = (
+            (start >> ACCESS_LOG_BLOCK_SHIFT) as u64,
+            ((end.max(start + 1) - 1) >> ACCESS_LOG_BLOCK_SHIFT) as u64,
+        );
+        let q = self.access_log[gpu].seen.lock();
+        if q.len() == ACCESS_LOG_ENTRIES && q.front().is_some_and(|&(m, _)| m > a) {
+            return true;
+        }
+        let i = q.partition_point(|&(m, _)| m < a);
+        q.range(i..).take_while(|&&(m, _)| m <= b).any(|&(_, blk)| blk >= first && blk <= last)
+    }
+
     /// A device load or store of GPU `gpu` at byte address `addr` (see the module docs).
     pub fn access(&self, gpu: usize, addr: usize, mut buf: Access<'_>) -> Result<()> {
         let len = match &buf {
             Access::Read(b) => b.len(),
             Access::Write(b) => b.len(),
         };
+        self.note_access(gpu, addr, len);
         addr.checked_add(len).ok_or(Error::BadInterval { start: addr as u64, size: len as u64 })?;
         if self.app_changes_pending() {
             let handler = self.fault.lock().as_ref().and_then(|w| w.upgrade());
@@ -325,6 +384,8 @@ impl Devices {
     /// else (system pages, a missing or read-only entry) goes through [`Self::access`],
     /// which faults as any device access does. The intervals must not overlap.
     pub fn copy(&self, gpu: usize, dst: usize, src: usize, len: usize) -> Result<()> {
+        self.note_access(gpu, src, len);
+        self.note_access(gpu, dst, len);
         dst.checked_add(len).ok_or(Error::BadInterval { start: dst as u64, size: len as u64 })?;
         src.checked_add(len).ok_or(Error::BadInterval { start: src as u64, size: len as u64 })?;
         let mut bounce = Vec::new();

@@ -33,7 +33,7 @@ extern "C" fn before_fork() {
     let mut held = HELD.lock();
     for inner in live {
         let mut st = inner.lock_state();
-        inner.evacuate_locked(&mut st);
+        inner.evacuate_locked(&mut st, crate::history::Cause::Fork);
         inner.engine.drain_pool();
         std::mem::forget(st); // held until after_fork
         held.push(inner);

@@ -6,6 +6,7 @@ use crate::attr::{Location, SvmFlags};
 use crate::error::{Error, Result};
 use crate::events::{Counter, EventKind, MigrateTrigger};
 use crate::gpu::GpuFaultHandler;
+use crate::history::Cause;
 use crate::map;
 use crate::migrate;
 use crate::policy::{self, RestoreLocation};
@@ -90,7 +91,8 @@ impl SvmInner {
         }
         let (first, last) = policy::granule_extent(page, r.attrs.granularity, r.start, r.last);
         // Migrate the granule where it is best, or map the data in place (section 5.4).
-        let moved = self.fault_move(&mut st, key, (first, last), best);
+        let cause = Cause::GpuFault { gpu: id, addr, write };
+        let moved = self.fault_move(&mut st, key, (first, last), best, cause);
         let migrated = matches!(moved, Some(Ok(())));
         let mut result = moved.unwrap_or(Ok(()));
         if result.is_ok() {
@@ -155,20 +157,25 @@ impl SvmInner {
         key: PageNo,
         (first, last): (PageNo, PageNo),
         best: RestoreLocation,
+        cause: Cause,
     ) -> Option<Result<()>> {
         let trigger = MigrateTrigger::PagefaultGpu;
         let actual = st.tree.get(key)?.actual_loc;
         Some(match policy::retry_fault_move(actual, best) {
             policy::Move::Stay => return None,
-            policy::Move::ToGpu(b) => match self.move_to_vram(st, key, (first, last), b, trigger) {
-                Ok(_) => Ok(()),
-                // On another GPU and stuck there: bring the granule to RAM instead.
-                Err(_) if self.gpu_of(actual).is_some_and(|a| a != b) => {
-                    self.move_to_ram(st, key, (first, last), trigger).map(|_| ())
+            policy::Move::ToGpu(b) => {
+                match self.move_to_vram(st, key, (first, last), b, (trigger, cause.clone())) {
+                    Ok(_) => Ok(()),
+                    // On another GPU and stuck there: bring the granule to RAM instead.
+                    Err(_) if self.gpu_of(actual).is_some_and(|a| a != b) => {
+                        self.move_to_ram(st, key, (first, last), trigger, cause.clone()).map(|_| ())
+                    }
+                    Err(_) => Ok(()), // map in place
                 }
-                Err(_) => Ok(()), // map in place
-            },
-            policy::Move::ToSysmem => self.move_to_ram(st, key, (first, last), trigger).map(|_| ()),
+            }
+            policy::Move::ToSysmem => {
+                self.move_to_ram(st, key, (first, last), trigger, cause.clone()).map(|_| ())
+            }
         })
     }
 }

@@ -6,6 +6,7 @@ use super::{SvmInner, SvmState};
 use crate::attr::{Attr, Location, SvmFlags};
 use crate::error::{Error, Result};
 use crate::events::MigrateTrigger;
+use crate::history::Cause;
 use crate::map;
 use crate::migrate;
 use crate::policy;
@@ -155,20 +156,23 @@ impl SvmInner {
         let Some(r) = st.tree.get(s) else { return Ok(false) };
         let (first, last) = (r.start, r.last);
         let flags = (self.migrate_on_preferred_loc, asks_prefetch, xnack);
+        // The range's PREFETCH_LOC decides when it names a place; the seed's rule otherwise.
+        let cause =
+            if r.attrs.prefetch_loc == Location::Undefined { Cause::PreferredLoc } else { Cause::Prefetch };
         let gpu_idx = |g: crate::attr::GpuId| self.gpu_idx(g.0).expect("checked GPU");
         match policy::set_attr_move(&r.attrs, old_pref, flags, r.actual_loc, gpu_idx, |a, b| {
             self.devs.same_hive(a, b)
         }) {
             policy::Move::Stay => Ok(false),
             policy::Move::ToSysmem => {
-                self.move_to_ram(st, s, (first, last), MigrateTrigger::Prefetch).map(|_| true)
+                self.move_to_ram(st, s, (first, last), MigrateTrigger::Prefetch, cause).map(|_| true)
             }
             // A failed migration to VRAM leaves the data in RAM, silently (section 4.2), and
             // does not count as migrated: the mapping step then runs as without it (taken
             // for done, it skipped the remap of a GPU_RO change, and under XNACK on mapped
             // every ACCESS GPU).
             policy::Move::ToGpu(idx) => {
-                Ok(self.move_to_vram(st, s, (first, last), idx, MigrateTrigger::Prefetch).is_ok())
+                Ok(self.move_to_vram(st, s, (first, last), idx, (MigrateTrigger::Prefetch, cause)).is_ok())
             }
         }
     }

@@ -38,6 +38,7 @@ pub(crate) use ioctl::check_interval;
 pub(crate) use notifier::{PendingOp, RESTORE_DELAY, Work};
 
 use crate::attr::Residency;
+use crate::history::Cause;
 use crate::attr::{GpuId, Location};
 use crate::error::{Error, Result};
 use crate::events::{EventHub, MigrateTrigger};
@@ -121,6 +122,10 @@ pub(crate) struct SvmInner {
     /// SVM memory. SET_ATTR and GET_ATTR over them fail with EADDRINUSE, and a GPU fault
     /// there creates no range (a leaf lock).
     pub(crate) kfd_bos: Mutex<crate::migrate::pageset::PageSet>,
+    /// Why data moved: every movement of pages with its cause (`history.rs`).
+    pub(crate) history: crate::history::History,
+    /// Whether moves are recorded (`SvmBuilder::history`).
+    pub(crate) record_history: bool,
 }
 
 impl SvmInner {
@@ -198,7 +203,7 @@ impl SvmInner {
     /// A CPU fault on `page`, whose data is out of RAM (`svm_migrate_to_ram`): bring the
     /// granule around it back to RAM; the move wakes the faulting threads. Called with the
     /// state lock held.
-    pub(crate) fn cpu_fault(&self, st: &mut SvmState, page: PageNo) -> Result<()> {
+    pub(crate) fn cpu_fault(&self, st: &mut SvmState, page: PageNo, write: bool) -> Result<()> {
         let addr = (page << PAGE_SHIFT) as usize;
         if !st.tree.find(page).is_some_and(|r| r.page_in_vram(page)) {
             // Not in VRAM: resolved by someone else meanwhile (the page is present), or
@@ -218,7 +223,7 @@ impl SvmInner {
         let (key, g) = (r.start, r.attrs.granularity);
         let (first, last) = policy::granule_extent(page, g, r.start, r.last);
         // The migration wakes the threads waiting in the granule once it is done.
-        self.move_to_ram(st, key, (first, last), MigrateTrigger::PagefaultCpu).map(|_| ())
+        self.move_to_ram(st, key, (first, last), MigrateTrigger::PagefaultCpu, Cause::CpuFault { addr, write }).map(|_| ())
     }
 
     /// Where each of `n` pages from `page` lives.
@@ -243,14 +248,14 @@ impl SvmInner {
     /// Moves every page of the instance back to RAM (the instance is going away).
     pub(crate) fn evacuate(&self) {
         let mut st = self.lock_state();
-        self.evacuate_locked(&mut st);
+        self.evacuate_locked(&mut st, Cause::InstanceDrop);
     }
 
-    fn evacuate_locked(&self, st: &mut SvmState) {
+    pub(super) fn evacuate_locked(&self, st: &mut SvmState, cause: Cause) {
         let keys: Vec<(PageNo, PageNo)> =
             st.tree.iter().filter(|r| r.vram_pages() > 0).map(|r| (r.start, r.last)).collect();
         for (s, l) in keys {
-            let _ = self.move_to_ram(st, s, (s, l), MigrateTrigger::Prefetch);
+            let _ = self.move_to_ram(st, s, (s, l), MigrateTrigger::Prefetch, cause.clone());
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Migrations of one range at a time, as the rest of the instance asks for them: the range
 //! is taken out of the tree while it moves (the migration works on it alone), and VRAM
 //! eviction, which moves *other* ranges back to RAM, is the callback the migration calls
-//! when VRAM is short.
+//! when VRAM is short. Every move is recorded with its cause (`history.rs`).
 
 use super::{SvmInner, SvmState};
+use crate::attr::Location;
 use crate::error::{Error, Result};
-use crate::events::MigrateTrigger;
+use crate::events::{MigrateTrigger, clock_ns};
 use crate::gpu::vram::Bo;
+use crate::history::{Cause, Move};
 use crate::migrate::{self, Ctx, VRAM_TO_VRAM_TRIES};
 use crate::range::PageNo;
 use crate::sys::PAGE_SHIFT;
@@ -17,41 +19,95 @@ impl SvmInner {
         Ctx { engine: &self.engine, devs: &self.devs, events: &self.events, xnack }
     }
 
-    /// RAM -> VRAM of `[first, last]` of the range starting at `key`, to GPU `g`.
+    /// RAM -> VRAM of `[first, last]` of the range starting at `key`, to GPU `g`, because of
+    /// `cause`.
     pub(crate) fn move_to_vram(
         &self,
         st: &mut SvmState,
         key: PageNo,
         (first, last): (PageNo, PageNo),
         g: usize,
-        trigger: MigrateTrigger,
+        (trigger, cause): (MigrateTrigger, Cause),
     ) -> Result<u64> {
         let mut r = st.tree.take(key).ok_or(Error::NotMapped { addr: first << PAGE_SHIFT })?;
+        let (from, at_ns) = (r.actual_loc, clock_ns());
+        let id = if self.record_history { self.history.reserve_id() } else { 0 };
+        let for_gpu = self.gpus[g].id;
         let cx = self.ctx(st.xnack);
         let res = migrate::to_vram(&cx, &mut r, (first, last), g, trigger, &mut |victims| {
-            self.evict_holders(st, victims)
+            let cause = Cause::Eviction { for_gpu, for_addr: (first << PAGE_SHIFT) as usize };
+            self.evict_holders(st, victims, (cause, id))
         });
+        let range = ((r.start << PAGE_SHIFT) as usize, (r.npages() << PAGE_SHIFT) as usize);
         st.tree.insert(r);
+        if let Ok(n) = res {
+            let to = Location::Gpu(for_gpu);
+            self.record(
+                Move { start: 0, npages: n as usize, from, to, trigger, cause, at_ns, id, linked: None },
+                first,
+                range,
+            );
+        }
         res
     }
 
-    /// VRAM -> RAM of `[first, last]` of the range starting at `key`.
+    /// VRAM -> RAM of `[first, last]` of the range starting at `key`, because of `cause`.
     pub(crate) fn move_to_ram(
         &self,
         st: &mut SvmState,
         key: PageNo,
         (first, last): (PageNo, PageNo),
         trigger: MigrateTrigger,
+        cause: Cause,
+    ) -> Result<u64> {
+        self.move_to_ram_linked(st, key, (first, last), trigger, (cause, 0))
+    }
+
+    fn move_to_ram_linked(
+        &self,
+        st: &mut SvmState,
+        key: PageNo,
+        (first, last): (PageNo, PageNo),
+        trigger: MigrateTrigger,
+        (cause, link): (Cause, u64),
     ) -> Result<u64> {
         let mut r = st.tree.take(key).ok_or(Error::NotMapped { addr: first << PAGE_SHIFT })?;
+        let (from, at_ns) = (r.actual_loc, clock_ns());
         let res = migrate::to_ram(&self.ctx(st.xnack), &mut r, (first, last), trigger);
+        let range = ((r.start << PAGE_SHIFT) as usize, (r.npages() << PAGE_SHIFT) as usize);
         st.tree.insert(r);
+        if let Ok(n) = res {
+            let linked = (link != 0).then_some(link);
+            let m = Move {
+                start: 0,
+                npages: n as usize,
+                from,
+                to: Location::Sysmem,
+                trigger,
+                cause,
+                at_ns,
+                id: 0,
+                linked,
+            };
+            self.record(m, first, range);
+        }
         res
     }
 
+    /// Records a move of `m.npages` pages from page `first` (nothing when none moved or the
+    /// record is off).
+    pub(super) fn record(&self, mut m: Move, first: PageNo, range: (usize, usize)) {
+        if !self.record_history || m.npages == 0 {
+            return;
+        }
+        m.start = (first << PAGE_SHIFT) as usize;
+        self.history.record(m, range);
+    }
+
     /// TTM eviction: every range (still in the tree: the one migrating is not) whose VRAM is
-    /// one of `victims` goes back to RAM; a range that only partly comes back is tried again.
-    fn evict_holders(&self, st: &mut SvmState, victims: &[Bo]) {
+    /// one of `victims` goes back to RAM, recorded as caused by the move `link` needs; a
+    /// range that only partly comes back is tried again.
+    fn evict_holders(&self, st: &mut SvmState, victims: &[Bo], (cause, link): (Cause, u64)) {
         let holders: Vec<(PageNo, PageNo)> = st
             .tree
             .iter()
@@ -61,7 +117,8 @@ impl SvmInner {
         for (s, l) in holders {
             for _ in 0..VRAM_TO_VRAM_TRIES {
                 let done = st.tree.get(s).is_none_or(|r| r.vram.is_none());
-                if done || self.move_to_ram(st, s, (s, l), MigrateTrigger::TtmEviction).is_err() {
+                let trigger = MigrateTrigger::TtmEviction;
+                if done || self.move_to_ram_linked(st, s, (s, l), trigger, (cause.clone(), link)).is_err() {
                     break;
                 }
             }

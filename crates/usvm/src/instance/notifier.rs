@@ -6,6 +6,7 @@
 use super::{SvmInner, SvmState};
 use crate::attr::{Location, SvmFlags};
 use crate::events::UnmapTrigger;
+use crate::history::{Cause, Move};
 use crate::map;
 use crate::migrate;
 use crate::policy;
@@ -60,7 +61,7 @@ impl SvmInner {
         let mut ops = ops.into_iter();
         while let Some(op) = ops.next() {
             match op {
-                PendingOp::Unmap { start, last } => self.cpu_unmapped(st, start, last),
+                PendingOp::Unmap { start, last } => self.cpu_unmapped(st, (start, last), Cause::Munmap),
                 PendingOp::Remove { start, last } => self.cpu_removed(st, start, last),
                 PendingOp::Remap { from, to, npages } => {
                     if !self.cpu_remapped(st, from, to, npages) {
@@ -90,7 +91,7 @@ impl SvmInner {
         let keys: Vec<PageNo> = st.tree.overlapping(start, last).map(|r| r.start).collect();
         for k in keys {
             let r = st.tree.get_mut(k).expect("range");
-            drop_vram(r, start, last);
+            self.drop_vram_recorded(r, (start, last), Cause::DontNeed);
             let mapped = r.mapped_gpus != GpuMask::EMPTY;
             if mapped && (!xnack || r.attrs.flags.contains(SvmFlags::GPU_ALWAYS_MAPPED)) {
                 // XNACK off: evict the queues once; the restore worker remaps.
@@ -141,19 +142,44 @@ impl SvmInner {
                 let _out = self.engine.out.lock();
                 self.engine.remapped.lock().remove(from, last);
             }
-            self.cpu_unmapped(st, from, last);
+            // The VRAM data followed the mapping to its new place (in RAM).
+            self.cpu_unmapped(st, (from, last), Cause::Mremap);
         }
         copied
     }
 
+    /// Forgets the VRAM copies of `[start, last]` of `r` and records it: the data is gone
+    /// (munmap, MADV_DONTNEED: to nowhere) or followed the mapping to RAM (mremap).
+    fn drop_vram_recorded(&self, r: &mut SvmRange, (start, last): (PageNo, PageNo), cause: Cause) {
+        let from = r.actual_loc;
+        let (s, l) = (start.max(r.start), last.min(r.last));
+        let n = if r.vram.is_some() && s <= l { (s..=l).filter(|&p| r.page_in_vram(p)).count() } else { 0 };
+        drop_vram(r, start, last);
+        let to = if cause == Cause::Mremap { Location::Sysmem } else { Location::Undefined };
+        let trigger = crate::events::MigrateTrigger::Prefetch;
+        let m = Move {
+            start: 0,
+            npages: n,
+            from,
+            to,
+            trigger,
+            cause,
+            at_ns: crate::events::clock_ns(),
+            id: 0,
+            linked: None,
+        };
+        let range = ((r.start << PAGE_SHIFT) as usize, (r.npages() << PAGE_SHIFT) as usize);
+        self.record(m, s, range);
+    }
+
     /// `[start, last]` is no longer mapped by the application: unmap it from the GPUs now
     /// (UNMAP_FROM_GPU, trigger 2), drop its VRAM copies and its range pieces.
-    pub(super) fn cpu_unmapped(&self, st: &mut SvmState, start: PageNo, last: PageNo) {
+    pub(super) fn cpu_unmapped(&self, st: &mut SvmState, (start, last): (PageNo, PageNo), cause: Cause) {
         let keys: Vec<PageNo> = st.tree.overlapping(start, last).map(|r| r.start).collect();
         for k in keys {
             let r = st.tree.get_mut(k).expect("range");
             map::unmap_from_gpus(&self.devs, r, start, last, UnmapTrigger::UnmapFromCpu);
-            drop_vram(r, start, last);
+            self.drop_vram_recorded(r, (start, last), cause.clone());
         }
         self.engine.forget_out(start, last);
         {
@@ -207,7 +233,7 @@ impl SvmInner {
         let start = (addr >> PAGE_SHIFT) as PageNo;
         let last = ((addr + len) >> PAGE_SHIFT) as PageNo - 1;
         let mut st = self.lock_state();
-        self.cpu_unmapped(&mut st, start, last);
+        self.cpu_unmapped(&mut st, (start, last), Cause::Munmap);
     }
 }
 

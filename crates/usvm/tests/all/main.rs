@@ -2,6 +2,7 @@
 
 mod attrs;
 mod gpu;
+mod history;
 mod hygiene;
 mod inject;
 mod kfd;
