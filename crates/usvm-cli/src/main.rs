@@ -6,11 +6,15 @@
 //! - `usvm smi`: the per-GPU snapshot of a fresh instance.
 //! - `usvm bench [--quick] [--json]`: benchmarks, each against a floor measured in the
 //!   same run.
+//! - `usvm doctor [--json]`: what this machine gives usvm (userfaultfd features and
+//!   privilege, huge pages, memory limits, each GPU's XNACK mode), with a verdict; exits
+//!   non-zero when usvm cannot run here.
 //!
 //! Logging goes through `tracing`; set `RUST_LOG` (e.g. `RUST_LOG=usvm=debug`).
 
 mod bench;
 mod demo;
+mod doctor;
 mod os;
 mod plot;
 mod progress;
@@ -48,6 +52,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Reports what this machine gives usvm and what follows (userfaultfd features and
+    /// privilege, huge pages, memory limits, each GPU's XNACK mode), checks it live, and ends
+    /// with a verdict; exits non-zero when usvm cannot run here.
+    Doctor(doctor::DoctorArgs),
     /// Runs the benchmarks; each prints its ratio against a floor measured in the same run.
     Bench {
         /// Smaller sizes and fewer repetitions (every benchmark still runs).
@@ -81,6 +89,7 @@ fn main() -> ExitCode {
         Cmd::Demo => demo::run(),
         Cmd::Run(a) => run::run(&a),
         Cmd::Smi { machine, json } => machine.build().map(|svm| smi::print(&svm, "idle", json)),
+        Cmd::Doctor(a) => doctor::run(&a),
         Cmd::Bench { quick, json, filter, history_cost: false } => bench::run(quick, json, filter.as_deref()),
         Cmd::Bench { quick, json, filter, history_cost: true } => bench::history_cost(quick, json, filter.as_deref()),
     };

@@ -18,8 +18,11 @@ use usvm::{EventKind, GpuId, MigrateTrigger};
 /// Plot size in pixels.
 const W: u32 = 800;
 const H: u32 = 360;
-/// Width of the legend, right of the chart.
-const LEGEND_W: u32 = 180;
+/// Width of the legend, right of the chart: room for 24 characters of legend text
+/// (`legend_fits` checks every label).
+const LEGEND_W: u32 = 200;
+/// Where a legend's labels start, from its left edge.
+const LEGEND_TEXT_X: i32 = 28;
 /// Time bins of the fault-rate plot.
 const FAULT_BINS: usize = 60;
 /// Most rows and columns of the heat map.
@@ -111,7 +114,7 @@ fn legend(area: &Area, entries: &[(RGBColor, String)]) -> anyhow::Result<()> {
     for (k, (c, label)) in entries.iter().enumerate() {
         let y = 12 + 18 * k as i32;
         area.draw(&Rectangle::new([(10, y), (22, y + 12)], c.filled()))?;
-        area.draw(&Text::new(label.as_str(), (28, y), (FONT, TEXT)))?;
+        area.draw(&Text::new(label.as_str(), (LEGEND_TEXT_X, y), (FONT, TEXT)))?;
     }
     Ok(())
 }
@@ -391,6 +394,56 @@ mod tests {
         // The first range: half in VRAM, then all of it; plus the legend's swatch.
         assert_eq!(rects(&doc, "#1f77b4"), [0.5, 1.0, 1.0]);
         assert_eq!(rects(&doc, "#ff7f0e"), [1.0]);
+    }
+
+    /// The texts of the document with their x, anchor and font size (SVG units).
+    fn placed_texts(doc: &roxmltree::Document) -> Vec<(String, f64, String, f64)> {
+        doc.descendants()
+            .filter(|n| n.has_tag_name("text"))
+            .map(|n| {
+                let num = |a: &str| n.attribute(a).unwrap().parse::<f64>().unwrap();
+                let anchor = n.attribute("text-anchor").unwrap_or("start").to_string();
+                (n.text().unwrap_or("").trim().to_string(), num("x"), anchor, num("font-size"))
+            })
+            .collect()
+    }
+
+    /// No text runs past the right edge (the fault plot's legend was cut off): every label
+    /// that starts at its x ends before the 800-pixel edge, at a generous 0.6 em per
+    /// character (DejaVu Sans, a wide face, averages about 0.55 on these labels).
+    #[test]
+    fn legend_fits() {
+        let rec = record();
+        for text in [vram(&rec, 4 * MIB as u64).unwrap(), faults(&rec).unwrap(), residency(&rec).unwrap()] {
+            let doc = roxmltree::Document::parse(&text).unwrap();
+            for (t, x, anchor, size) in placed_texts(&doc) {
+                let width = t.chars().count() as f64 * size * 0.6;
+                let right = match anchor.as_str() {
+                    "start" => x + width,
+                    "middle" => x + width / 2.0,
+                    _ => x,
+                };
+                assert!(right <= W as f64 - 4.0, "{t:?} ends at {right:.0}");
+            }
+        }
+    }
+
+    /// Tick labels of integer values are integers ("48", not "48.0"), and the others have
+    /// no trailing zeros.
+    #[test]
+    fn ticks_print_integers_as_integers() {
+        for (v, want) in
+            [(48.0, "48"), (0.0, "0"), (-0.0, "0"), (2.5, "2.5"), (0.1 + 0.2, "0.3"), (1e6, "1000000")]
+        {
+            assert_eq!(tick(&v), want);
+        }
+        let rec = record();
+        for text in [vram(&rec, 4 * MIB as u64).unwrap(), faults(&rec).unwrap(), residency(&rec).unwrap()] {
+            let doc = roxmltree::Document::parse(&text).unwrap();
+            for t in texts(&doc).iter().filter(|t| t.parse::<f64>().is_ok()) {
+                assert!(!t.contains('.') || !t.ends_with('0'), "tick {t:?}");
+            }
+        }
     }
 
     #[test]

@@ -70,6 +70,79 @@ impl ByTrigger {
     }
 }
 
+/// Failed migration pieces of one errno.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The errno (positive; MIGRATE_END carries it negated).
+    pub errno: i32,
+    /// Its name ("EBUSY").
+    pub name: String,
+    /// What it means for a migration, and what became of the data.
+    pub reason: String,
+    /// Pieces that failed with it.
+    pub count: u64,
+    /// Of them, pieces on their way to VRAM.
+    pub to_vram: u64,
+    /// Of them, pieces on their way to system memory.
+    pub to_ram: u64,
+    /// Pages those pieces covered.
+    pub pages: u64,
+}
+
+/// The name of a migration errno and what it means (the library's errors: `Error::errno`).
+pub fn failure_reason(errno: i32) -> (&'static str, &'static str) {
+    match errno {
+        libc::EBUSY => (
+            "EBUSY",
+            "pages busy: pinned, or shared with a child after fork (UFFDIO_MOVE cannot take them); \
+             they stayed where they were",
+        ),
+        libc::EAGAIN => (
+            "EAGAIN",
+            "raced with the application's munmap / mremap / MADV_DONTNEED of SVM memory (the \
+             kernel refuses page moves until usvm has read that event); the fault is served again",
+        ),
+        libc::ENOMEM => ("ENOMEM", "memory short: no VRAM for the range, or no RAM for the way back"),
+        libc::ENOSPC => ("ENOSPC", "VRAM full: eviction could not make room"),
+        libc::EFAULT => ("EFAULT", "memory unmapped (or made inaccessible) before it moved"),
+        libc::ENOENT => ("ENOENT", "pages gone: unmapped while they moved"),
+        libc::EEXIST => ("EEXIST", "the destination was populated meanwhile (the application touched it)"),
+        libc::EINVAL => ("EINVAL", "the mapping changed under the move (protection, flags or size)"),
+        libc::EIO => ("EIO", "a copy-engine chunk failed; its pages stayed where they were"),
+        libc::ETIME => ("ETIME", "timed out waiting for the memory to settle"),
+        libc::EDEADLK => ("EDEADLK", "given up to avoid a deadlock; retried later"),
+        libc::ENODEV => ("ENODEV", "the GPU's queue is gone"),
+        _ => ("other", "another error (see the errno)"),
+    }
+}
+
+fn add_failure(list: &mut Vec<Failure>, errno: i32, to_vram: bool, pages: u64, count: u64) {
+    let i = match list.iter().position(|f| f.errno == errno) {
+        Some(i) => i,
+        None => {
+            let (name, reason) = failure_reason(errno);
+            list.push(Failure {
+                errno,
+                name: name.to_string(),
+                reason: reason.to_string(),
+                count: 0,
+                to_vram: 0,
+                to_ram: 0,
+                pages: 0,
+            });
+            list.len() - 1
+        }
+    };
+    let f = &mut list[i];
+    f.count += count;
+    f.pages += pages;
+    if to_vram {
+        f.to_vram += count;
+    } else {
+        f.to_ram += count;
+    }
+}
+
 /// The figures of one GPU (or of all of them).
 #[derive(Serialize, Debug, Default, Clone, PartialEq)]
 pub struct GpuFigures {
@@ -85,6 +158,8 @@ pub struct GpuFigures {
     pub d2h: ByTrigger,
     /// Migration pieces that failed (their data stayed where it was).
     pub failed_migrations: u64,
+    /// The failed pieces by errno, most frequent first.
+    pub failures: Vec<Failure>,
     /// Time spent migrating, in seconds (migration start to end, summed).
     pub migration_seconds: f64,
     /// Bytes migrated per second spent migrating (GB/s, 1e9 bytes).
@@ -196,6 +271,7 @@ pub fn summarize(
                 }
                 if *error != 0 {
                     per[g].failed_migrations += 1;
+                    add_failure(&mut per[g].failures, -*error, *to != 0, *npages, 1);
                     continue;
                 }
                 if *to != 0 {
@@ -218,6 +294,9 @@ pub fn summarize(
             _ => {}
         }
     }
+    for f in &mut per {
+        f.failures.sort_by_key(|x| (std::cmp::Reverse(x.count), x.errno));
+    }
     for (f, snap) in per.iter_mut().zip(svm.smi()) {
         f.vram_peak = snap.vram_peak;
         f.vram_bytes = snap.vram_bytes;
@@ -230,11 +309,16 @@ pub fn summarize(
         total.h2d.merge(&f.h2d);
         total.d2h.merge(&f.d2h);
         total.failed_migrations += f.failed_migrations;
+        for x in &f.failures {
+            add_failure(&mut total.failures, x.errno, true, x.pages, x.to_vram);
+            add_failure(&mut total.failures, x.errno, false, 0, x.to_ram);
+        }
         total.migration_seconds += f.migration_seconds;
         total.queue_evictions += f.queue_evictions;
         total.vram_peak += f.vram_peak;
         total.vram_bytes += f.vram_bytes;
     }
+    total.failures.sort_by_key(|x| (std::cmp::Reverse(x.count), x.errno));
     total.throughput_gbps =
         throughput(total.h2d.total.bytes + total.d2h.total.bytes, total.migration_seconds);
     Summary {
@@ -276,6 +360,27 @@ fn top_ranges(ranges: &[RangeInfo], moved: &[(u64, u64)]) -> Vec<TopRange> {
             location: ranges[i].actual_loc.to_string(),
         })
         .collect()
+}
+
+/// The failed migrations by errno, as a table (nothing when none failed).
+fn failures(list: &[Failure]) -> String {
+    if list.is_empty() {
+        return String::new();
+    }
+    let mut out = "\nfailed migrations by cause (their data stayed where it was)\n".to_string();
+    let mut t = Table::new(&["errno", "pieces", "to vram", "to ram", "size", "why"]);
+    for f in list {
+        t.row(vec![
+            f.name.clone(),
+            f.count.to_string(),
+            f.to_vram.to_string(),
+            f.to_ram.to_string(),
+            bytes(f.pages * 4096),
+            f.reason.clone(),
+        ]);
+    }
+    out += &t.render();
+    out
 }
 
 /// The summary as text tables.
@@ -343,6 +448,7 @@ pub fn render(s: &Summary) -> String {
         "CPU faults resolved (first touches included): {}; events: {}; failed migrations: {}\n",
         s.cpu_faults_total, s.events, s.total.failed_migrations
     );
+    out += &failures(&s.total.failures);
     if !s.top_ranges.is_empty() {
         out += "\ntop ranges by migrated bytes\n";
         let mut t = Table::new(&["start", "size", "migrated", "location now"]);
@@ -357,4 +463,55 @@ pub fn render(s: &Summary) -> String {
         out += &t.render();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use usvm::{Event, GpuId};
+
+    fn end(start: u64, npages: u64, from: u32, to: u32, error: i32) -> Event {
+        let trigger = MigrateTrigger::PagefaultCpu;
+        Event { ns: 1, pid: 1, kind: EventKind::MigrateEnd { start, npages, from, to, trigger, error } }
+    }
+
+    /// Failed pieces are counted by errno, per GPU and in total, most frequent first, with
+    /// their direction, size and reason; a success is no failure.
+    #[test]
+    fn failed_migrations_by_errno() {
+        let svm = Svm::builder().gpus(2).vram_bytes(8 << 20).build().unwrap();
+        let [a, b] = [0x1111, 0x2222];
+        let rec = Record {
+            t0: 0,
+            t1: 1,
+            gpus: vec![GpuId(a), GpuId(b)],
+            events: vec![
+                end(0x100, 512, a, 0, -libc::EAGAIN),
+                end(0x300, 16, 0, a, -libc::EBUSY),
+                end(0x400, 16, 0, b, -libc::EBUSY),
+                end(0x500, 8, b, 0, -libc::EBUSY),
+                end(0x600, 8, b, 0, 0),
+            ],
+            ..Record::default()
+        };
+        let s = summarize("t", Settings::default(), Outcome::default(), &rec, &svm, &[]);
+        assert_eq!(s.total.failed_migrations, 4);
+        let t: Vec<_> = s
+            .total
+            .failures
+            .iter()
+            .map(|f| (f.name.as_str(), f.count, f.to_vram, f.to_ram, f.pages))
+            .collect();
+        assert_eq!(t, [("EBUSY", 3, 2, 1, 40), ("EAGAIN", 1, 0, 1, 512)]);
+        assert!(s.total.failures[0].reason.contains("fork"));
+        let g1: Vec<_> = s.gpus[1].failures.iter().map(|f| (f.errno, f.count)).collect();
+        assert_eq!(g1, [(libc::EBUSY, 2)]);
+        let text = render(&s);
+        assert!(text.contains("failed migrations by cause"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("EAGAIN") && l.contains("munmap")), "{text}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["total"]["failures"][0]["name"], "EBUSY");
+        assert_eq!(json["total"]["failures"][1]["errno"], libc::EAGAIN);
+        assert_eq!(failure_reason(12345).0, "other");
+    }
 }

@@ -24,6 +24,7 @@
 mod attr;
 pub mod bench;
 mod buffer;
+pub mod doctor;
 mod error;
 mod events;
 mod fault;

@@ -50,11 +50,23 @@ impl Tally {
     }
 }
 
-/// A CPU actor: increments its words, checking each value read.
+/// Words an actor increments between two looks at the stop flag (one cell's worth).
+const WORDS_PER_CHECK: usize = CELL / WORD_STRIDE;
+
+/// A CPU actor: increments its words, checking each value read. It stops within one cell
+/// of the stop flag being set, not at the end of a sweep (a sweep over a working set larger
+/// than the VRAM can take seconds of faults).
 fn cpu_actor(work: &Region, words: &[usize], stop: &AtomicBool, t: &Tally) -> Vec<u64> {
     let mut model = vec![0u64; words.len()];
-    while !stop.load(Ordering::Relaxed) {
+    'run: while !stop.load(Ordering::Relaxed) {
         for (k, &off) in words.iter().enumerate() {
+            if k % WORDS_PER_CHECK == 0 && k > 0 {
+                t.ops.fetch_add(WORDS_PER_CHECK as u64, Ordering::Relaxed);
+                t.verified.fetch_add(8 * WORDS_PER_CHECK as u64, Ordering::Relaxed);
+                if stop.load(Ordering::Relaxed) {
+                    break 'run;
+                }
+            }
             let v = work.read_u64(off);
             if v != model[k] {
                 t.mismatch(format_args!("CPU word {off:#x}: read {v}, expected {}", model[k]));
@@ -63,28 +75,35 @@ fn cpu_actor(work: &Region, words: &[usize], stop: &AtomicBool, t: &Tally) -> Ve
             work.write_u64(off, v + 1);
             model[k] += 1;
         }
-        t.ops.fetch_add(words.len() as u64, Ordering::Relaxed);
-        t.verified.fetch_add(8 * words.len() as u64, Ordering::Relaxed);
+        let tail = if words.is_empty() { 0 } else { (words.len() - 1) % WORDS_PER_CHECK + 1 };
+        t.ops.fetch_add(tail as u64, Ordering::Relaxed);
+        t.verified.fetch_add(8 * tail as u64, Ordering::Relaxed);
     }
     model
 }
 
 /// A GPU actor: kernels on queue `q` increment its words through the GPU's page table,
-/// checking each value read. A kernel that fails part way tells how far it got.
+/// checking each value read. A kernel that fails part way tells how far it got; one that
+/// sees the stop flag ends early the same way (one kernel over a working set larger than
+/// the VRAM faults for seconds, up to half a minute: waiting for it made a 45 s run last
+/// 70).
 fn gpu_actor(
     q: &super::Q,
     base: usize,
     words: Arc<Vec<usize>>,
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
     t: &Arc<Tally>,
 ) -> Vec<u64> {
     let mut model = Arc::new(vec![0u64; words.len()]);
     while !stop.load(Ordering::Relaxed) {
         let done = Arc::new(AtomicUsize::new(0));
-        let (w, m, d, tally) = (words.clone(), model.clone(), done.clone(), t.clone());
+        let (w, m, d, tally, halt) = (words.clone(), model.clone(), done.clone(), t.clone(), stop.clone());
         let r = q
             .launch("stress", move |k| {
                 for (i, &off) in w.iter().enumerate() {
+                    if i % WORDS_PER_CHECK == 0 && halt.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let v = k.read_u64(base + off)?;
                     if v != m[i] {
                         tally.mismatch(format_args!("GPU word {off:#x}: read {v}, expected {}", m[i]));
@@ -236,7 +255,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     let gpus = ctx.gpus.clone();
     let actors = CPU_ACTORS + queues.len();
     let tally = Arc::new(Tally::default());
-    let stop = AtomicBool::new(false);
+    let stop = Arc::new(AtomicBool::new(false));
     let seconds = ctx.seconds.max(1);
     ctx.steps(seconds);
     let start = Instant::now();
@@ -244,7 +263,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     let models: Vec<Vec<u64>> = std::thread::scope(|s| -> Result<Vec<Vec<u64>>> {
         let mut handles = Vec::new();
         for a in 0..CPU_ACTORS {
-            let (work, stop, t) = (&work, &stop, &tally);
+            let (work, stop, t) = (&work, &*stop, &tally);
             let words = words_of(a, actors, size);
             handles.push(s.spawn(move || cpu_actor(work, &words, stop, t)));
         }

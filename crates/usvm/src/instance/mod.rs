@@ -229,8 +229,16 @@ impl SvmInner {
     /// Where each of `n` pages from `page` lives.
     pub(crate) fn residency(&self, page: PageNo, n: usize) -> Vec<Residency> {
         let st = self.lock_state();
-        let has =
-            sys::pagemap::has_memory((page << PAGE_SHIFT) as usize, n).unwrap_or_else(|_| vec![false; n]);
+        let addr = (page << PAGE_SHIFT) as usize;
+        let mut has = sys::pagemap::has_memory(addr, n).unwrap_or_else(|_| vec![false; n]);
+        // A page of a file or shared mapping that this process has not mapped yet can hold
+        // data all the same, in the page cache: mincore sees it (for private anonymous
+        // memory it says nothing pagemap did not).
+        if has.contains(&false) {
+            for (h, cached) in has.iter_mut().zip(sys::pagemap::in_core(addr, n)) {
+                *h |= cached;
+            }
+        }
         (0..n as u64)
             .map(|i| {
                 let p = page + i;

@@ -8,6 +8,7 @@
 pub mod doorbell;
 pub mod mmap;
 pub mod pagemap;
+pub mod probe;
 pub mod uffd;
 pub mod vma;
 

@@ -1031,3 +1031,40 @@ fn oversubscribed_vram_evicts_lru_and_keeps_every_byte() {
         assert!(back == *d, "buffer {k} changed");
     }
 }
+
+/// Residency of memory whose data is in the page cache: a `MAP_SHARED` file mapping full of
+/// data reads `Sysmem` before this process touched a page of it (pagemap alone says such
+/// pages are not mapped; mincore finds them), with a range over it or not; untouched
+/// anonymous memory, private or shared, stays `Unpopulated`.
+#[test]
+fn page_cache_pages_read_as_sysmem() {
+    const LEN: usize = 64 * PAGE;
+    let path = std::env::temp_dir().join(format!("usvm-residency-{}", std::process::id()));
+    std::fs::write(&path, pattern(LEN, 9)).unwrap();
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: a fresh shared mapping of our own file at an address the kernel picks.
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), LEN, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+    let file_map = Mapping { addr: p as usize, len: LEN };
+    let svm = svm2(false);
+    let g1 = svm.gpu_ids()[0];
+    assert_eq!(svm.residency(file_map.addr, 64), vec![Residency::Sysmem; 64], "before SET_ATTR");
+    svm.set_attr(file_map.addr, LEN, &[Attr::Access(g1)]).unwrap();
+    assert_eq!(svm.residency(file_map.addr, 64), vec![Residency::Sysmem; 64], "with a range");
+    let mut b = [0u8; 8];
+    svm.gpu_read(g1, file_map.addr + 5 * PAGE, &mut b).unwrap();
+    assert_eq!(b[..], pattern(LEN, 9)[5 * PAGE..5 * PAGE + 8]);
+    let anon = Mapping::anon(4 * PAGE, PAGE);
+    let shared = Mapping::with(4 * PAGE, PAGE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1);
+    for m in [&anon, &shared] {
+        assert_eq!(svm.residency(m.addr, 4), vec![Residency::Unpopulated; 4]);
+    }
+    // SAFETY: a store into our own shared mapping.
+    unsafe { (shared.addr as *mut u8).write(1) };
+    let r = svm.residency(shared.addr, 4);
+    assert_eq!((r[0], r[1]), (Residency::Sysmem, Residency::Unpopulated));
+}
