@@ -18,6 +18,8 @@ const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
 const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 const UFFD_FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+/// `UFFD_USER_MODE_ONLY`: a descriptor for user-mode faults only (no privilege needed).
+const USER_MODE_ONLY: libc::c_int = 1;
 
 /// How long a doorbell waits for the store it let through to land before protecting the
 /// page again (a store arriving later faults again: nothing is lost, it costs a round).
@@ -121,11 +123,16 @@ impl Doorbell {
     /// A zeroed doorbell page, write-protected.
     pub fn new() -> Result<Self> {
         let page = SharedPage::new()?;
-        // SAFETY: the userfaultfd syscall takes only flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
-        if fd < 0 {
-            return Err(Error::Sys { call: "userfaultfd", errno: last_errno() });
-        }
+        let open = |flags: libc::c_int| {
+            // SAFETY: the userfaultfd syscall takes only flags and returns a new fd or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+            if fd < 0 { Err(last_errno()) } else { Ok(fd) }
+        };
+        // The doorbell's faults are the application's own stores (user mode): without the
+        // privilege for kernel-mode faults, a user-mode-only descriptor does as well.
+        let fd = open(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .or_else(|_| open(libc::O_CLOEXEC | libc::O_NONBLOCK | USER_MODE_ONLY))
+            .map_err(|errno| Error::Sys { call: "userfaultfd", errno })?;
         // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
         let uffd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
         let mut api = UffdioApi { api: UFFD_API, features: UFFD_FEATURE_PAGEFAULT_FLAG_WP, ioctls: 0 };
