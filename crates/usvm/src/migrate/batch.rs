@@ -5,13 +5,29 @@
 //! data goes back to the application, or, when it cannot, into the range's VRAM where a
 //! later fault finds it. No page taken from the application is ever left behind in
 //! `staging_out`, which the next batch reuses.
+//!
+//! Collection takes pages with `UFFDIO_MOVE`, which moves only between mappings with the
+//! same access flags, protection and mlock state, and only out of writable ones. Pages it
+//! refuses (`EINVAL`) are taken the way the application's mapping allows, as the kernel's
+//! `migrate_vma_setup` takes them whatever the VMA's protection or lock
+//! ([`ToVramBatch::plan_refused`]): a piece of `staging_out` made to match a writable
+//! mapping (its protection, `mlock`), or, for a mapping that is not writable, the
+//! page-table entries moved with `mremap(MREMAP_DONTUNMAP)`. The batch puts `staging_out`
+//! back as it was when it ends.
 
-use super::{Engine, Fill, MIGRATE_COLLECT_RETRIES, merge_ops, runs};
+use super::{Engine, Fill, MIGRATE_COLLECT_RETRIES, STAGING_PAGES, merge_ops, runs};
 use crate::error::Result;
 use crate::gpu::sdma::CopyEngine;
 use crate::range::{PageNo, SvmRange, VramBacking};
-use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE};
+use crate::sys::mmap::Prot;
+use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE, vma};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How long collection keeps the `out` lock while an `mremap` of refused pages has not
+/// visibly happened yet. The move takes microseconds; past this limit (never seen) the lock
+/// is let go anyway and a warning says so, rather than risk waiting forever.
+const REMAP_HOLD_LIMIT: Duration = Duration::from_secs(2);
 
 /// Where one page of a batch stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +48,39 @@ pub(super) enum Slot {
     Returned,
 }
 
+/// How collection takes a run of pages that `UFFDIO_MOVE` refused (`EINVAL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    /// `UFFDIO_MOVE` again: the run was cut at the end of its mapping, or the mapping is an
+    /// ordinary writable one again (the application changed it meanwhile).
+    Retry,
+    /// `UFFDIO_MOVE` into a staging piece made to match the mapping's protection and lock.
+    Matched,
+    /// `mremap(MREMAP_DONTUNMAP)` of the run into `staging_out` (a mapping that is not
+    /// writable: `UFFDIO_MOVE` takes nothing out of one).
+    Remap,
+    /// Not taken: left in RAM (locked and not writable, not anonymous private, or a piece
+    /// of `staging_out` could not be made to match).
+    Leave,
+}
+
+/// A piece `[i, i + k)` of `staging_out` that collection changed, undone at the end of the
+/// batch ([`ToVramBatch::restore_staging`]).
+#[derive(Clone, Copy, Debug)]
+struct Changed {
+    i: u64,
+    k: u64,
+    how: Change,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change {
+    /// Protection and lock set to the application's mapping's.
+    Matched,
+    /// Replaced by a new mapping (an `mremap` into it, or its attempt).
+    Replaced,
+}
+
 /// One staging batch `[first, first + slots.len())` of a migration of `r` to VRAM.
 pub(super) struct ToVramBatch<'a> {
     eng: &'a Engine,
@@ -41,6 +90,8 @@ pub(super) struct ToVramBatch<'a> {
     slots: Vec<Slot>,
     /// Some page of the batch was a hole: `staging_out` is not fully populated.
     holes: bool,
+    /// Pieces of `staging_out` changed to take refused pages, to put back.
+    changed: Vec<Changed>,
     /// The batch is over and `staging_out` released.
     done: bool,
 }
@@ -66,7 +117,8 @@ impl<'a> ToVramBatch<'a> {
                 slots[(s - first) as usize..=(l - first) as usize].fill(Slot::Marked);
             }
         }
-        let mut b = ToVramBatch { eng, r, backing, first, slots, holes: false, done: false };
+        let mut b =
+            ToVramBatch { eng, r, backing, first, slots, holes: false, changed: Vec::new(), done: false };
         b.move_out();
         b.classify()?;
         Ok(b)
@@ -79,6 +131,8 @@ impl<'a> ToVramBatch<'a> {
         let (eng, first, n) = (self.eng, self.first, self.slots.len() as u64);
         let mut i = 0u64;
         let mut tries = 0;
+        // Pages `[i, end)` were refused by UFFDIO_MOVE and are taken as `plan` says.
+        let mut plan: Option<(u64, Plan)> = None;
         while i < n {
             // Moves happen under the `out` lock and only for pages still marked: the reader
             // takes an munmap / MADV_DONTNEED / mremap event in under the same lock, so a
@@ -94,6 +148,29 @@ impl<'a> ToVramBatch<'a> {
             let mut k = 1;
             while i + k < n && out.contains(first + i + k) {
                 k += 1;
+            }
+            let how = match plan {
+                Some((end, how)) if i < end => {
+                    k = k.min(end - i);
+                    Some(how)
+                }
+                _ => None,
+            };
+            match how {
+                Some(Plan::Leave) => {
+                    drop(out);
+                    i += k;
+                    tries = 0;
+                    continue;
+                }
+                Some(Plan::Remap) => {
+                    // Whatever happened, the page tables tell (`classify`).
+                    self.remap_out(out, i, k);
+                    i += k;
+                    tries = 0;
+                    continue;
+                }
+                _ => {}
             }
             let src = ((first + i) << PAGE_SHIFT) as usize;
             let len = k as usize * PAGE_SIZE;
@@ -114,12 +191,120 @@ impl<'a> ToVramBatch<'a> {
             i += done;
             match err {
                 None => {}
+                // Refused before anything moved: the mappings differ (protection, lock, a
+                // mapping that is not writable). Decided once per run, not counted as a try.
+                Some(libc::EINVAL) if done == 0 && how.is_none() => plan = Some(self.plan_refused(i, k)),
+                // Refused again as planned: not something collection can take now (the
+                // application changed the mapping again, or it differs in what user space
+                // cannot see or match, such as a protection key).
+                Some(libc::EINVAL) if done == 0 && how.is_some() => {
+                    i += k;
+                    tries = 0;
+                }
                 Some(_) if tries + 1 < MIGRATE_COLLECT_RETRIES => tries += 1,
                 // Not moved (shared after fork, pinned): left in RAM, the range is mixed.
                 Some(_) => {
                     i += 1;
                     tries = 0;
                 }
+            }
+        }
+    }
+
+    /// How to take the run `[i, i + k)` that `UFFDIO_MOVE` refused with `EINVAL`, and how
+    /// far that answer goes (the run is cut at the end of the mapping that holds its first
+    /// page). The kernel's collection takes anonymous private pages whatever the VMA's
+    /// protection or mlock (`migrate_vma_collect_pmd` looks at page-table entries only);
+    /// `UFFDIO_MOVE` wants the same access flags, protection and `VM_LOCKED` on both sides
+    /// and a writable source (`validate_move_areas`). So:
+    ///
+    /// - writable (read-write-execute, or locked): the piece of `staging_out` gets the same
+    ///   protection and lock, and the move is tried again;
+    /// - not writable (read-only, PROT_NONE) and not locked: `mremap(MREMAP_DONTUNMAP)`,
+    ///   which moves page-table entries whatever the protection ([`Self::remap_out`]);
+    /// - not writable and locked: left in RAM (`MREMAP_DONTUNMAP` would unlock the
+    ///   application's mapping), as is anything that is not anonymous private memory.
+    fn plan_refused(&mut self, i: u64, k: u64) -> (u64, Plan) {
+        let src = ((self.first + i) << PAGE_SHIFT) as usize;
+        let v = match vma::lookup(src, false) {
+            Ok(Some(v)) if v.migratable() => v,
+            // Unmapped meanwhile, or not anonymous private any more: the page tables tell.
+            _ => return (i + k, Plan::Leave),
+        };
+        let k = k.min(((v.end - src) / PAGE_SIZE) as u64);
+        let Ok(locked) = vma::locked(src) else { return (i + k, Plan::Leave) };
+        let (staged, len) = (self.staged(i), k as usize * PAGE_SIZE);
+        if !v.write {
+            // A thread that reads the userfaultfd's events must not wait for one.
+            if locked || sys::uffd::is_event_reader() {
+                return (i + k, Plan::Leave);
+            }
+            return (i + k, Plan::Remap);
+        }
+        if v.read && !v.exec && !locked {
+            // An ordinary mapping: the run crossed its end, or the application changed it.
+            return (i + k, Plan::Retry);
+        }
+        let prot = Prot { read: v.read, write: true, exec: v.exec };
+        self.changed.push(Changed { i, k, how: Change::Matched });
+        let matched = (prot == Prot::RW || sys::mmap::protect_own(staged, len, prot).is_ok())
+            && (!locked || sys::mmap::lock_own_on_fault(staged, len).is_ok());
+        (i + k, if matched { Plan::Matched } else { Plan::Leave })
+    }
+
+    /// Takes the page-table entries of the run `[i, i + k)` (one mapping of the application,
+    /// not writable) into `staging_out` with `mremap(MREMAP_DONTUNMAP)`: the application's
+    /// mapping stays, emptied of these pages and still watched by the userfaultfd, as after
+    /// `UFFDIO_MOVE`. Called with the `out` lock held (`out`), which it lets go.
+    ///
+    /// The move must happen before the reader takes in any munmap / mremap event of these
+    /// pages (see [`Self::move_out`]), so it happens under the `out` lock, like every move.
+    /// But mremap of watched memory reports a REMAP event and waits until the reader has
+    /// read it, and the reader reads events under the `out` lock. So a helper thread runs
+    /// the mremap while this thread holds the lock until the move is visible, then lets the
+    /// lock go; the reader then reads the REMAP (into usvm's own area: skipped,
+    /// [`sys::uffd::Uffd::set_own_area`]) and the mremap returns. The move is visible when
+    /// the staging piece, first made write-only as a marker, has been replaced.
+    fn remap_out(&mut self, out: parking_lot::MutexGuard<'_, super::pageset::PageSet>, i: u64, k: u64) {
+        let eng = self.eng;
+        let src = ((self.first + i) << PAGE_SHIFT) as usize;
+        let (dst, len) = (self.staged(i), k as usize * PAGE_SIZE);
+        // A run of holes needs no move: holes are collected as they are.
+        if !sys::pagemap::has_memory(src, k as usize).is_ok_and(|v| v.contains(&true)) {
+            return;
+        }
+        eng.uffd.set_own_area(eng.staging_out, STAGING_PAGES as usize * PAGE_SIZE);
+        // Rebuilt at the end of the batch whatever happens here.
+        self.changed.push(Changed { i, k, how: Change::Replaced });
+        if sys::mmap::protect_own(dst, len, Prot::WRITE_ONLY).is_err() {
+            return;
+        }
+        let marker = || matches!(vma::lookup(dst, false), Ok(Some(v)) if v.write && !v.read);
+        let moved = std::thread::scope(|s| {
+            let remap = std::thread::Builder::new()
+                .name("usvm-remap".into())
+                .spawn_scoped(s, move || sys::mmap::move_keeping_source(src, len, dst));
+            let Ok(remap) = remap else { return false };
+            let since = Instant::now();
+            while !remap.is_finished() && marker() {
+                if since.elapsed() > REMAP_HOLD_LIMIT {
+                    tracing::warn!(
+                        addr = format_args!("{src:#x}"),
+                        "mremap of read-only pages not seen: out lock let go"
+                    );
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            drop(out);
+            remap.join().is_ok_and(|r| r.is_ok())
+        });
+        if moved {
+            // The new mapping inherited the application's registration: its pages are usvm's
+            // now, readable for the copy and movable for the way back.
+            let _ = eng.uffd.unregister(dst, len);
+            if let Err(e) = sys::mmap::protect_own(dst, len, Prot::RW) {
+                tracing::warn!(error = %e, "a staging piece stays unreadable: its pages stay there");
             }
         }
     }
@@ -199,9 +384,41 @@ impl<'a> ToVramBatch<'a> {
         self.settle_marked();
         self.give_back_staged();
         let moved = self.commit();
-        let full = !self.holes && self.slots.iter().all(|&s| s == Slot::Committed);
+        let changed = self.restore_staging();
+        let full = !self.holes && !changed && self.slots.iter().all(|&s| s == Slot::Committed);
         self.eng.release_staging_out(self.slots.len() as u64, full)?;
         Ok(moved)
+    }
+
+    /// Puts `staging_out` back as it was when collection changed pieces of it: one
+    /// read-write, unlocked mapping registered with the engine's own userfaultfd. The whole
+    /// area is mapped afresh (every page of the batch is settled by now, and the rest of the
+    /// area is empty), which makes it one mapping again whatever the kernel would merge: a
+    /// replaced piece put back on its own did not always merge with the rest of the area
+    /// (another anon_vma), and a move across the seam then failed. Returns whether the
+    /// area was changed (its pages are gone then).
+    fn restore_staging(&mut self) -> bool {
+        if self.changed.is_empty() {
+            return false;
+        }
+        let eng = self.eng;
+        for c in std::mem::take(&mut self.changed) {
+            if c.how == Change::Replaced {
+                // No longer the application's registration (done after the move; again here
+                // in case that failed): replacing the piece must report nothing.
+                let _ = eng.uffd.unregister(self.staged(c.i), c.k as usize * PAGE_SIZE);
+            }
+        }
+        let (addr, len) = (eng.staging_out, STAGING_PAGES as usize * PAGE_SIZE);
+        let res = sys::mmap::map_fresh_over_own(addr, len).and_then(|()| {
+            sys::mmap::advise_hugepages(addr, len);
+            sys::mmap::advise_dontfork(addr, len);
+            eng.own.register(addr, len)
+        });
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "the staging area could not be put back: later collections may leave pages in RAM");
+        }
+        true
     }
 
     /// Pages still marked (the batch ended before the page tables were read): staged when

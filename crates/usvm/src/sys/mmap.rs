@@ -205,6 +205,127 @@ pub fn populate(addr: usize, len: usize) -> Result<()> {
     Ok(())
 }
 
+/// The access a mapping grants (`PROT_READ` / `PROT_WRITE` / `PROT_EXEC`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prot {
+    /// `PROT_READ`.
+    pub read: bool,
+    /// `PROT_WRITE`.
+    pub write: bool,
+    /// `PROT_EXEC`.
+    pub exec: bool,
+}
+
+impl Prot {
+    /// Read-write: what usvm's own areas normally are.
+    pub const RW: Prot = Prot { read: true, write: true, exec: false };
+    /// Write without read: no mapping the migration engine takes pages from with
+    /// [`move_keeping_source`] has it, so usvm marks a staging piece with it to see when the
+    /// move has replaced the piece.
+    pub const WRITE_ONLY: Prot = Prot { read: false, write: true, exec: false };
+
+    fn bits(self) -> libc::c_int {
+        let mut p = libc::PROT_NONE;
+        if self.read {
+            p |= libc::PROT_READ;
+        }
+        if self.write {
+            p |= libc::PROT_WRITE;
+        }
+        if self.exec {
+            p |= libc::PROT_EXEC;
+        }
+        p
+    }
+}
+
+// The calls below change usvm's own staging areas (mappings it made with
+// `map_anon_aligned` and hands to nobody): no Rust reference points into them, and
+// whatever the kernel does to their pages (protection, locking, replacement) cannot
+// invalidate memory that safe code uses.
+
+/// Sets the protection of `[addr, addr + len)`, a piece of one of usvm's own areas, with
+/// the default protection key (0): a piece that received the pages of a mapping with
+/// another key (`mremap`) becomes accessible to usvm's threads, whatever their key rights.
+pub fn protect_own(addr: usize, len: usize, prot: Prot) -> Result<()> {
+    // SAFETY: usvm's own area (the contract above); no Rust reference points into it, so a
+    // narrower protection cannot turn a safe access into a fault.
+    let r = unsafe { libc::syscall(libc::SYS_pkey_mprotect, addr, len, prot.bits(), 0) };
+    if r == 0 {
+        return Ok(());
+    }
+    // No protection keys here (the call is refused, or missing): there is no key to reset.
+    // SAFETY: as above.
+    let r = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot.bits()) };
+    if r != 0 {
+        return Err(Error::Sys { call: "mprotect", errno: last_errno() });
+    }
+    Ok(())
+}
+
+/// Locks `[addr, addr + len)`, a piece of one of usvm's own areas, without populating it
+/// (`mlock2(MLOCK_ONFAULT)`): its pages are locked as they arrive.
+pub fn lock_own_on_fault(addr: usize, len: usize) -> Result<()> {
+    // SAFETY: usvm's own area (the contract above); locking changes no contents.
+    let r = unsafe { libc::mlock2(addr as *const libc::c_void, len, libc::MLOCK_ONFAULT) };
+    if r != 0 {
+        return Err(Error::Sys { call: "mlock2(MLOCK_ONFAULT)", errno: last_errno() });
+    }
+    Ok(())
+}
+
+/// Maps fresh anonymous private read-write memory (`MAP_NORESERVE`) over
+/// `[addr, addr + len)`, a piece of one of usvm's own areas, dropping whatever was mapped
+/// there (`mmap(MAP_FIXED)`). The piece must not be registered with a userfaultfd that
+/// reports unmaps.
+pub fn map_fresh_over_own(addr: usize, len: usize) -> Result<()> {
+    // SAFETY: replaces usvm's own area (the contract above), which nothing else references.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Error::Sys { call: "mmap(MAP_FIXED)", errno: last_errno() });
+    }
+    Ok(())
+}
+
+/// Moves the page-table entries of `[src, src + len)` (inside one mapping of the
+/// application) to `[dst, dst + len)`, a piece of one of usvm's own areas, with
+/// `mremap(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP)`: the source mapping stays,
+/// with its protection, its userfaultfd registration and no pages (an access then faults to
+/// the userfaultfd), while a new mapping at `dst` (a copy of the source's, replacing what
+/// usvm had there) holds the pages. It works whatever the source's protection, where
+/// `UFFDIO_MOVE` takes only writable pages. Side effects the caller must accept: the source
+/// mapping loses `mlock` (the kernel clears `VM_LOCKED` on it), and when the source is
+/// registered with a userfaultfd that reports remaps, this call sends a REMAP event
+/// (`from = src`, `to = dst`) and returns only once it has been read.
+pub fn move_keeping_source(src: usize, len: usize, dst: usize) -> Result<()> {
+    // SAFETY: the caller (the migration engine) owns `dst` (the contract above) and takes
+    // the source's pages while the application's memory is watched by its userfaultfd: no
+    // Rust reference points into either range, and an access to the emptied source faults
+    // to usvm, which serves it. `src` and `dst` do not overlap.
+    let p = unsafe {
+        libc::mremap(
+            src as *mut libc::c_void,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP,
+            dst as *mut libc::c_void,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Error::Sys { call: "mremap(MREMAP_DONTUNMAP)", errno: last_errno() });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 use super::last_errno;
 use crate::error::{Error, Result};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 
 const UFFD_API: u64 = 0xaa;
 const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
@@ -145,6 +145,8 @@ pub struct Uffd {
     fd: OwnedFd,
     wake: OwnedFd,
     inject: Injector,
+    /// usvm's own memory `[start, start + len)` (see [`Uffd::set_own_area`]).
+    own_area: (AtomicUsize, AtomicUsize),
 }
 
 /// The `UFFDIO_*` operations whose failure tests can inject.
@@ -229,7 +231,12 @@ impl Uffd {
         }
         // SAFETY: `w` was just returned by the kernel and is owned by nobody else.
         let wake = unsafe { OwnedFd::from_raw_fd(w) };
-        Ok(Uffd { fd, wake, inject: Injector::default() })
+        Ok(Uffd {
+            fd,
+            wake,
+            inject: Injector::default(),
+            own_area: (AtomicUsize::new(0), AtomicUsize::new(0)),
+        })
     }
 
     /// Fault injection (tests): the `nth` call (1 = the next) of `op` fails with `errno`
@@ -238,6 +245,22 @@ impl Uffd {
         let s = self.inject.slot(op);
         s.errno.store(errno, Ordering::Release);
         s.countdown.store(nth, Ordering::Release);
+    }
+
+    /// Names usvm's own memory `[start, start + len)` (a staging area): remap, remove and
+    /// unmap events inside it are usvm's own doing (a page-table move into the staging area
+    /// with [`super::mmap::move_keeping_source`] reports a REMAP there), and
+    /// [`Uffd::read_event`] consumes them without returning them: they are no change of the
+    /// application's. Calling it again with the same area is harmless.
+    pub fn set_own_area(&self, start: usize, len: usize) {
+        self.own_area.0.store(start, Ordering::Release);
+        self.own_area.1.store(len, Ordering::Release);
+    }
+
+    /// Whether `[start, end)` lies inside usvm's own memory ([`Uffd::set_own_area`]).
+    fn is_own(&self, start: usize, end: usize) -> bool {
+        let (s, l) = (self.own_area.0.load(Ordering::Acquire), self.own_area.1.load(Ordering::Acquire));
+        l > 0 && s <= start && start < end && end <= s + l
     }
 
     /// Registers `[addr, addr + len)` for missing-page faults. Registering again an
@@ -368,7 +391,8 @@ impl Uffd {
         }
     }
 
-    /// Reads one event if one is queued (the descriptor is non-blocking).
+    /// Reads one event if one is queued (the descriptor is non-blocking). Events inside
+    /// usvm's own memory ([`Uffd::set_own_area`]) are read and skipped.
     pub fn read_event(&self) -> Result<Option<UffdEvent>> {
         loop {
             let mut msg = UffdMsg::default();
@@ -397,7 +421,11 @@ impl Uffd {
                     write: msg.a0 & UFFD_PAGEFAULT_FLAG_WRITE != 0,
                     tid: a2 as u32,
                 }),
+                // usvm's own page-table move into its staging area: the application's
+                // mapping did not move (its pages left, as with UFFDIO_MOVE).
+                UFFD_EVENT_REMAP if self.is_own(a1, a1.saturating_add(a2 as usize)) => continue,
                 UFFD_EVENT_REMAP => UffdEvent::Remap { from: a0, to: a1, len: a2 as usize },
+                UFFD_EVENT_REMOVE | UFFD_EVENT_UNMAP if self.is_own(a0, a1) => continue,
                 UFFD_EVENT_REMOVE => UffdEvent::Remove { start: a0, end: a1 },
                 UFFD_EVENT_UNMAP => UffdEvent::Unmap { start: a0, end: a1 },
                 _ => continue,

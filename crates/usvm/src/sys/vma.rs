@@ -231,6 +231,46 @@ pub fn mapped_pieces(first: u64, last: u64) -> impl Iterator<Item = crate::error
     })
 }
 
+/// Whether the mapping that contains `addr` is locked (`mlock`, `mlock2`, `mlockall`:
+/// `VM_LOCKED`), which `PROCMAP_QUERY` does not report. When the process has no locked
+/// memory at all (`VmLck` of `/proc/self/status` is 0, the common case) that answers it;
+/// otherwise the mapping's `VmFlags` line in `/proc/self/smaps` does (`lo`). `Ok(false)`
+/// when nothing is mapped at `addr`.
+pub fn locked(addr: usize) -> Result<bool, i32> {
+    use std::io::BufRead;
+    let io = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+    let status = std::fs::read_to_string("/proc/self/status").map_err(io)?;
+    let vm_lck = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    if vm_lck == Some(0) {
+        return Ok(false);
+    }
+    let f = std::fs::File::open("/proc/self/smaps").map_err(io)?;
+    let mut inside = false;
+    for line in std::io::BufReader::new(f).lines() {
+        let line = line.map_err(io)?;
+        if let Some((s, e)) = smaps_header(&line) {
+            if inside || s > addr {
+                // Past the mapping (or it had no VmFlags line): not locked.
+                return Ok(false);
+            }
+            inside = s <= addr && addr < e;
+        } else if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
+            return Ok(flags.split_ascii_whitespace().any(|f| f == "lo"));
+        }
+    }
+    Ok(false)
+}
+
+/// The address range of a `/proc/self/smaps` header line (`start-end perms ...`).
+fn smaps_header(line: &str) -> Option<(usize, usize)> {
+    let (range, _) = line.split_once(' ')?;
+    let (s, e) = range.split_once('-')?;
+    Some((usize::from_str_radix(s, 16).ok()?, usize::from_str_radix(e, 16).ok()?))
+}
+
 /// Sorts a mapping into a [`VmaKind`] from its name, inode and sharing.
 fn classify(name: &[u8], inode: u64, shared: bool) -> VmaKind {
     match name {
@@ -320,6 +360,20 @@ mod tests {
         assert!(q.start <= a && a < q.end && t.start <= a && a < t.end);
         assert_eq!((q.read, q.write, q.exec, q.shared, q.kind), (t.read, t.write, t.exec, t.shared, t.kind));
         super::super::mmap::unmap(a, 8192).unwrap();
+    }
+
+    #[test]
+    fn sees_locked_mappings() {
+        let len = 4 * 4096;
+        let a = super::super::mmap::map_anon_aligned(len, 4096).unwrap();
+        assert!(!locked(a).unwrap());
+        super::super::mmap::lock_own_on_fault(a + 4096, 4096).unwrap();
+        assert!(!locked(a).unwrap());
+        assert!(locked(a + 4096).unwrap());
+        assert!(!locked(a + 2 * 4096).unwrap());
+        super::super::mmap::map_fresh_over_own(a + 4096, 4096).unwrap();
+        assert!(!locked(a + 4096).unwrap());
+        super::super::mmap::unmap(a, len).unwrap();
     }
 
     #[test]

@@ -8,5 +8,6 @@ mod inject;
 mod kfd;
 mod migrate;
 mod notifier;
+mod readonly;
 mod stress;
 mod util;
