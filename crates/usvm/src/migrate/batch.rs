@@ -64,6 +64,34 @@ enum Plan {
     Leave,
 }
 
+/// Where [`ToVramBatch::move_out`] is: the next page, the tries of its run, and the plan
+/// for pages `[i, end)` that `UFFDIO_MOVE` refused.
+#[derive(Debug, Default)]
+struct Cursor {
+    i: u64,
+    tries: u32,
+    plan: Option<(u64, Plan)>,
+}
+
+impl Cursor {
+    /// Goes past `k` pages, starting the next run's tries afresh.
+    fn skip(&mut self, k: u64) {
+        self.i += k;
+        self.tries = 0;
+    }
+
+    /// The plan for the run from `i` (cut to it: `k` shrinks to the planned pages).
+    fn planned(&self, k: &mut u64) -> Option<Plan> {
+        match self.plan {
+            Some((end, how)) if self.i < end => {
+                *k = (*k).min(end - self.i);
+                Some(how)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A piece `[i, i + k)` of `staging_out` that collection changed, undone at the end of the
 /// batch ([`ToVramBatch::restore_staging`]).
 #[derive(Clone, Copy, Debug)]
@@ -129,85 +157,75 @@ impl<'a> ToVramBatch<'a> {
     /// page with zeros while its data sits in `staging_out`.
     fn move_out(&mut self) {
         let (eng, first, n) = (self.eng, self.first, self.slots.len() as u64);
-        let mut i = 0u64;
-        let mut tries = 0;
-        // Pages `[i, end)` were refused by UFFDIO_MOVE and are taken as `plan` says.
-        let mut plan: Option<(u64, Plan)> = None;
-        while i < n {
+        let mut c = Cursor::default();
+        while c.i < n {
             // Moves happen under the `out` lock and only for pages still marked: the reader
             // takes an munmap / MADV_DONTNEED / mremap event in under the same lock, so a
             // page the application unmapped is never taken from whatever it maps at that
             // address next (a MAP_FIXED mapping's fresh data was moved away and thrown out
             // with the old mapping's).
             let out = eng.out.lock();
-            if !out.contains(first + i) {
-                i += 1;
-                tries = 0;
+            if !out.contains(first + c.i) {
+                c.skip(1);
                 continue;
             }
             let mut k = 1;
-            while i + k < n && out.contains(first + i + k) {
+            while c.i + k < n && out.contains(first + c.i + k) {
                 k += 1;
             }
-            let how = match plan {
-                Some((end, how)) if i < end => {
-                    k = k.min(end - i);
-                    Some(how)
-                }
-                _ => None,
-            };
+            let how = c.planned(&mut k);
             match how {
                 Some(Plan::Leave) => {
                     drop(out);
-                    i += k;
-                    tries = 0;
-                    continue;
+                    c.skip(k);
                 }
                 Some(Plan::Remap) => {
                     // Whatever happened, the page tables tell (`classify`).
-                    self.remap_out(out, i, k);
-                    i += k;
-                    tries = 0;
-                    continue;
+                    self.remap_out(out, c.i, k);
+                    c.skip(k);
                 }
-                _ => {}
-            }
-            let src = ((first + i) << PAGE_SHIFT) as usize;
-            let len = k as usize * PAGE_SIZE;
-            let injected = eng
-                .inject_busy
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
-                .is_ok();
-            let (done, err) = if injected {
-                (0, Some(libc::EBUSY))
-            } else {
-                eng.own.move_pages(self.staged(i), src, len, true)
-            };
-            drop(out);
-            let done = (done / PAGE_SIZE) as u64;
-            if done > 0 {
-                tries = 0;
-            }
-            i += done;
-            match err {
-                None => {}
-                // Refused before anything moved: the mappings differ (protection, lock, a
-                // mapping that is not writable). Decided once per run, not counted as a try.
-                Some(libc::EINVAL) if done == 0 && how.is_none() => plan = Some(self.plan_refused(i, k)),
-                // Refused again as planned: not something collection can take now (the
-                // application changed the mapping again, or it differs in what user space
-                // cannot see or match, such as a protection key).
-                Some(libc::EINVAL) if done == 0 && how.is_some() => {
-                    i += k;
-                    tries = 0;
-                }
-                Some(_) if tries + 1 < MIGRATE_COLLECT_RETRIES => tries += 1,
-                // Not moved (shared after fork, pinned): left in RAM, the range is mixed.
-                Some(_) => {
-                    i += 1;
-                    tries = 0;
+                _ => {
+                    let (done, err) = self.move_run(c.i, k);
+                    drop(out);
+                    self.after_move(&mut c, k, done, err, how);
                 }
             }
+        }
+    }
+
+    /// `UFFDIO_MOVE` of the run `[i, i + k)` into `staging_out` (or an injected refusal):
+    /// the pages moved and the error that stopped it.
+    fn move_run(&self, i: u64, k: u64) -> (u64, Option<i32>) {
+        let eng = self.eng;
+        let injected =
+            eng.inject_busy.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1)).is_ok();
+        if injected {
+            return (0, Some(libc::EBUSY));
+        }
+        let src = ((self.first + i) << PAGE_SHIFT) as usize;
+        let (done, err) = eng.own.move_pages(self.staged(i), src, k as usize * PAGE_SIZE, true);
+        ((done / PAGE_SIZE) as u64, err)
+    }
+
+    /// What the next step of the collection is after a move of the run `[c.i, c.i + k)`
+    /// that took `done` pages and stopped on `err` (`how`: the run's plan, if it had one).
+    fn after_move(&mut self, c: &mut Cursor, k: u64, done: u64, err: Option<i32>, how: Option<Plan>) {
+        if done > 0 {
+            c.tries = 0;
+        }
+        c.i += done;
+        match err {
+            None => {}
+            // Refused before anything moved: the mappings differ (protection, lock, a
+            // mapping that is not writable). Decided once per run, not counted as a try.
+            Some(libc::EINVAL) if done == 0 && how.is_none() => c.plan = Some(self.plan_refused(c.i, k)),
+            // Refused again as planned: not something collection can take now (the
+            // application changed the mapping again, or it differs in what user space
+            // cannot see or match, such as a protection key).
+            Some(libc::EINVAL) if done == 0 => c.skip(k),
+            Some(_) if c.tries + 1 < MIGRATE_COLLECT_RETRIES => c.tries += 1,
+            // Not moved (shared after fork, pinned): left in RAM, the range is mixed.
+            Some(_) => c.skip(1),
         }
     }
 
