@@ -244,31 +244,44 @@ fn memory(r: &Report) -> Vec<Check> {
     let m = &r.memory;
     let cfg = &r.config;
     let vram = format!("{} GPU(s) x {} = {}", cfg.gpus, bytes(cfg.vram_bytes), bytes(m.vram_total));
-    let mut v = Vec::new();
+    vec![
+        ram(r, &vram),
+        cgroup(r, &vram),
+        xnack_off_limit(r),
+        rlimit_as(r),
+        check(
+            "RLIMIT_MEMLOCK",
+            Level::Note,
+            m.rlimit_memlock.map_or("unlimited".into(), bytes),
+            "usvm locks no memory; SVM memory the application mlock()s still moves (copied, not moved: slower)",
+        ),
+    ]
+}
+
+fn ram(r: &Report, vram: &str) -> Check {
+    let m = &r.memory;
     let ram = check(
         "memory",
         Level::Ok,
         format!("{} of RAM; emulated VRAM {vram}", bytes(m.physical_bytes)),
         "emulated VRAM is this process's own memory, committed as it fills",
     );
-    v.push(if m.vram_total > m.physical_bytes {
-        with_fix(
-            Check {
-                level: Level::Warn,
-                meaning: format!(
-                    "{}: more than the RAM, filling it ends in swap or the OOM killer",
-                    ram.meaning
-                ),
-                ..ram
-            },
-            "less VRAM (--vram) or fewer GPUs",
-        )
-    } else {
-        ram
-    });
-    v.push(cgroup(r, &vram));
-    let accounting = format!("{} (15/16 of RAM)", bytes(m.xnack_off_limit));
-    v.push(if cfg.xnack {
+    if m.vram_total <= m.physical_bytes {
+        return ram;
+    }
+    with_fix(
+        Check {
+            level: Level::Warn,
+            meaning: format!("{}: more than the RAM, filling it ends in swap or the OOM killer", ram.meaning),
+            ..ram
+        },
+        "less VRAM (--vram) or fewer GPUs",
+    )
+}
+
+fn xnack_off_limit(r: &Report) -> Check {
+    let accounting = format!("{} (15/16 of RAM)", bytes(r.memory.xnack_off_limit));
+    if r.config.xnack {
         check(
             "XNACK-off limit",
             Level::Note,
@@ -284,8 +297,12 @@ fn memory(r: &Report) -> Vec<Check> {
             "with XNACK off, SVM ranges may cover at most this much: SET_ATTR beyond it fails with ENOMEM \
              (SvmBuilder::system_memory_limit changes it)",
         )
-    });
-    v.push(match m.rlimit_as {
+    }
+}
+
+fn rlimit_as(r: &Report) -> Check {
+    let m = &r.memory;
+    match m.rlimit_as {
         None => check("RLIMIT_AS", Level::Ok, "unlimited".into(), "room to reserve the emulated VRAM"),
         Some(l) if l < m.vram_total => with_fix(
             check(
@@ -308,14 +325,7 @@ fn memory(r: &Report) -> Vec<Check> {
             bytes(l),
             format!("the emulated VRAM takes {} of it as address space", bytes(m.vram_total)),
         ),
-    });
-    v.push(check(
-        "RLIMIT_MEMLOCK",
-        Level::Note,
-        m.rlimit_memlock.map_or("unlimited".into(), bytes),
-        "usvm locks no memory; SVM memory the application mlock()s still moves (copied, not moved: slower)",
-    ));
-    v
+    }
 }
 
 fn cgroup(r: &Report, vram: &str) -> Check {
@@ -371,20 +381,7 @@ fn live(r: &Report) -> Vec<Check> {
         if cfg.xnack { "on" } else { "off" }
     );
     if let Err(e) = &l.build {
-        let c = check(
-            "live check",
-            Level::Fail,
-            format!("building {what}: {e}"),
-            "usvm cannot make its instance here",
-        );
-        let short_of_memory = e.contains("os error 12") || e.contains("ENOMEM");
-        let as_limit = r.memory.rlimit_as.is_some_and(|l| l < r.memory.vram_total);
-        return vec![match (short_of_memory, as_limit) {
-            // RLIMIT_AS above says what to change.
-            (true, true) => c,
-            (true, false) => with_fix(c, "more memory or address space (`ulimit -v`), or less VRAM (--vram)"),
-            _ => with_fix(c, BUG_FIX),
-        }];
+        return vec![build_failure(r, &what, e)];
     }
     let mut v = Vec::new();
     let gpu = r.gpus.first().map_or(String::new(), |g| format!("{:#x}", g.id.0));
@@ -403,24 +400,7 @@ fn live(r: &Report) -> Vec<Check> {
             ));
         }
     }
-    match (&l.kernel_fault, r.uffd.mode) {
-        (Ok(()), _) => {}
-        (Err(e), Mode::UserModeOnly) => v.push(check(
-            "live check",
-            Level::Note,
-            format!("write(2) from VRAM-resident memory: {e}"),
-            "as the read(2)/write(2) warning says",
-        )),
-        (Err(e), _) => v.push(with_fix(
-            check(
-                "live check",
-                Level::Warn,
-                format!("write(2) from VRAM-resident memory: {e}"),
-                "kernel-mode faults were not served although the userfaultfd accepts them",
-            ),
-            BUG_FIX,
-        )),
-    }
+    v.extend(kernel_fault(r));
     if v.iter().all(|c| c.level < Level::Warn) {
         let moved = format!(
             "built {what}; {} to GPU {gpu}'s VRAM and back in {:.1} ms",
@@ -435,4 +415,44 @@ fn live(r: &Report) -> Vec<Check> {
         v.insert(0, check("live check", Level::Ok, moved, paths));
     }
     v
+}
+
+/// The live check could not even build the instance.
+fn build_failure(r: &Report, what: &str, e: &str) -> Check {
+    let c = check(
+        "live check",
+        Level::Fail,
+        format!("building {what}: {e}"),
+        "usvm cannot make its instance here",
+    );
+    let short_of_memory = e.contains("os error 12") || e.contains("ENOMEM");
+    let as_limit = r.memory.rlimit_as.is_some_and(|l| l < r.memory.vram_total);
+    match (short_of_memory, as_limit) {
+        // RLIMIT_AS above says what to change.
+        (true, true) => c,
+        (true, false) => with_fix(c, "more memory or address space (`ulimit -v`), or less VRAM (--vram)"),
+        _ => with_fix(c, BUG_FIX),
+    }
+}
+
+/// What the live check's write(2) from VRAM-resident memory says.
+fn kernel_fault(r: &Report) -> Option<Check> {
+    match (&r.live.kernel_fault, r.uffd.mode) {
+        (Ok(()), _) => None,
+        (Err(e), Mode::UserModeOnly) => Some(check(
+            "live check",
+            Level::Note,
+            format!("write(2) from VRAM-resident memory: {e}"),
+            "as the read(2)/write(2) warning says",
+        )),
+        (Err(e), _) => Some(with_fix(
+            check(
+                "live check",
+                Level::Warn,
+                format!("write(2) from VRAM-resident memory: {e}"),
+                "kernel-mode faults were not served although the userfaultfd accepts them",
+            ),
+            BUG_FIX,
+        )),
+    }
 }
