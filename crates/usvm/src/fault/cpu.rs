@@ -129,31 +129,17 @@ fn read_event(inner: &SvmInner, u: &Uffd) -> crate::error::Result<Option<UffdEve
     match ev {
         Some(UffdEvent::Unmap { start, end }) => {
             let (s, l) = pages(start, end);
-            out.remove(s, l);
-            inner.engine.dropped.lock().remove(s, l);
-            inner.engine.gone.lock().insert(s, l);
+            out.on_unmap(s, l);
         }
         Some(UffdEvent::Remove { start, end }) => {
             // The kernel zaps the pages after this read: until then a migration may still
-            // collect their old data (see `Engine::dropped`).
+            // collect their old data (see `OutOfRam::dropped`).
             let (s, l) = pages(start, end);
-            out.remove(s, l);
-            inner.engine.dropped.lock().insert(s, l);
+            out.on_remove(s, l);
         }
         Some(UffdEvent::Remap { from, to, len }) => {
             let (s, l) = pages(from, from + len);
-            let t = (to >> PAGE_SHIFT) as PageNo;
-            // Faults at the new place on pages whose data is in VRAM must wait for it, and
-            // a migration under way must not take the old place's pages for dropped.
-            let mut remapped = inner.engine.remapped.lock();
-            for p in s..=l {
-                if out.contains(p) {
-                    out.insert(t + (p - s), t + (p - s));
-                    remapped.insert(p, p);
-                }
-            }
-            out.remove(s, l);
-            inner.engine.gone.lock().insert(s, l);
+            out.on_remap(s, l, (to >> PAGE_SHIFT) as PageNo);
         }
         _ => {}
     }

@@ -139,8 +139,7 @@ impl SvmInner {
         }
         if copied {
             {
-                let _out = self.engine.out.lock();
-                self.engine.remapped.lock().remove(from, last);
+                self.engine.out.lock().remap_applied(from, last);
             }
             // The VRAM data followed the mapping to its new place (in RAM).
             self.cpu_unmapped(st, (from, last), Cause::Mremap);
@@ -181,10 +180,10 @@ impl SvmInner {
             map::unmap_from_gpus(&self.devs, r, start, last, UnmapTrigger::UnmapFromCpu);
             self.drop_vram_recorded(r, (start, last), cause.clone());
         }
-        self.engine.forget_out(start, last);
         {
-            let _out = self.engine.out.lock();
-            self.engine.gone.lock().remove(start, last);
+            let mut out = self.engine.out.lock();
+            out.unmark(start, last);
+            out.unmap_applied(start, last);
         }
         for gone in st.tree.remove_interval(start, last) {
             if gone.accounted {

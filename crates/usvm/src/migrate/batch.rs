@@ -15,7 +15,7 @@
 //! page-table entries moved with `mremap(MREMAP_DONTUNMAP)`. The batch puts `staging_out`
 //! back as it was when it ends.
 
-use super::{Engine, Fill, MIGRATE_COLLECT_RETRIES, STAGING_PAGES, merge_ops, runs};
+use super::{Engine, Fill, MIGRATE_COLLECT_RETRIES, STAGING_PAGES, merge_ops};
 use crate::error::Result;
 use crate::gpu::sdma::CopyEngine;
 use crate::range::{PageNo, SvmRange, VramBacking};
@@ -139,9 +139,7 @@ impl<'a> ToVramBatch<'a> {
         let mut slots = vec![Slot::Left; n as usize];
         {
             let mut out = eng.out.lock();
-            let gone = eng.gone.lock();
-            for (s, l) in runs(first, last, |p| !gone.contains(p)) {
-                out.insert(s, l);
+            for (s, l) in out.mark_for_collection(first, last) {
                 slots[(s - first) as usize..=(l - first) as usize].fill(Slot::Marked);
             }
         }
@@ -165,12 +163,12 @@ impl<'a> ToVramBatch<'a> {
             // address next (a MAP_FIXED mapping's fresh data was moved away and thrown out
             // with the old mapping's).
             let out = eng.out.lock();
-            if !out.contains(first + c.i) {
+            if !out.is_out(first + c.i) {
                 c.skip(1);
                 continue;
             }
             let mut k = 1;
-            while c.i + k < n && out.contains(first + c.i + k) {
+            while c.i + k < n && out.is_out(first + c.i + k) {
                 k += 1;
             }
             let how = c.planned(&mut k);
@@ -283,7 +281,7 @@ impl<'a> ToVramBatch<'a> {
     /// lock go; the reader then reads the REMAP (into usvm's own area: skipped,
     /// [`sys::uffd::Uffd::set_own_area`]) and the mremap returns. The move is visible when
     /// the staging piece, first made write-only as a marker, has been replaced.
-    fn remap_out(&mut self, out: parking_lot::MutexGuard<'_, super::pageset::PageSet>, i: u64, k: u64) {
+    fn remap_out(&mut self, out: parking_lot::MutexGuard<'_, super::out_of_ram::OutOfRam>, i: u64, k: u64) {
         let eng = self.eng;
         let src = ((self.first + i) << PAGE_SHIFT) as usize;
         let (dst, len) = (self.staged(i), k as usize * PAGE_SIZE);
@@ -346,7 +344,7 @@ impl<'a> ToVramBatch<'a> {
                 Slot::Hole
             } else {
                 let p = self.first + i as u64;
-                out.remove(p, p);
+                out.unmark(p, p);
                 Slot::Left
             };
         }
@@ -510,8 +508,6 @@ impl<'a> ToVramBatch<'a> {
     fn commit(&mut self) -> u64 {
         let eng = self.eng;
         let mut out = eng.out.lock();
-        let dropped = eng.dropped.lock();
-        let remapped = eng.remapped.lock();
         let mut moved = 0;
         for i in 0..self.slots.len() as u64 {
             if self.slot(i) != Slot::InVram {
@@ -525,12 +521,12 @@ impl<'a> ToVramBatch<'a> {
             // either, unless mremap moved its mark (its data then goes to VRAM, and from
             // there to the new place).
             let p = self.first + i;
-            if (out.contains(p) || remapped.contains(p)) && !dropped.contains(p) {
+            if out.keeps_vram_data(p) {
                 self.r.in_vram.set(p - self.r.start, true);
                 self.slots[i as usize] = Slot::Committed;
                 moved += 1;
             } else {
-                out.remove(p, p);
+                out.unmark(p, p);
                 self.slots[i as usize] = Slot::Returned;
             }
         }

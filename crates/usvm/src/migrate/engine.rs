@@ -25,25 +25,9 @@ pub struct Engine {
     /// Registered: populated RAM pages kept for reuse, `[0, pool_level)` full.
     pub(super) pool: usize,
     pub(super) pool_level: Mutex<u64>,
-    /// Pages whose data usvm moved out of the application's RAM (or is moving).
-    pub(crate) out: Mutex<PageSet>,
-    /// Pages the application dropped (MADV_DONTNEED) whose zap may not have happened yet:
-    /// the REMOVE event comes before the kernel zaps the pages, so a migration can still
-    /// collect their old data in between. Such data must never be committed or come back.
-    /// An entry goes when usvm resolves the page's next fault (the zap is then done).
-    /// Locked inside `out`, and only with it held.
-    pub(crate) dropped: Mutex<PageSet>,
-    /// Pages that mremap moved elsewhere while their data was out of RAM (their `out` marks
-    /// moved to the new place): the data follows them when the queued Remap change is
-    /// applied, so until then a migration under way keeps such a page's data in VRAM, or
-    /// commits it there, instead of taking the page for dropped. Locked inside `out`.
-    pub(crate) remapped: Mutex<PageSet>,
-    /// Pages the application unmapped (munmap, or the old place of an mremap) whose change
-    /// is read but not applied yet: the ranges still cover them, but whatever is mapped
-    /// there now (MAP_FIXED, a new mmap) is not theirs, so no migration marks or collects
-    /// them (one did, and the queued unmap then dropped the new mapping's data). Locked
-    /// inside `out`.
-    pub(crate) gone: Mutex<PageSet>,
+    /// Pages whose data is out of RAM, and what the application did to them meanwhile: the
+    /// "out of RAM" protocol ([`super::out_of_ram::OutOfRam`]), under one lock.
+    pub(crate) out: Mutex<super::out_of_ram::OutOfRam>,
     /// Fault injection: the next N page collections fail as if the page were busy.
     pub inject_busy: AtomicU64,
 }
@@ -84,10 +68,7 @@ impl Engine {
             staging_in,
             pool,
             pool_level: Mutex::new(0),
-            out: Mutex::new(PageSet::default()),
-            dropped: Mutex::new(PageSet::default()),
-            remapped: Mutex::new(PageSet::default()),
-            gone: Mutex::new(PageSet::default()),
+            out: Mutex::new(Default::default()),
             inject_busy: AtomicU64::new(0),
         })
     }
@@ -144,20 +125,16 @@ impl Engine {
         let mut i = 0;
         while i < n {
             let mut out = self.out.lock();
-            let dropped = self.dropped.lock();
-            let wanted = |p: PageNo| out.contains(p) && !dropped.contains(p);
-            if !wanted(first + i) {
+            if !out.committable(first + i) {
                 // Dropped or unmapped by the application meanwhile: its data must not come back.
-                drop(dropped);
-                out.remove(first + i, first + i);
+                out.unmark(first + i, first + i);
                 i += 1;
                 continue;
             }
             let mut k = 1;
-            while i + k < n && wanted(first + i + k) {
+            while i + k < n && out.committable(first + i + k) {
                 k += 1;
             }
-            drop(dropped);
             let dst = ((first + i) << PAGE_SHIFT) as usize;
             let s = src + i as usize * PAGE_SIZE;
             let len = k as usize * PAGE_SIZE;
@@ -180,7 +157,7 @@ impl Engine {
                 e => e,
             };
             if m > 0 {
-                out.remove(first + i, first + i + m - 1);
+                out.unmark(first + i, first + i + m - 1);
             }
             drop(out);
             i += m;
@@ -203,10 +180,9 @@ impl Engine {
     /// settled, except those whose mapping mremap moved away meanwhile: their data is to
     /// follow them (the queued Remap change copies it from VRAM).
     pub(super) fn forget_vram_copies(&self, r: &mut SvmRange, first: PageNo, n: u64) {
-        let _out = self.out.lock();
-        let remapped = self.remapped.lock();
+        let out = self.out.lock();
         for p in first..first + n {
-            if !remapped.contains(p) {
+            if !out.is_remapped(p) {
                 r.in_vram.set(p - r.start, false);
             }
         }
@@ -222,7 +198,7 @@ impl Engine {
 
     /// Forgets that the pages `[start, last]` are out of RAM (their data is gone).
     pub fn forget_out(&self, start: PageNo, last: PageNo) {
-        self.out.lock().remove(start, last);
+        self.out.lock().unmark(start, last);
     }
 
     /// Resolves a CPU fault on `page` if its data is in RAM: the page was never populated
@@ -232,8 +208,8 @@ impl Engine {
     /// no migration can start collecting those pages meanwhile. Returns false when the
     /// page's data is out of RAM.
     pub fn resolve_if_in_ram(&self, page: PageNo) -> Result<bool> {
-        let out = self.out.lock();
-        if out.contains(page) {
+        let mut out = self.out.lock();
+        if out.is_out(page) {
             return Ok(false);
         }
         let block = page & !(SMALL_BATCH_PAGES - 1);
@@ -241,13 +217,13 @@ impl Engine {
             .unwrap_or_else(|_| vec![true; SMALL_BATCH_PAGES as usize]);
         let mut zeroed_faulting = false;
         for (s, l) in
-            runs(block, block + SMALL_BATCH_PAGES - 1, |p| !has[(p - block) as usize] && !out.contains(p))
+            runs(block, block + SMALL_BATCH_PAGES - 1, |p| !has[(p - block) as usize] && !out.is_out(p))
         {
             // Pages of the block outside the registered mapping are refused: not ours.
             if self.uffd.zeropage((s << PAGE_SHIFT) as usize, ((l - s + 1) as usize) * PAGE_SIZE).is_ok() {
                 zeroed_faulting |= s <= page && page <= l;
                 // Absent, so any zap is done: what the application writes there now is new.
-                self.dropped.lock().remove(s, l);
+                out.zero_filled(s, l);
             }
         }
         if !zeroed_faulting {
@@ -261,7 +237,7 @@ impl Engine {
                 }
                 Err(e) => return Err(e),
             }
-            self.dropped.lock().remove(page, page);
+            out.zero_filled(page, page);
         }
         Ok(true)
     }

@@ -36,6 +36,7 @@
 
 mod batch;
 mod engine;
+mod out_of_ram;
 pub mod pageset;
 mod register;
 mod to_ram;
@@ -59,7 +60,6 @@ use crate::policy;
 use crate::range::{PageNo, SvmRange, VramBacking};
 use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE, uffd::Uffd, vma};
 use batch::ToVramBatch;
-use pageset::PageSet;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
