@@ -249,3 +249,66 @@ fn drop_vram(r: &mut SvmRange, start: PageNo, last: PageNo) {
         r.vram = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::attr::{Attr, Location, Residency};
+    use crate::history::Cause;
+    use crate::instance::PendingOp;
+    use crate::sys::PAGE_SHIFT;
+
+    fn svm() -> crate::Svm {
+        crate::Svm::builder().gpus(1).vram_bytes(64 << 20).build().unwrap()
+    }
+
+    #[test]
+    fn a_queued_remove_forgets_the_vram_copy_and_the_pages_read_zero() {
+        let svm = svm();
+        let g = svm.gpu_ids()[0];
+        let buf = svm.alloc(2 << 20).unwrap();
+        buf.fill(0, buf.len(), 7);
+        svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g))]).unwrap();
+        let first = (buf.addr() >> PAGE_SHIFT) as u64;
+        // As the reader queues it after reading a REMOVE event for the first 16 pages.
+        svm.inner().engine.out.lock().on_remove(first, first + 15);
+        svm.inner().push_pending(PendingOp::Remove { start: first, last: first + 15 });
+        assert_eq!(svm.range_count(), 1, "applied by the next lock holder; the range stays");
+        let res = svm.residency(buf.addr(), 17);
+        assert!(res[..16].iter().all(|r| *r == Residency::Unpopulated), "{res:?}");
+        assert_eq!(res[16], Residency::Vram(g));
+        let mut b = [1u8; 4];
+        buf.read_at(0, &mut b);
+        assert_eq!(b, [0; 4], "dropped data reads zero");
+        buf.read_at(16 << PAGE_SHIFT, &mut b);
+        assert_eq!(b, [7; 4], "the rest is intact");
+        let h = svm.history(buf.addr(), 16 << PAGE_SHIFT);
+        assert!(h.iter().any(|m| m.cause == Cause::DontNeed && m.npages == 16), "{h:#?}");
+    }
+
+    #[test]
+    fn a_queued_unmap_cuts_the_range_and_drops_its_vram() {
+        let svm = svm();
+        let g = svm.gpu_ids()[0];
+        let buf = svm.alloc(2 << 20).unwrap();
+        buf.fill(0, buf.len(), 3);
+        svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g))]).unwrap();
+        let first = (buf.addr() >> PAGE_SHIFT) as u64;
+        // The last 256 pages: what an munmap of the buffer's second half queues.
+        let (s, l) = (first + 256, first + 511);
+        svm.inner().engine.out.lock().on_unmap(s, l);
+        svm.inner().push_pending(PendingOp::Unmap { start: s, last: l });
+        let ranges = svm.ranges();
+        assert_eq!(ranges.len(), 1);
+        assert_eq!(
+            (ranges[0].start, ranges[0].size),
+            (buf.addr(), 1 << 20),
+            "the range lost its second half"
+        );
+        assert_eq!(ranges[0].vram_pages, 256);
+        let h = svm.history(buf.addr() + (1 << 20), 1 << 20);
+        assert!(h.iter().any(|m| m.cause == Cause::Munmap && m.npages == 256), "{h:#?}");
+        // Put the first half back before the buffer goes (its second half still mapped by
+        // the process: only the instance forgot it).
+        svm.set_attr(buf.addr(), 1 << 20, &[Attr::PrefetchLoc(Location::Sysmem)]).unwrap();
+    }
+}
