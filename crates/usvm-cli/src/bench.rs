@@ -86,26 +86,39 @@ pub fn run(quick: bool, json: bool, filter: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// `usvm bench --history-cost`: every chosen benchmark with the causal record off, then on
-/// (in one run); a line per benchmark: its ratio (against its own floor, measured in the
-/// same run: the machine's noise cancels) with recording on, with it off, and the cost,
-/// oriented so that above 1 means recording costs (goal <= 1.05).
+/// `usvm bench --history-cost`: every chosen benchmark with the causal record off, then on,
+/// alternating, three rounds each (in one run); a line per benchmark: the median of its
+/// ratio (against its own floor, measured in the same run: the machine's noise partly
+/// cancels) with recording on and off, and the cost, oriented so that above 1 means
+/// recording costs (goal <= 1.05).
 pub fn history_cost(quick: bool, json: bool, filter: Option<&str>) -> Result<()> {
+    /// Rounds of (off, on) per benchmark, alternating; the medians are compared.
+    const ROUNDS: usize = 3;
     let chosen: Vec<_> = BENCHES.iter().filter(|(n, _)| filter.is_none_or(|f| n.contains(f))).collect();
     let mut t = Table::new(&["benchmark", "ratio, record on", "ratio, record off", "cost"]);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     for (name, f) in chosen {
-        usvm::history::set_record_by_default(false);
-        let off = f(quick)?;
-        usvm::history::set_record_by_default(true);
-        let on = f(quick)?;
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        let mut unit = "";
+        for _ in 0..ROUNDS {
+            usvm::history::set_record_by_default(false);
+            off.push(f(quick)?.ratio);
+            usvm::history::set_record_by_default(true);
+            let l = f(quick)?;
+            unit = l.unit;
+            on.push(l.ratio);
+        }
+        let (on, off) = (median(on), median(off));
         // Lower is better for times (us, ns/call), higher for throughputs (GB/s).
-        let lower_is_better = matches!(on.unit, "us" | "ns/call");
-        let cost = if lower_is_better { on.ratio / off.ratio } else { off.ratio / on.ratio };
-        let line = BenchLine { name: on.name, value: on.ratio, unit: "ratio", floor: off.ratio, ratio: cost };
+        let cost = if matches!(unit, "us" | "ns/call") { on / off } else { off / on };
+        let line = BenchLine { name, value: on, unit: "ratio", floor: off, ratio: cost };
         if json {
             crate::progress::out(&serde_json::to_string(&line)?);
         } else {
-            t.row(vec![(*name).to_string(), format!("{:.3}", on.ratio), format!("{:.3}", off.ratio), format!("{cost:.3}")]);
+            t.row(vec![(*name).to_string(), format!("{on:.3}"), format!("{off:.3}"), format!("{cost:.3}")]);
         }
     }
     if !json {
