@@ -38,14 +38,33 @@ pub struct QueueResource {
     pub read_ptr: usize,
 }
 
+/// A queue's doorbell.
+enum Bell {
+    /// Served by an engine thread.
+    Watched(Arc<Doorbell>),
+    /// A page the application stores to and nobody reads.
+    Plain(SharedPage),
+}
+
+impl Bell {
+    fn addr(&self) -> usize {
+        match self {
+            Bell::Watched(d) => d.addr(),
+            Bell::Plain(p) => p.addr(),
+        }
+    }
+}
+
 /// Smallest ring usvm accepts, bytes.
 pub const MIN_RING_BYTES: u64 = 256;
 
 struct Live {
     /// Read and write pointers.
     ptrs: Arc<SharedPage>,
-    /// The doorbell (watched for SDMA queues).
-    doorbell: Arc<Doorbell>,
+    /// The doorbell: watched for SDMA queues (an engine thread serves its stores), a plain
+    /// page for compute queues, which execute nothing (a watched page nobody served would
+    /// block the application's store for ever).
+    doorbell: Bell,
     stop: Arc<AtomicBool>,
     engine: Option<std::thread::JoinHandle<()>>,
 }
@@ -85,11 +104,11 @@ impl Queues {
             return Err(KfdError::InvalidParameter("ring size must be a power of two of at least 256 bytes"));
         }
         let ptrs = Arc::new(SharedPage::new()?);
-        let doorbell = Arc::new(Doorbell::new()?);
         let stop = Arc::new(AtomicBool::new(false));
-        let engine = match kind {
-            QueueKind::Compute => None,
+        let (doorbell, engine) = match kind {
+            QueueKind::Compute => (Bell::Plain(SharedPage::new()?), None),
             QueueKind::Sdma | QueueKind::SdmaXgmi => {
+                let doorbell = Arc::new(Doorbell::new()?);
                 let e = sdma::Engine {
                     devs: svm.inner().devs.clone(),
                     events: events.clone(),
@@ -108,7 +127,7 @@ impl Queues {
                     call: "spawn",
                     errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
                 })?;
-                Some(t)
+                (Bell::Watched(doorbell), Some(t))
             }
         };
         svm.inner().lock_state().queues += 1;
@@ -133,7 +152,9 @@ impl Queues {
 
     fn stop(svm: &Svm, mut q: Live) {
         q.stop.store(true, Ordering::Release);
-        q.doorbell.shut();
+        if let Bell::Watched(d) = &q.doorbell {
+            d.shut();
+        }
         if let Some(t) = q.engine.take() {
             let _ = t.join();
         }
@@ -146,7 +167,10 @@ impl Queues {
         let (ptrs, doorbell) = {
             let live = self.live.lock();
             let q = live.get(&id).ok_or(KfdError::InvalidHandle("queue"))?;
-            (q.ptrs.clone(), q.doorbell.clone())
+            let Bell::Watched(d) = &q.doorbell else {
+                return Err(KfdError::NotSupported("compute queues execute nothing"));
+            };
+            (q.ptrs.clone(), d.clone())
         };
         ptrs.store(WPTR_WORD, wptr);
         doorbell.ring(wptr);

@@ -259,3 +259,28 @@ fn a_trap_signals_the_event_and_a_fault_halts_the_queue() {
     std::thread::sleep(Duration::from_millis(20));
     assert_ne!(load64(q.res.read_ptr), q.wptr, "the faulting packet is not consumed");
 }
+
+#[test]
+fn a_compute_queues_doorbell_takes_stores_and_the_queue_counts_for_xnack() {
+    let k = kfd(1, false);
+    let flags = MemFlags::HOST_ACCESS | MemFlags::EXECUTE_ACCESS;
+    let ring = k.alloc_memory(1, RING as u64, flags).unwrap();
+    let res = k.create_queue(1, QueueKind::Compute, ring, RING as u64).unwrap();
+    // Compute queues execute nothing, but the application's stores must land at once (a
+    // watched doorbell nobody served blocked the store for ever).
+    let t = std::thread::spawn(move || {
+        store64(res.write_ptr, 12);
+        store64(res.doorbell, 12);
+    });
+    let t0 = Instant::now();
+    while !t.is_finished() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the doorbell store blocked");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    t.join().unwrap();
+    assert_eq!(load64(res.doorbell), 12);
+    assert_eq!(k.set_xnack(true).unwrap_err().errno(), libc::EBUSY, "a compute queue counts");
+    k.destroy_queue(res.id).unwrap();
+    k.set_xnack(true).unwrap();
+    k.free_memory(ring).unwrap();
+}
