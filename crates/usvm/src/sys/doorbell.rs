@@ -10,27 +10,16 @@ use crate::error::{Error, Result};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const UFFD_API: u64 = 0xaa;
-const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
 const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
 const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xc018_aa06;
 const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
 const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 const UFFD_FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
-/// `UFFD_USER_MODE_ONLY`: a descriptor for user-mode faults only (no privilege needed).
-const USER_MODE_ONLY: libc::c_int = 1;
 
 /// How long a doorbell waits for the store it let through to land before protecting the
 /// page again (a store arriving later faults again: nothing is lost, it costs a round).
 const STORE_PATIENCE: std::time::Duration = std::time::Duration::from_millis(2);
-
-#[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
 
 #[repr(C)]
 struct UffdioRegister {
@@ -123,20 +112,12 @@ impl Doorbell {
     /// A zeroed doorbell page, write-protected.
     pub fn new() -> Result<Self> {
         let page = SharedPage::new()?;
-        let open = |flags: libc::c_int| {
-            // SAFETY: the userfaultfd syscall takes only flags and returns a new fd or -1.
-            let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-            if fd < 0 { Err(last_errno()) } else { Ok(fd) }
-        };
         // The doorbell's faults are the application's own stores (user mode): without the
         // privilege for kernel-mode faults, a user-mode-only descriptor does as well.
-        let fd = open(libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .or_else(|_| open(libc::O_CLOEXEC | libc::O_NONBLOCK | USER_MODE_ONLY))
+        let uffd = super::uffd::open_userfaultfd_best()
             .map_err(|errno| Error::Sys { call: "userfaultfd", errno })?;
-        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-        let uffd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-        let mut api = UffdioApi { api: UFFD_API, features: UFFD_FEATURE_PAGEFAULT_FLAG_WP, ioctls: 0 };
-        ioctl(&uffd, UFFDIO_API, &mut api, "UFFDIO_API (write-protect)")?;
+        super::uffd::negotiate(&uffd, UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+            .map_err(|errno| Error::Sys { call: "UFFDIO_API (write-protect)", errno })?;
         let mut reg = UffdioRegister {
             start: page.addr as u64,
             len: PAGE_SIZE as u64,

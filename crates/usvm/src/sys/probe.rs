@@ -6,18 +6,6 @@
 use super::last_errno;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-const UFFD_API: u64 = 0xaa;
-const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
-const UFFD_USER_MODE_ONLY: libc::c_int = 1;
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
 /// What a fresh userfaultfd offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UffdApi {
@@ -33,24 +21,9 @@ pub struct UffdApi {
 /// Asks it for its features and closes it. The error names the call that failed (the
 /// `userfaultfd` system call or the `UFFDIO_API` ioctl) and its errno.
 pub fn userfaultfd_api(user_mode_only: bool) -> Result<UffdApi, (&'static str, i32)> {
-    let mut flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
-    if user_mode_only {
-        flags |= UFFD_USER_MODE_ONLY;
-    }
-    // SAFETY: the userfaultfd syscall takes only flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-    if fd < 0 {
-        return Err(("userfaultfd", last_errno()));
-    }
-    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-    let mut api = UffdioApi { api: UFFD_API, ..Default::default() };
-    // SAFETY: UFFDIO_API reads and writes exactly one `struct uffdio_api`, which `api` is.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api as *mut UffdioApi) };
-    if r != 0 {
-        return Err(("UFFDIO_API", last_errno()));
-    }
-    Ok(UffdApi { features: api.features, ioctls: api.ioctls })
+    let fd = super::uffd::open_userfaultfd(user_mode_only).map_err(|e| ("userfaultfd", e))?;
+    let (features, ioctls) = super::uffd::negotiate(&fd, 0).map_err(|e| ("UFFDIO_API", e))?;
+    Ok(UffdApi { features, ioctls })
 }
 
 /// The kernel release (`uname -r`), e.g. "6.8.0-45-generic".

@@ -198,6 +198,35 @@ fn ioctl<T>(fd: &OwnedFd, req: libc::c_ulong, arg: &mut T) -> std::result::Resul
     if r == 0 { Ok(()) } else { Err(last_errno()) }
 }
 
+/// Opens a userfaultfd (close on exec, non-blocking): for every fault, or with
+/// `user_mode_only` for the application's own (user-mode) faults only, which needs no
+/// privilege. The errno on failure.
+pub(crate) fn open_userfaultfd(user_mode_only: bool) -> std::result::Result<OwnedFd, i32> {
+    let mut flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+    if user_mode_only {
+        flags |= UFFD_USER_MODE_ONLY;
+    }
+    // SAFETY: the userfaultfd syscall takes only flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if fd < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// A userfaultfd for every fault when the process may have one, else for user-mode faults.
+pub(crate) fn open_userfaultfd_best() -> std::result::Result<OwnedFd, i32> {
+    open_userfaultfd(false).or_else(|_| open_userfaultfd(true))
+}
+
+/// `UFFDIO_API` on `fd` asking for `features`: the features and ioctls the kernel offers.
+pub(crate) fn negotiate(fd: &OwnedFd, features: u64) -> std::result::Result<(u64, u64), i32> {
+    let mut api = UffdioApi { api: UFFD_API, features, ioctls: 0 };
+    ioctl(fd, UFFDIO_API, &mut api)?;
+    Ok((api.features, api.ioctls))
+}
+
 impl Uffd {
     /// Opens a userfaultfd for this process's faults and negotiates the API. Faults taken
     /// inside the kernel on the application's behalf (`read(2)` into a buffer) are
@@ -206,24 +235,13 @@ impl Uffd {
     /// (and wait until the event has been read).
     pub fn new(events: bool) -> Result<Self> {
         let sys = |call: &'static str| move |errno: i32| Error::Sys { call, errno };
-        let open = |flags: libc::c_int| {
-            // SAFETY: the userfaultfd syscall takes only flags and returns a new fd or -1.
-            let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-            if fd < 0 { Err(last_errno()) } else { Ok(fd as libc::c_int) }
-        };
         // All faults first (kernel-mode faults need privilege); user-mode only otherwise.
-        let fd = open(libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .or_else(|_| open(libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY))
-            .map_err(sys("userfaultfd"))?;
-        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = open_userfaultfd_best().map_err(sys("userfaultfd"))?;
         let mut features = UFFD_FEATURE_MOVE | UFFD_FEATURE_THREAD_ID;
         if events {
             features |= UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP;
         }
-        let mut api = UffdioApi { api: UFFD_API, features, ioctls: 0 };
-        ioctl(&fd, UFFDIO_API, &mut api)
-            .map_err(sys("UFFDIO_API (needs UFFD_FEATURE_MOVE, Linux >= 6.8)"))?;
+        negotiate(&fd, features).map_err(sys("UFFDIO_API (needs UFFD_FEATURE_MOVE, Linux >= 6.8)"))?;
         // SAFETY: eventfd takes an initial value and flags and returns a new fd or -1.
         let w = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if w < 0 {
