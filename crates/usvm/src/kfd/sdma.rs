@@ -382,12 +382,12 @@ impl Engine {
                 }
                 Ok(())
             }
-            Packet::Poll { addr, reference, mask, func, interval, retries, register } => {
+            p @ Packet::Poll { register, .. } => {
                 if *register {
                     tracing::warn!(gpu = g, "SDMA register polls are not emulated: queue halted");
                     return Err(Stop::Halted);
                 }
-                return self.poll(*addr, *reference, *mask, *func, *interval, *retries);
+                return self.poll(p);
             }
             Packet::Fill { dst, data, dword, bytes } => self.fill(*dst, *data, *dword, *bytes),
             Packet::Timestamp { addr: None } => Ok(()),
@@ -417,15 +417,12 @@ impl Engine {
         Ok(())
     }
 
-    fn poll(
-        &self,
-        addr: u64,
-        reference: u32,
-        mask: u32,
-        func: u8,
-        interval: u16,
-        retries: u16,
-    ) -> Result<(), Stop> {
+    /// A memory POLL_REGMEM (`p`): until the word matches, its tries run out, or the queue
+    /// is destroyed.
+    fn poll(&self, p: &Packet) -> Result<(), Stop> {
+        let &Packet::Poll { addr, reference, mask, func, interval, retries, .. } = p else {
+            unreachable!("a poll packet")
+        };
         let mut tries = 0u32;
         loop {
             let mut v = [0u8; 4];
