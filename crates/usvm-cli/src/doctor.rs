@@ -61,7 +61,7 @@ fn words(text: &str) -> Vec<String> {
 
 /// `text` cut into lines of at most `width - indent` characters at spaces (never inside a
 /// `quoted command`), every line but the first indented by `indent`.
-fn wrap(text: &str, indent: usize, width: usize) -> String {
+pub fn wrap(text: &str, indent: usize, width: usize) -> String {
     let room = width.saturating_sub(indent).max(20);
     let mut lines: Vec<String> = vec![String::new()];
     for word in words(text) {

@@ -2,7 +2,10 @@
 //!
 //! - `usvm demo`: a guided run of the seed on two emulated GPUs.
 //! - `usvm run WORKLOAD`: a built-in workload, ending with a summary; `--events`,
-//!   `--trace FILE`, `--plot DIR`, `--smi`, `--json`.
+//!   `--trace FILE`, `--plot DIR`, `--smi`, `--json`, `--explain` (why data moved: the
+//!   patterns found, each with one change), `--fix` (follow that change).
+//! - `usvm explain TRACE ADDR`: why the data at ADDR is where it is, from a saved trace: the
+//!   chain of moves of its page with their causes.
 //! - `usvm smi`: the per-GPU snapshot of a fresh instance.
 //! - `usvm bench [--quick] [--json]`: benchmarks, each against a floor measured in the
 //!   same run.
@@ -15,6 +18,8 @@
 mod bench;
 mod demo;
 mod doctor;
+mod explain;
+mod flows;
 mod os;
 mod plot;
 mod progress;
@@ -25,6 +30,7 @@ mod summary;
 mod table;
 mod trace;
 mod units;
+mod why;
 mod workload;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +50,9 @@ enum Cmd {
     Demo,
     /// Runs a built-in workload and ends with a summary of faults, migrations and VRAM.
     Run(run::RunArgs),
+    /// Why is the data at ADDR where it is: the moves of its page in a trace written by
+    /// `usvm run ... --trace FILE`, oldest first, each with its cause, then where it is now.
+    Explain(explain::ExplainArgs),
     /// Prints the per-GPU snapshot (VRAM, BOs, pages, queues) of a fresh instance.
     Smi {
         #[command(flatten)]
@@ -88,10 +97,13 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Demo => demo::run(),
         Cmd::Run(a) => run::run(&a),
+        Cmd::Explain(a) => explain::run(&a),
         Cmd::Smi { machine, json } => machine.build().map(|svm| smi::print(&svm, "idle", json)),
         Cmd::Doctor(a) => doctor::run(&a),
         Cmd::Bench { quick, json, filter, history_cost: false } => bench::run(quick, json, filter.as_deref()),
-        Cmd::Bench { quick, json, filter, history_cost: true } => bench::history_cost(quick, json, filter.as_deref()),
+        Cmd::Bench { quick, json, filter, history_cost: true } => {
+            bench::history_cost(quick, json, filter.as_deref())
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

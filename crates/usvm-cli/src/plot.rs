@@ -300,6 +300,7 @@ mod tests {
             ],
             kernels: Vec::new(),
             samples: vec![sample(0, 0), sample(250, 256), sample(500, 512), sample(750, 0)],
+            ..Record::default()
         }
     }
 

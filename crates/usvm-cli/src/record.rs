@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use usvm::{Event, GpuId, Location, Svm};
+use usvm::{Event, Finding, GpuId, Location, Move, RangeInfo, Svm};
 
 /// How often the collector samples VRAM use and residency.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(10);
@@ -73,6 +73,14 @@ pub struct Record {
     pub kernels: Vec<KernelSpan>,
     /// The samples (empty unless sampling was asked for).
     pub samples: Vec<Sample>,
+    /// Every movement of pages with its cause (`Svm::history`, the newest 65536), taken at
+    /// the end of the run when a trace or the findings are wanted.
+    pub moves: Vec<Move>,
+    /// What `Svm::diagnose` found at the end of the run (when a trace or the findings are
+    /// wanted).
+    pub findings: Vec<Finding>,
+    /// The ranges as the workload left them.
+    pub end_ranges: Vec<RangeInfo>,
 }
 
 /// Where live events go.
@@ -177,6 +185,7 @@ impl Recorder {
             events,
             kernels: std::mem::take(&mut self.kernels.lock()),
             samples,
+            ..Record::default()
         }
     }
 }

@@ -1,9 +1,11 @@
 //! `usvm run WORKLOAD`: runs a built-in workload on a fresh instance, records it, and ends
 //! with a summary (text or `--json`), optionally the live event stream (`--events`), a
-//! Chrome trace (`--trace`), SVG plots (`--plot`) and SMI snapshots (`--smi`).
+//! Chrome trace (`--trace`), SVG plots (`--plot`), SMI snapshots (`--smi`) and why data
+//! moved (`--explain`: `Svm::diagnose`'s findings with their advice).
 
 use crate::record::{Live, Recorder};
-use crate::summary::{self, Settings, Summary};
+use crate::summary::{self, BufferSpan, Settings, Summary};
+use crate::why::FindingRec;
 use crate::workload::{Ctx, HalfWay, Workload};
 use crate::{plot, progress, smi, trace};
 use anyhow::{Context, Result, bail};
@@ -80,6 +82,16 @@ pub struct RunArgs {
     /// Print the per-GPU SMI snapshot half way through the run and at its end.
     #[arg(long)]
     pub smi: bool,
+    /// End with why data moved: the patterns found in the causal record (ping-pong, wasted
+    /// prefetch, hot data evicted, fault storm), each with the memory, how often, and one
+    /// change that removes it (`--json`: the summary's `findings`).
+    #[arg(long)]
+    pub explain: bool,
+    /// Follow the advice of the workload's finding (handoff: ACCESS_IN_PLACE for the GPU;
+    /// early-prefetch: prefetch right before the kernel; oversub: PREFERRED_LOC on the GPU
+    /// for the part that fits, system memory for the rest; finegrain: GRANULARITY 9).
+    #[arg(long)]
+    pub fix: bool,
 }
 
 /// Parses a size: a number with an optional K, M, G or T suffix (powers of 1024), with
@@ -126,6 +138,13 @@ pub fn run(a: &RunArgs) -> Result<()> {
     if a.seconds == 0 {
         bail!("--seconds must be at least 1");
     }
+    if a.fix && !a.workload.has_fix() {
+        bail!(
+            "--fix applies to the workloads that show a pattern ({}), not to {}",
+            Workload::with_fix().join(", "),
+            a.workload.name()
+        );
+    }
     let live = match (a.events, a.json) {
         (false, _) => Live::Off,
         (true, false) => Live::Stdout,
@@ -146,10 +165,17 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let mut ctx =
         Ctx::new(svm.clone(), size as usize, iterations, a.seed, rec.kernel_log(), bar.clone(), on_half);
     ctx.seconds = a.seconds;
+    ctx.fix = a.fix;
     let result = a.workload.run(&mut ctx);
     bar.finish_and_clear();
-    let record = rec.finish();
+    let mut record = rec.finish();
     let ranges = svm.ranges();
+    if a.trace.is_some() || a.explain {
+        record.moves = svm.history(0, usize::MAX);
+        record.findings = svm.diagnose();
+        record.end_ranges = ranges.clone();
+    }
+    let buffers = ctx.buffer_spans();
     let end_smi = a.smi.then(|| smi::text(&svm, "at the end", a.json));
     drop(ctx);
     let outcome = result.with_context(|| format!("the {} workload failed", a.workload.name()))?;
@@ -161,7 +187,12 @@ pub fn run(a: &RunArgs) -> Result<()> {
         size,
         iterations,
     };
-    let s: Summary = summary::summarize(a.workload.name(), settings, outcome, &record, &svm, &ranges);
+    let mut s: Summary = summary::summarize(a.workload.name(), settings, outcome, &record, &svm, &ranges);
+    s.buffers =
+        buffers.iter().map(|&(start, size)| BufferSpan { start: start as u64, size: size as u64 }).collect();
+    if a.explain {
+        s.findings = Some(record.findings.iter().map(FindingRec::of).collect());
+    }
     if let Some(path) = &a.trace {
         trace::write(&record, path)?;
     }

@@ -237,6 +237,20 @@ pub struct Summary {
     pub total: GpuFigures,
     /// The ranges that moved the most bytes, most first.
     pub top_ranges: Vec<TopRange>,
+    /// The workload's buffers, in the order it allocated them.
+    pub buffers: Vec<BufferSpan>,
+    /// With `--explain`: what `Svm::diagnose` found, worst first, each with its advice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub findings: Option<Vec<crate::why::FindingRec>>,
+}
+
+/// A buffer of the workload.
+#[derive(Serialize, Debug, Default, Clone, PartialEq, Eq)]
+pub struct BufferSpan {
+    /// First byte address.
+    pub start: u64,
+    /// Size in bytes.
+    pub size: u64,
 }
 
 /// Builds the summary of a finished run.
@@ -331,6 +345,8 @@ pub fn summarize(
         gpus: per,
         total,
         top_ranges: top_ranges(ranges, &moved_at),
+        buffers: Vec::new(),
+        findings: None,
     }
 }
 
@@ -461,6 +477,9 @@ pub fn render(s: &Summary) -> String {
             ]);
         }
         out += &t.render();
+    }
+    if let Some(f) = &s.findings {
+        out += &crate::why::render_findings(f);
     }
     out
 }

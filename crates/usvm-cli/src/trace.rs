@@ -1,25 +1,39 @@
 //! `--trace FILE`: the run as a Chrome-trace JSON file (Perfetto, chrome://tracing).
 //!
 //! One process, `usvm`, with these tracks (thread ids):
-//! - `CPU faults` (1): an instant per CPU fault that migrated data back to RAM;
+//! - `CPU faults` (1, and 2.. when they overlap): a span per CPU fault that migrated data
+//!   back to RAM (an instant when the causal record no longer holds its move);
+//! - `SET_ATTR` (50, and 51.. when they overlap): a span per migration a SET_ATTR made
+//!   (PREFETCH_LOC, or the seed's PREFERRED_LOC change);
 //! - per GPU `i` (ids from 100 * (i + 1)): `copy engine` (migration spans, one per VMA
 //!   piece, with their trigger, pages and errno), `faults` (GPU retry fault spans, fatal
 //!   faults and GPU unmaps as instants), `scheduler` (queue eviction spans, restore
 //!   retries as instants) and one track per queue (kernel spans);
 //! - counter tracks `VRAM used (MiB)` and `resident pages`, one series per GPU.
 //!
+//! Flow arrows link each migration to its cause (see [`crate::flows`]): the GPU fault, CPU
+//! fault or SET_ATTR to the MIGRATE span, an eviction to the migration that needed the room
+//! and to the fault that brought the pages back. Each MIGRATE span's args name its move and
+//! cause. The file also holds the causal record itself (`usvmMoves`), the ranges at the end
+//! (`usvmRanges`) and the findings (`usvmFindings`), after the keys the viewers read (an
+//! unknown key ends Perfetto's reading of the file; chrome://tracing keeps it as metadata);
+//! `usvm explain` reads them.
+//!
 //! Every event is a typed value ([`Event`]): the trace format's phases are its variants.
 
+use crate::flows::{self, FaultSpan, MigrateSpan};
 use crate::record::Record;
 use crate::units::mib;
+use crate::why::{FindingRec, MoveRec, RangeRec, trigger_name};
 use serde::{Serialize, Serializer};
 use std::collections::HashMap;
 use std::path::Path;
 use usvm::{EventKind, GpuId, MigrateTrigger};
 
 /// The trace's one process id.
-const PID: u32 = 1;
-const CPU_TID: u64 = 1;
+pub(crate) const PID: u32 = 1;
+/// The first `CPU faults` track.
+pub(crate) const CPU_TID: u64 = 1;
 const COPY: u64 = 1;
 const FAULTS: u64 = 2;
 const SCHED: u64 = 3;
@@ -35,6 +49,12 @@ pub struct Trace {
     pub display_time_unit: &'static str,
     /// Where the trace comes from.
     pub other_data: OtherData,
+    /// The causal record: every movement of pages with its cause, oldest first.
+    pub usvm_moves: Vec<MoveRec>,
+    /// The ranges as the run left them.
+    pub usvm_ranges: Vec<RangeRec>,
+    /// What `Svm::diagnose` found at the end of the run.
+    pub usvm_findings: Vec<FindingRec>,
 }
 
 /// The trace's `otherData`: its generator and clock.
@@ -101,6 +121,40 @@ pub enum Event {
         #[serde(skip_serializing_if = "Args::is_none")]
         args: Args,
     },
+    /// `s`: where a flow arrow starts, inside the slice of its track enclosing `ts`.
+    #[serde(rename = "s")]
+    FlowStart {
+        /// What the arrow means (`cause`, `made room for`, `brought back`).
+        name: &'static str,
+        /// Always `cause`.
+        cat: &'static str,
+        /// The arrow's id (its end has the same).
+        id: u64,
+        /// The process.
+        pid: u32,
+        /// The track.
+        tid: u64,
+        /// When.
+        ts: f64,
+    },
+    /// `f`: where a flow arrow ends, bound to the slice enclosing `ts` (`bp: "e"`).
+    #[serde(rename = "f")]
+    FlowEnd {
+        /// As its start's.
+        name: &'static str,
+        /// As its start's.
+        cat: &'static str,
+        /// As its start's.
+        id: u64,
+        /// The process.
+        pid: u32,
+        /// The track.
+        tid: u64,
+        /// When.
+        ts: f64,
+        /// Always `e`: the enclosing slice.
+        bp: &'static str,
+    },
     /// `C`: the values of a counter track, one series per GPU.
     #[serde(rename = "C")]
     Counter {
@@ -165,6 +219,26 @@ pub enum Args {
         to: String,
         /// 0, or minus the errno.
         error: i32,
+        /// The id of its move in `usvmMoves` (when the record still holds it).
+        #[serde(rename = "move", skip_serializing_if = "Option::is_none")]
+        move_id: Option<u64>,
+        /// Why it moved, in words (with its move).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cause: Option<String>,
+    },
+    /// What a CPU fault or a SET_ATTR moved (a span of the `CPU faults` or `SET_ATTR` track).
+    Cause {
+        /// The cause in words.
+        cause: String,
+        /// The move's id in `usvmMoves`.
+        #[serde(rename = "move")]
+        move_id: u64,
+        /// First byte address of what moved, hexadecimal.
+        addr: String,
+        /// Bytes that moved.
+        bytes: u64,
+        /// Where they went: 0 or a GPU id, hexadecimal.
+        to: String,
     },
     /// A CPU fault that migrated data back to RAM.
     CpuFault {
@@ -214,22 +288,12 @@ fn gpu_tid(i: usize, track: u64) -> u64 {
     100 * (i as u64 + 1) + track
 }
 
-fn trigger_name(t: MigrateTrigger) -> &'static str {
-    match t {
-        MigrateTrigger::Prefetch => "prefetch",
-        MigrateTrigger::PagefaultGpu => "gpu fault",
-        MigrateTrigger::PagefaultCpu => "cpu fault",
-        MigrateTrigger::TtmEviction => "eviction",
-        _ => "other",
-    }
-}
-
-fn hex(v: impl std::fmt::LowerHex) -> String {
+pub(crate) fn hex(v: impl std::fmt::LowerHex) -> String {
     format!("{v:#x}")
 }
 
 /// The metadata events of a track: its name and its place (its thread id).
-fn thread(tid: u64, name: String) -> [Event; 2] {
+pub(crate) fn thread(tid: u64, name: String) -> [Event; 2] {
     [
         Event::Metadata { meta: Meta::ThreadName { name }, pid: PID, tid: Some(tid) },
         Event::Metadata { meta: Meta::ThreadSortIndex { sort_index: tid }, pid: PID, tid: Some(tid) },
@@ -245,6 +309,9 @@ pub fn build(rec: &Record) -> Trace {
     let mut out: Vec<Event> =
         vec![Event::Metadata { meta: Meta::ProcessName { name: "usvm" }, pid: PID, tid: None }];
     out.extend(thread(CPU_TID, "CPU faults".into()));
+    let mut migr: Vec<(MigrateSpan, usize)> = Vec::new();
+    let mut gpu_faults: Vec<FaultSpan> = Vec::new();
+    let mut cpu_faults: Vec<(u64, u64, u32)> = Vec::new();
     let mut queues: Vec<usize> = vec![0; rec.gpus.len()];
     for k in &rec.kernels {
         if let Some(&i) = index.get(&k.gpu.0) {
@@ -270,17 +337,24 @@ pub fn build(rec: &Record) -> Trace {
             EventKind::MigrateStart { start, from, to, trigger, .. } => {
                 open_migr.insert((*start, *from, *to), ev.ns);
                 if *trigger == MigrateTrigger::PagefaultCpu {
-                    out.push(instant(
-                        "cpu fault",
-                        CPU_TID,
-                        Args::CpuFault { addr: hex(start << 12), from: hex(*from) },
-                    ));
+                    cpu_faults.push((ev.ns, *start, *from));
                 }
             }
             EventKind::MigrateEnd { start, npages, from, to, trigger, error } => {
                 let Some(i) = gi else { continue };
-                let (ts, dur) = span(open_migr.remove(&(*start, *from, *to)).unwrap_or(ev.ns), ev.ns);
+                let began = open_migr.remove(&(*start, *from, *to)).unwrap_or(ev.ns);
+                let (ts, dur) = span(began, ev.ns);
                 let dir = if *to != 0 { "h2d" } else { "d2h" };
+                let tid = gpu_tid(i, COPY);
+                let m = MigrateSpan {
+                    page: *start,
+                    npages: *npages,
+                    from: *from,
+                    to: *to,
+                    ns: (began, ev.ns),
+                    tid,
+                };
+                migr.push((m, out.len()));
                 out.push(Event::Complete {
                     name: format!("{dir} {}", trigger_name(*trigger)),
                     cat: "migrate",
@@ -295,6 +369,8 @@ pub fn build(rec: &Record) -> Trace {
                         from: hex(*from),
                         to: hex(*to),
                         error: *error,
+                        move_id: None,
+                        cause: None,
                     },
                 });
             }
@@ -303,7 +379,14 @@ pub fn build(rec: &Record) -> Trace {
             }
             EventKind::PageFaultEnd { addr, gpu, migrated } => {
                 let Some(i) = gi else { continue };
-                let (ts, dur) = span(open_fault.remove(&(*addr, gpu.0)).unwrap_or(ev.ns), ev.ns);
+                let began = open_fault.remove(&(*addr, gpu.0)).unwrap_or(ev.ns);
+                let (ts, dur) = span(began, ev.ns);
+                gpu_faults.push(FaultSpan {
+                    page: *addr,
+                    gpu: gpu.0,
+                    ns: (began, ev.ns),
+                    tid: gpu_tid(i, FAULTS),
+                });
                 out.push(Event::Complete {
                     name: if *migrated { "gpu fault (migrated)" } else { "gpu fault (mapped)" }.into(),
                     cat: "fault",
@@ -350,6 +433,7 @@ pub fn build(rec: &Record) -> Trace {
             _ => {}
         }
     }
+    flows::trace_events(rec, &migr, &gpu_faults, &cpu_faults, &mut out);
     for k in &rec.kernels {
         let Some(&i) = index.get(&k.gpu.0) else { continue };
         let (ts, dur) = span(k.start_ns, k.end_ns);
@@ -380,6 +464,9 @@ pub fn build(rec: &Record) -> Trace {
         trace_events: out,
         display_time_unit: "ms",
         other_data: OtherData { generator: "usvm", clock: "CLOCK_BOOTTIME", t0_ns: rec.t0 },
+        usvm_moves: rec.moves.iter().map(MoveRec::of).collect(),
+        usvm_ranges: rec.end_ranges.iter().map(RangeRec::of).collect(),
+        usvm_findings: rec.findings.iter().map(FindingRec::of).collect(),
     }
 }
 
@@ -457,6 +544,7 @@ mod tests {
                 resident_pages: vec![384],
                 ranges: vec![],
             }],
+            ..Record::default()
         }
     }
 

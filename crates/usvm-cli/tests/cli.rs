@@ -78,6 +78,9 @@ fn every_workload_runs_small_with_xnack_on_and_off() {
         ("oversub", "24M", "2"),
         ("pingpong", "2M", "2"),
         ("stream", "4M", "1"),
+        ("handoff", "4M", "1"),
+        ("early-prefetch", "4M", "1"),
+        ("finegrain", "4M", "1"),
     ] {
         for xnack in ["on", "off"] {
             let text = ok(&[
@@ -104,7 +107,8 @@ fn every_workload_runs_small_with_xnack_on_and_off() {
             if w != "pingpong" || xnack == "on" {
                 assert!(h2d > 0, "{w} xnack {xnack}: nothing migrated to VRAM: {s}");
             }
-            if xnack == "on" {
+            // finegrain prefetches: its GPU never faults.
+            if xnack == "on" && w != "finegrain" {
                 assert!(total["gpu_faults"].as_u64().unwrap() > 0, "{w}: no GPU fault");
                 assert!(total["h2d"]["gpu_fault"]["bytes"].as_u64().unwrap() > 0);
             }
@@ -334,6 +338,10 @@ fn bad_input_is_one_clear_error_line() {
         (&["run", "stream", "--iterations", "0"][..], "at least 1"),
         (&["bench", "--filter", "nosuch"][..], "no benchmark matches"),
         (&["doctor", "--gpus", "0"][..], "--gpus must be between 1 and 16"),
+        (&["run", "stream", "--fix"][..], "--fix applies to the workloads that show a pattern"),
+        (&["explain", "/nonexistent/trace.json", "0x1000"][..], "cannot read /nonexistent/trace.json"),
+        (&["explain", "/dev/null", "0xzz"][..], "bad address '0xzz'"),
+        (&["explain", "/dev/null", "0x1000"][..], "is not a usvm trace"),
     ] {
         let err = fails(args);
         let first = err.lines().next().unwrap_or("");
@@ -351,13 +359,28 @@ fn every_subcommand_has_help() {
         &["smi", "--help"],
         &["bench", "--help"],
         &["doctor", "--help"],
+        &["explain", "--help"],
     ] {
         let text = ok(args);
         assert!(text.contains("Usage"), "{args:?}: {text}");
     }
     let run = ok(&["run", "--help"]);
-    for w in ["stream", "stencil", "random", "oversub", "pingpong", "--events", "--trace", "--plot", "--smi"]
-    {
+    for w in [
+        "stream",
+        "stencil",
+        "random",
+        "oversub",
+        "pingpong",
+        "handoff",
+        "early-prefetch",
+        "finegrain",
+        "--events",
+        "--trace",
+        "--plot",
+        "--smi",
+        "--explain",
+        "--fix",
+    ] {
         assert!(run.contains(w), "run --help mentions {w}");
     }
 }
@@ -477,4 +500,236 @@ fn doctor_fails_where_usvm_cannot_run() {
     assert!(stdout.contains("verdict: usvm cannot run here:"), "{stdout}");
     assert!(stdout.contains("FAIL  RLIMIT_AS") && stdout.contains("ulimit -v unlimited"), "{stdout}");
     assert!(stderr.contains("error: usvm cannot run here"), "{stderr}");
+}
+
+/// The findings of a `--explain --json` summary.
+fn findings(s: &Value) -> &Vec<Value> {
+    s["findings"].as_array().unwrap_or_else(|| panic!("--explain puts findings in the summary: {s}"))
+}
+
+/// `[start, end)` of the workload's first buffer.
+fn first_buffer(s: &Value) -> (u64, u64) {
+    let b = &s["buffers"][0];
+    let start = b["start"].as_u64().expect("the summary lists the buffers");
+    (start, start + b["size"].as_u64().unwrap())
+}
+
+/// `usvm run WORKLOAD --gpus 1 --vram 16M ARGS --explain --json` (and `--fix`): its summary.
+fn explained(w: &str, args: &[&str], fix: bool) -> Value {
+    let mut a = vec!["run", w, "--gpus", "1", "--vram", "16M", "--explain", "--json"];
+    a.extend(args);
+    if fix {
+        a.push("--fix");
+    }
+    let lines = json_lines(&ok(&a));
+    check_summary(&lines[0], w, 1).clone()
+}
+
+/// Each workload that shows a pattern (XNACK on): `--explain` finds it on the workload's
+/// buffer (one finding per range, or one per GPU, together covering the buffer) with the
+/// advice that names the attribute and the range; `--fix`, which follows that advice, leaves
+/// nothing to explain.
+#[test]
+fn each_pattern_is_explained_on_its_buffer_and_following_the_advice_removes_it() {
+    for (w, args, kind, advice) in [
+        (
+            "handoff",
+            &["--size", "4M", "--iterations", "8"][..],
+            "ping-pong",
+            "set ACCESS_IN_PLACE for GPU 0x1111 on {range}: it moved CPU<->GPU",
+        ),
+        (
+            "early-prefetch",
+            &["--size", "4M", "--iterations", "3"],
+            "wasted prefetch",
+            "drop the PREFETCH_LOC to GPU 0x1111 on {range} (or prefetch it right before the kernel that uses it)",
+        ),
+        (
+            "oversub",
+            &["--size", "24M", "--iterations", "2"],
+            "evicted while hot",
+            "give the hot data PREFERRED_LOC on GPU 0x1111 and the cold data PREFERRED_LOC system memory",
+        ),
+        (
+            "finegrain",
+            &["--size", "4M", "--iterations", "2"],
+            "fault storm",
+            "raise GRANULARITY from 0 to 9 on {range}: ",
+        ),
+    ] {
+        let s = explained(w, args, false);
+        let (start, end) = first_buffer(&s);
+        let mine: Vec<&Value> = findings(&s).iter().filter(|f| f["kind"] == kind).collect();
+        assert!(!mine.is_empty(), "{w}: no {kind} in {}", s["findings"]);
+        let mut spans: Vec<(u64, u64)> = mine
+            .iter()
+            .map(|f| {
+                let a = f["start"].as_u64().unwrap();
+                (a, a + f["len"].as_u64().unwrap())
+            })
+            .collect();
+        spans.sort();
+        assert_eq!((spans[0].0, spans[spans.len() - 1].1), (start, end), "{w}: {kind} on {spans:x?}");
+        assert!(spans.windows(2).all(|p| p[0].1 == p[1].0), "{w}: {kind} on {spans:x?}");
+        for f in &mine {
+            let (memory, got) = (f["memory"].as_str().unwrap(), f["advice"].as_str().unwrap());
+            assert!(memory.starts_with(&format!("[{:#x}, +", f["start"].as_u64().unwrap())), "{f}");
+            assert!(got.contains(&advice.replace("{range}", memory)), "{w}: advice {got:?}");
+            assert!(f["count"].as_u64().unwrap() >= 1, "{f}");
+        }
+        let fixed = explained(w, args, true);
+        assert_eq!(findings(&fixed).len(), 0, "{w} --fix: {}", fixed["findings"]);
+        eprintln!("{w}: {:.3} s, with --fix {:.3} s", s["seconds"], fixed["seconds"]);
+    }
+    let text = ok(&[
+        "run",
+        "finegrain",
+        "--gpus",
+        "1",
+        "--vram",
+        "16M",
+        "--size",
+        "2M",
+        "--iterations",
+        "1",
+        "--explain",
+    ]);
+    let table = text.split_once("why data moved: 1 finding(s), worst first\n").expect("the findings table").1;
+    assert!(table.starts_with("kind ") && table.lines().next().unwrap().ends_with("count  advice"), "{text}");
+    assert!(table.lines().nth(2).unwrap().starts_with("fault storm  [0x"), "{text}");
+}
+
+/// A workload that prefetches what its kernels use (`stream`, XNACK off) has nothing to
+/// explain.
+#[test]
+fn stream_with_prefetches_has_nothing_to_explain() {
+    let lines = json_lines(&ok(&["run", "stream", "--xnack", "off", "--explain", "--json"]));
+    let s = check_summary(&lines[0], "stream", 2);
+    assert!(s["total"]["h2d"]["prefetch"]["bytes"].as_u64().unwrap() > 0, "it prefetched: {s}");
+    assert_eq!(findings(s).len(), 0, "{}", s["findings"]);
+    let text = ok(&["run", "stream", "--xnack", "off", "--size", "8M", "--explain"]);
+    assert!(text.contains("why data moved: nothing to change"), "{text}");
+}
+
+/// The X span of `e`'s track that encloses `e`'s time (the innermost), as Perfetto binds
+/// flow events.
+fn enclosing<'a>(spans: &[&'a Value], e: &Value) -> Option<&'a Value> {
+    let t = e["ts"].as_f64().unwrap();
+    spans
+        .iter()
+        .filter(|x| x["tid"] == e["tid"])
+        .filter(|x| {
+            let (ts, dur) = (x["ts"].as_f64().unwrap(), x["dur"].as_f64().unwrap());
+            ts <= t && t <= ts + dur
+        })
+        .max_by(|a, b| a["ts"].as_f64().unwrap().total_cmp(&b["ts"].as_f64().unwrap()))
+        .copied()
+}
+
+/// The flow arrows of a trace as (name, the span they start in, the span they end in), each
+/// checked: one start and one end per id with the same name and category, the end bound to
+/// its enclosing slice (`bp: "e"`), both inside a span of their track, the end on a
+/// migration.
+fn arrows(events: &[Value]) -> Vec<(String, String, String)> {
+    let spans: Vec<&Value> = events.iter().filter(|e| e["ph"] == "X").collect();
+    let ends: std::collections::HashMap<u64, &Value> =
+        events.iter().filter(|e| e["ph"] == "f").map(|e| (e["id"].as_u64().unwrap(), e)).collect();
+    let starts: Vec<&Value> = events.iter().filter(|e| e["ph"] == "s").collect();
+    assert_eq!(starts.len(), ends.len());
+    starts
+        .iter()
+        .map(|s| {
+            let f = ends[&s["id"].as_u64().unwrap()];
+            assert!(f["name"] == s["name"] && f["cat"] == s["cat"] && f["bp"] == "e", "{s} {f}");
+            let from = enclosing(&spans, s).unwrap_or_else(|| panic!("no span around {s}"));
+            let to = enclosing(&spans, f).unwrap_or_else(|| panic!("no span around {f}"));
+            assert_eq!(to["cat"], "migrate", "{f} ends in {to}");
+            let name = |x: &Value| x["name"].as_str().unwrap().to_string();
+            (name(s), name(from), name(to))
+        })
+        .collect()
+}
+
+/// The trace links every migration to its cause (flow arrows from the GPU fault, the CPU
+/// fault or the SET_ATTR; an eviction to the migration that needed the room and to the fault
+/// that brought the data back), stores the causal record after the keys the viewers read,
+/// and `usvm explain` tells the chain of moves of a page from it.
+#[test]
+fn the_trace_links_migrations_to_their_causes_and_explain_reads_it() {
+    let dir = tmp("explain");
+    let path = dir.join("t.json");
+    let p = path.to_str().unwrap();
+    let small = ["--gpus", "1", "--vram", "8M", "--size", "2M", "--iterations", "2", "--trace", p, "--json"];
+    // CPU faults: the hand-off.
+    ok(&[&["run", "handoff"][..], &small].concat());
+    let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let found = arrows(v["traceEvents"].as_array().unwrap());
+    assert!(
+        found.iter().any(|(n, from, to)| n == "cause" && from == "cpu read fault" && to == "d2h cpu fault")
+    );
+    assert!(
+        found
+            .iter()
+            .any(|(n, from, to)| n == "cause" && from.starts_with("gpu fault") && to == "h2d gpu fault")
+    );
+
+    // Prefetches, evictions and faults bringing evicted data back: the early prefetch.
+    let s = &json_lines(&ok(&[&["run", "early-prefetch"][..], &small].concat()))[0];
+    let raw = std::fs::read_to_string(&path).unwrap();
+    let at = |k: &str| raw.find(&format!("\"{k}\":")).unwrap_or_else(|| panic!("no {k}"));
+    assert!(at("traceEvents") < at("otherData") && at("otherData") < at("usvmMoves"), "viewers' keys first");
+    assert!(at("usvmMoves") < at("usvmRanges") && at("usvmRanges") < at("usvmFindings"));
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    let events = v["traceEvents"].as_array().unwrap();
+    let ids: std::collections::HashSet<u64> =
+        v["usvmMoves"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    for e in events.iter().filter(|e| e["ph"] == "X" && e["cat"] == "migrate") {
+        assert!(ids.contains(&e["args"]["move"].as_u64().unwrap_or(0)), "{e}");
+        assert!(e["args"]["cause"].is_string(), "{e}");
+    }
+    assert!(events.iter().any(|e| e["ph"] == "M" && e["args"]["name"] == "SET_ATTR"), "a SET_ATTR track");
+    let found = arrows(events);
+    for want in [
+        ("cause", "SET_ATTR PREFETCH_LOC", "h2d prefetch"),
+        ("cause", "SET_ATTR PREFETCH_LOC", "d2h prefetch"),
+        ("cause", "gpu fault (migrated)", "h2d gpu fault"),
+        ("made room for", "d2h eviction", "h2d gpu fault"),
+        ("brought back", "d2h eviction", "h2d gpu fault"),
+    ] {
+        assert!(found.iter().any(|(n, f, t)| (n.as_str(), f.as_str(), t.as_str()) == want), "no {want:?}");
+    }
+    let kinds: Vec<&Value> = v["usvmFindings"].as_array().unwrap().iter().map(|f| &f["kind"]).collect();
+    assert!(kinds.iter().any(|k| *k == "wasted prefetch"), "{kinds:?}");
+
+    // Why is a byte of the input where it is.
+    let (start, _) = first_buffer(s);
+    let addr = format!("{:#x}", start + 0x1234);
+    let text = ok(&["explain", p, &addr]);
+    for want in [
+        format!("{addr} is in page {:#x} of the range [{start:#x}, +2 MiB)", start + 0x1000),
+        "prefetched to GPU 0x1111 (SET_ATTR PREFETCH_LOC)".into(),
+        "evicted from GPU 0x1111 to make room for [".into(),
+        "pulled into GPU 0x1111 by a GPU 0x1111 ".into(),
+        "now: in system memory (since #".into(),
+        "finding: wasted prefetch on".into(),
+    ] {
+        assert!(text.contains(&want), "no {want:?} in\n{text}");
+    }
+    let j: Value = serde_json::from_str(ok(&["explain", p, &addr, "--json"]).trim()).unwrap();
+    assert_eq!(j["page"], start + 0x1000);
+    let moves = j["moves"].as_array().unwrap();
+    assert!(moves.len() >= 4, "{j}");
+    assert!(moves.windows(2).all(|m| m[0]["at_ns"].as_u64() <= m[1]["at_ns"].as_u64()), "oldest first");
+    let back =
+        moves.iter().find(|m| m["cause"]["kind"] == "gpu_fault" && m["linked"].is_u64()).expect("a refault");
+    let why = back["why"].as_str().unwrap();
+    assert!(why.contains(&format!(" ms after it was evicted from there (#{})", back["linked"])), "{why}");
+    let last = moves.last().unwrap();
+    assert_eq!(
+        (last["why"].as_str().unwrap(), &j["now"]["since"]),
+        ("prefetched to system memory (SET_ATTR PREFETCH_LOC)", &last["id"])
+    );
+    assert_eq!(j["now"]["location"], "sysmem");
+    assert!(fails(&["explain", p, "0x1000"]).contains("is in no SVM range of this run"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,9 @@
 //! bytes verified and mismatches. Device kernels touch memory only through
 //! [`KernelCtx`] loads and stores, so with XNACK on every first touch is a GPU fault.
 
+mod early_prefetch;
+mod finegrain;
+mod handoff;
 mod oversub;
 mod pingpong;
 mod random;
@@ -33,10 +36,23 @@ pub enum Workload {
     Stencil,
     /// Random increments from the GPUs and the CPU, 90% of them in a 10% hot set.
     Random,
-    /// GPU sweeps over a working set 1.5 times the VRAM (evictions).
+    /// GPU sweeps over a working set 1.5 times the VRAM (evictions; with XNACK on, faults
+    /// bring evicted data back). --fix: the part that fits PREFERRED_LOC on the GPU, the
+    /// rest PREFERRED_LOC system memory (accessed in place).
     Oversub,
     /// CPU and GPU take turns incrementing the same pages.
     Pingpong,
+    /// One GPU and the CPU hand each 2 MiB block back and forth: the GPU updates it, the
+    /// CPU checks and updates it (with XNACK on, a ping-pong). --fix: ACCESS_IN_PLACE for
+    /// the GPU.
+    Handoff,
+    /// The input of a kernel is prefetched early, then scratch work fills the VRAM and
+    /// evicts it before the kernel runs (a wasted prefetch). --fix: prefetch right before
+    /// the kernel.
+    EarlyPrefetch,
+    /// A GPU writes a buffer of GRANULARITY 0, the CPU streams through it: a fault per
+    /// 4 KiB page (a fault storm). --fix: GRANULARITY 9.
+    Finegrain,
     /// Everything at once for --seconds: CPU threads, kernels on every GPU, prefetches,
     /// attribute changes, munmap / mmap and MADV_DONTNEED, oversubscribed VRAM.
     Stress,
@@ -51,8 +67,22 @@ impl Workload {
             Workload::Random => "random",
             Workload::Oversub => "oversub",
             Workload::Pingpong => "pingpong",
+            Workload::Handoff => "handoff",
+            Workload::EarlyPrefetch => "early-prefetch",
+            Workload::Finegrain => "finegrain",
             Workload::Stress => "stress",
         }
+    }
+
+    /// Whether `--fix` (follow the advice of the workload's finding) applies.
+    pub fn has_fix(self) -> bool {
+        matches!(self, Workload::Oversub | Workload::Handoff | Workload::EarlyPrefetch | Workload::Finegrain)
+    }
+
+    /// The names of the workloads `--fix` applies to.
+    pub fn with_fix() -> Vec<&'static str> {
+        use clap::ValueEnum;
+        Workload::value_variants().iter().filter(|w| w.has_fix()).map(|w| w.name()).collect()
     }
 
     /// Iterations when the user gives none.
@@ -63,6 +93,9 @@ impl Workload {
             Workload::Random => 8,
             Workload::Oversub => 3,
             Workload::Pingpong => 16,
+            Workload::Handoff => 16,
+            Workload::EarlyPrefetch => 8,
+            Workload::Finegrain => 4,
             Workload::Stress => 1,
         }
     }
@@ -72,7 +105,10 @@ impl Workload {
         match self {
             // 1.5x the VRAM of all GPUs together, in 2 MiB steps.
             Workload::Oversub | Workload::Stress => (vram * gpus as u64 * 3 / 2).next_multiple_of(2 << 20),
-            Workload::Pingpong => 8 << 20,
+            Workload::Pingpong | Workload::Handoff => 8 << 20,
+            // A quarter of one GPU's VRAM (the scratch work takes all of it).
+            Workload::EarlyPrefetch => (vram / 4).next_multiple_of(2 << 20),
+            Workload::Finegrain => 32 << 20,
             _ => 64 << 20,
         }
     }
@@ -85,6 +121,9 @@ impl Workload {
             Workload::Random => random::run(ctx),
             Workload::Oversub => oversub::run(ctx),
             Workload::Pingpong => pingpong::run(ctx),
+            Workload::Handoff => handoff::run(ctx),
+            Workload::EarlyPrefetch => early_prefetch::run(ctx),
+            Workload::Finegrain => finegrain::run(ctx),
             Workload::Stress => stress::run(ctx),
         }
     }
@@ -109,6 +148,8 @@ pub struct Ctx {
     pub seed: u64,
     /// How long a time-bounded workload (stress) runs.
     pub seconds: u64,
+    /// Follow the advice of the workload's finding (`--fix`).
+    pub fix: bool,
     log: KernelLog,
     progress: ProgressBar,
     on_half: Option<HalfWay>,
@@ -163,6 +204,7 @@ impl Ctx {
             iterations,
             seed,
             seconds: 10,
+            fix: false,
             log,
             progress,
             on_half,
@@ -181,6 +223,13 @@ impl Ctx {
                 Ok(Q { queue, gpu: g, no: 0, log: self.log.clone() })
             })
             .collect()
+    }
+
+    /// A queue on the GPU with index `i`.
+    pub fn queue(&self, i: usize) -> Result<Q> {
+        let g = *self.gpus.get(i).with_context(|| format!("no GPU {i}"))?;
+        let queue = self.svm.create_queue(g).with_context(|| format!("creating a queue on GPU {g}"))?;
+        Ok(Q { queue, gpu: g, no: 0, log: self.log.clone() })
     }
 
     /// Sets the progress bar's length (the number of steps the workload will report).
@@ -237,6 +286,11 @@ impl Ctx {
             self.svm.set_attr(buf.addr() + off, len, &[Attr::Access(g)]).context("SET_ATTR ACCESS")?;
         }
         Ok(parts)
+    }
+
+    /// The workload's buffers: (first byte, bytes), in allocation order.
+    pub fn buffer_spans(&self) -> Vec<(usize, usize)> {
+        self.buffers.iter().map(|b| (b.addr(), b.len())).collect()
     }
 
     /// Keeps `t` alive until the run's summary is done.
