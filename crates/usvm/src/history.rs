@@ -32,6 +32,9 @@ pub fn record_by_default() -> bool {
     RECORD_BY_DEFAULT.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The granularity a fault storm's advice proposes (the kernel's default, 2 MiB).
+pub const DEFAULT_GRANULARITY: u8 = 9;
+
 /// Moves kept per instance (the oldest go first).
 pub const HISTORY_BUDGET: usize = 1 << 16;
 /// Round trips between two places, driven by faults, that make a ping-pong.
@@ -53,7 +56,7 @@ pub enum Cause {
     PreferredLoc,
     /// A CPU access to a page whose data was in VRAM.
     CpuFault {
-        /// The faulting address.
+        /// The faulting page's address (userfaultfd reports the page).
         addr: usize,
         /// A store.
         write: bool,
@@ -314,13 +317,15 @@ fn ping_pong(moves: &[Move], totals: &BTreeMap<usize, RangeTotals>, out: &mut Ve
             continue;
         }
         // Between which places: the last fault-driven moves of this range.
-        let places: Vec<Location> = moves
-            .iter()
-            .rev()
-            .filter(|m| m.cause.is_fault() && m.overlaps(start, start + t.len))
-            .take(2)
-            .map(|m| m.to)
-            .collect();
+        let mut places: Vec<Location> = Vec::new();
+        for m in moves.iter().rev().filter(|m| m.cause.is_fault() && m.overlaps(start, start + t.len)) {
+            if !places.contains(&m.to) {
+                places.push(m.to);
+            }
+            if places.len() == 2 {
+                break;
+            }
+        }
         let gpu = places.iter().find_map(|l| l.gpu());
         let cpu = places.contains(&Location::Sysmem);
         let gx = gpu.map_or(String::new(), |g| format!("{:#x}", g.0));
@@ -349,13 +354,22 @@ fn fault_storm(totals: &BTreeMap<usize, RangeTotals>, facts: &dyn RangeFacts, ou
         if t.faults < FAULT_STORM_MIN_FAULTS || moved / t.faults.max(1) > FAULT_STORM_MAX_BYTES_PER_FAULT {
             continue;
         }
-        let g = facts.granularity(start).map_or("?".to_string(), |g| g.to_string());
-        let advice = format!(
-            "raise GRANULARITY from {g} to 9 on {}: {} faults moved {}",
-            span(start, t.len),
-            t.faults,
-            bytes(moved)
-        );
+        let advice = match facts.granularity(start) {
+            Some(g) if g >= DEFAULT_GRANULARITY => format!(
+                "prefetch {} (PREFETCH_LOC) before it is used: {} faults moved {} although GRANULARITY is {g} (the \
+                 range is smaller than a granule)",
+                span(start, t.len),
+                t.faults,
+                bytes(moved)
+            ),
+            g => format!(
+                "raise GRANULARITY from {} to {DEFAULT_GRANULARITY} on {}: {} faults moved {}",
+                g.map_or("?".to_string(), |g| g.to_string()),
+                span(start, t.len),
+                t.faults,
+                bytes(moved)
+            ),
+        };
         out.push(Finding { kind: FindingKind::FaultStorm, start, len: t.len, count: t.faults, advice });
     }
 }
@@ -394,7 +408,7 @@ fn wasted_prefetch(
 }
 
 fn evicted_while_hot(moves: &[Move], out: &mut Vec<Finding>) {
-    let mut hot: BTreeMap<GpuId, (u64, usize, usize, usize)> = BTreeMap::new();
+    let mut hot: BTreeMap<GpuId, (u64, usize, usize, crate::migrate::pageset::PageSet)> = BTreeMap::new();
     for f in moves.iter().filter(|m| matches!(m.cause, Cause::GpuFault { .. })) {
         let Some(id) = f.linked else { continue };
         let Some(e) = moves.iter().find(|m| m.id == id) else { continue };
@@ -402,13 +416,16 @@ fn evicted_while_hot(moves: &[Move], out: &mut Vec<Finding>) {
         if f.at_ns.saturating_sub(e.at_ns) > EVICTED_HOT_WINDOW_NS {
             continue;
         }
-        let h = hot.entry(g).or_insert((0, usize::MAX, 0, 0));
+        let h = hot.entry(g).or_insert((0, usize::MAX, 0, Default::default()));
         h.0 += 1;
         h.1 = h.1.min(f.start);
         h.2 = h.2.max(f.end());
-        h.3 += f.npages * crate::sys::PAGE_SIZE;
+        let first = (f.start >> crate::sys::PAGE_SHIFT) as u64;
+        h.3.insert(first, first + f.npages as u64 - 1);
     }
-    for (g, (count, start, end, refaulted)) in hot {
+    for (g, (count, start, end, pages)) in hot {
+        // Distinct pages faulted back: what would have had to stay.
+        let refaulted = pages.len() as usize * crate::sys::PAGE_SIZE;
         let gx = format!("{:#x}", g.0);
         let advice = format!(
             "VRAM of GPU {gx} is about {} short of the working set: {count} evictions were faulted back soon after \
@@ -565,5 +582,52 @@ mod tests {
         let f = run(&h, 9, true);
         let hot = f.iter().find(|f| f.kind == FindingKind::EvictedWhileHot).expect("hot eviction");
         assert!(hot.advice.contains("VRAM of GPU 0x1111 is about 2 MiB short"), "{}", hot.advice);
+    }
+
+    #[test]
+    fn advice_follows_what_happened() {
+        // Turns of two granules each: the last two moves go the same way; the advice still
+        // names the CPU and the GPU.
+        let h = History::default();
+        for i in 0..24u64 {
+            let (from, to, cause) = if (i / 2) % 2 == 0 {
+                (Location::Sysmem, Location::Gpu(G), Cause::GpuFault { gpu: G, addr: 0x40000, write: false })
+            } else {
+                (Location::Gpu(G), Location::Sysmem, Cause::CpuFault { addr: 0x40000, write: true })
+            };
+            h.record(mv(0x40000 + (i as usize % 2) * MB, 256, from, to, cause, i), (0x40000, 2 * MB));
+        }
+        let f = run(&h, 9, true);
+        let p = f.iter().find(|f| f.kind == FindingKind::PingPong).expect("a ping-pong");
+        assert!(p.advice.starts_with("set ACCESS_IN_PLACE for GPU 0x1111"), "{}", p.advice);
+        // A storm on a range whose granularity is already the default: prefetch, not "9 to 9".
+        let h = History::default();
+        for i in 0..300u64 {
+            let c = Cause::CpuFault { addr: 0x100000, write: false };
+            h.record(mv(0x100000, 1, Location::Gpu(G), Location::Sysmem, c, i), (0x100000, 4096));
+        }
+        let s = run(&h, 9, true).into_iter().find(|f| f.kind == FindingKind::FaultStorm).expect("a storm");
+        assert!(s.advice.starts_with("prefetch [0x100000, +4 KiB)"), "{}", s.advice);
+        // The same pages evicted and faulted back ten times are 2 MiB short, not 20.
+        let h = History::default();
+        for i in 0..10u64 {
+            let e = mv(
+                0x300000,
+                512,
+                Location::Gpu(G),
+                Location::Sysmem,
+                Cause::Eviction { for_gpu: G, for_addr: 0x900000 },
+                10 * i,
+            );
+            h.record(e, (0x300000, 2 * MB));
+            let c = Cause::GpuFault { gpu: G, addr: 0x300000, write: false };
+            h.record(
+                mv(0x300000, 512, Location::Sysmem, Location::Gpu(G), c, 10 * i + 5),
+                (0x300000, 2 * MB),
+            );
+        }
+        let hot = run(&h, 9, true).into_iter().find(|f| f.kind == FindingKind::EvictedWhileHot).expect("hot");
+        assert_eq!(hot.count, 10);
+        assert!(hot.advice.contains("about 2 MiB short"), "{}", hot.advice);
     }
 }

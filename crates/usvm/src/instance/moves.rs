@@ -30,7 +30,12 @@ impl SvmInner {
         (trigger, cause): (MigrateTrigger, Cause),
     ) -> Result<u64> {
         let mut r = st.tree.take(key).ok_or(Error::NotMapped { addr: first << PAGE_SHIFT })?;
-        let (from, at_ns) = (r.actual_loc, clock_ns());
+        // The pages that move come from RAM, or from another GPU's VRAM (through RAM).
+        let from = match r.actual_loc {
+            Location::Gpu(x) if x != self.gpus[g].id => r.actual_loc,
+            _ => Location::Sysmem,
+        };
+        let at_ns = clock_ns();
         let id = if self.record_history { self.history.reserve_id() } else { 0 };
         let for_gpu = self.gpus[g].id;
         let cx = self.ctx(st.xnack);

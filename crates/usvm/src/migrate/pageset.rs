@@ -48,7 +48,6 @@ impl PageSet {
     }
 
     /// Number of pages.
-    #[cfg(test)]
     pub fn len(&self) -> u64 {
         self.runs.iter().map(|(s, l)| l - s + 1).sum()
     }
