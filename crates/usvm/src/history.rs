@@ -310,15 +310,31 @@ pub fn diagnose(
     out
 }
 
-fn ping_pong(moves: &[Move], totals: &BTreeMap<usize, RangeTotals>, out: &mut Vec<Finding>) {
-    for (&start, t) in totals {
-        let trips = t.fault_turns / 2;
-        if trips < PINGPONG_MIN_ROUND_TRIPS {
-            continue;
+/// The ranges of `totals` for which `pick` holds, adjacent ones merged (a buffer cut into
+/// several ranges is one finding): each group's start, length and totals.
+fn groups(
+    totals: &BTreeMap<usize, RangeTotals>,
+    pick: impl Fn(&RangeTotals) -> bool,
+) -> Vec<(usize, usize, Vec<&RangeTotals>)> {
+    let mut out: Vec<(usize, usize, Vec<&RangeTotals>)> = Vec::new();
+    for (&start, t) in totals.iter().filter(|(_, t)| pick(t)) {
+        match out.last_mut() {
+            Some((s, len, ts)) if *s + *len == start => {
+                *len += t.len;
+                ts.push(t);
+            }
+            _ => out.push((start, t.len, vec![t])),
         }
-        // Between which places: the last fault-driven moves of this range.
+    }
+    out
+}
+
+fn ping_pong(moves: &[Move], totals: &BTreeMap<usize, RangeTotals>, out: &mut Vec<Finding>) {
+    for (start, len, ts) in groups(totals, |t| t.fault_turns / 2 >= PINGPONG_MIN_ROUND_TRIPS) {
+        let trips = ts.iter().map(|t| t.fault_turns / 2).max().unwrap_or(0);
+        // Between which places: the last fault-driven moves of this memory that differ.
         let mut places: Vec<Location> = Vec::new();
-        for m in moves.iter().rev().filter(|m| m.cause.is_fault() && m.overlaps(start, start + t.len)) {
+        for m in moves.iter().rev().filter(|m| m.cause.is_fault() && m.overlaps(start, start + len)) {
             if !places.contains(&m.to) {
                 places.push(m.to);
             }
@@ -333,44 +349,42 @@ fn ping_pong(moves: &[Move], totals: &BTreeMap<usize, RangeTotals>, out: &mut Ve
             (Some(_), true) => format!(
                 "set ACCESS_IN_PLACE for GPU {gx} on {}: it moved CPU<->GPU {trips} times (the GPU then reads it \
                  in system memory instead of pulling it over)",
-                span(start, t.len)
+                span(start, len)
             ),
             (Some(_), false) => format!(
                 "set PREFERRED_LOC to GPU {gx} and ACCESS_IN_PLACE for the other GPU on {}: it moved GPU<->GPU \
                  {trips} times",
-                span(start, t.len)
+                span(start, len)
             ),
-            _ => {
-                format!("set PREFERRED_LOC on {}: it moved back and forth {trips} times", span(start, t.len))
-            }
+            _ => format!("set PREFERRED_LOC on {}: it moved back and forth {trips} times", span(start, len)),
         };
-        out.push(Finding { kind: FindingKind::PingPong, start, len: t.len, count: trips, advice });
+        out.push(Finding { kind: FindingKind::PingPong, start, len, count: trips, advice });
     }
 }
 
 fn fault_storm(totals: &BTreeMap<usize, RangeTotals>, facts: &dyn RangeFacts, out: &mut Vec<Finding>) {
-    for (&start, t) in totals {
+    let storm = |t: &RangeTotals| {
         let moved = t.fault_pages * crate::sys::PAGE_SIZE as u64;
-        if t.faults < FAULT_STORM_MIN_FAULTS || moved / t.faults.max(1) > FAULT_STORM_MAX_BYTES_PER_FAULT {
-            continue;
-        }
+        t.faults >= FAULT_STORM_MIN_FAULTS && moved / t.faults.max(1) <= FAULT_STORM_MAX_BYTES_PER_FAULT
+    };
+    for (start, len, ts) in groups(totals, storm) {
+        let faults: u64 = ts.iter().map(|t| t.faults).sum();
+        let moved = ts.iter().map(|t| t.fault_pages).sum::<u64>() * crate::sys::PAGE_SIZE as u64;
         let advice = match facts.granularity(start) {
             Some(g) if g >= DEFAULT_GRANULARITY => format!(
-                "prefetch {} (PREFETCH_LOC) before it is used: {} faults moved {} although GRANULARITY is {g} (the \
-                 range is smaller than a granule)",
-                span(start, t.len),
-                t.faults,
+                "prefetch {} (PREFETCH_LOC) before it is used: {faults} faults moved {} although GRANULARITY is \
+                 {g} (the range is smaller than a granule)",
+                span(start, len),
                 bytes(moved)
             ),
             g => format!(
-                "raise GRANULARITY from {} to {DEFAULT_GRANULARITY} on {}: {} faults moved {}",
+                "raise GRANULARITY from {} to {DEFAULT_GRANULARITY} on {}: {faults} faults moved {}",
                 g.map_or("?".to_string(), |g| g.to_string()),
-                span(start, t.len),
-                t.faults,
+                span(start, len),
                 bytes(moved)
             ),
         };
-        out.push(Finding { kind: FindingKind::FaultStorm, start, len: t.len, count: t.faults, advice });
+        out.push(Finding { kind: FindingKind::FaultStorm, start, len, count: faults, advice });
     }
 }
 
@@ -629,5 +643,24 @@ mod tests {
         let hot = run(&h, 9, true).into_iter().find(|f| f.kind == FindingKind::EvictedWhileHot).expect("hot");
         assert_eq!(hot.count, 10);
         assert!(hot.advice.contains("about 2 MiB short"), "{}", hot.advice);
+    }
+
+    #[test]
+    fn adjacent_ranges_make_one_finding() {
+        let h = History::default();
+        for r in 0..4usize {
+            let base = 0x1000000 + r * 2 * MB;
+            for i in 0..300u64 {
+                let c = Cause::CpuFault { addr: base, write: false };
+                h.record(
+                    mv(base + i as usize * 4096, 1, Location::Gpu(G), Location::Sysmem, c, i),
+                    (base, 2 * MB),
+                );
+            }
+        }
+        let f = run(&h, 0, true);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!((f[0].start, f[0].len, f[0].count), (0x1000000, 8 * MB, 1200));
+        assert!(f[0].advice.contains("[0x1000000, +8 MiB): 1200 faults"), "{}", f[0].advice);
     }
 }
