@@ -47,8 +47,8 @@ pub use events::{
     Counters, Event, EventKind, EventStream, EvictTrigger, MigrateTrigger, UnmapTrigger, clock_ns,
 };
 pub use gpu::fence::Fence;
-pub use history::{Cause, Finding, FindingKind, Move};
 pub use gpu::queue::{KernelCtx, Queue};
+pub use history::{Cause, Finding, FindingKind, Move};
 pub use svm::{
     ALLOC_ALIGN, DEFAULT_GPUS, DEFAULT_GRANULARITY, DEFAULT_VRAM_BYTES, GpuSnapshot, InjectUffd, MAX_GPUS,
     RangeInfo, Svm, SvmBuilder,

@@ -38,11 +38,11 @@ pub(crate) use ioctl::check_interval;
 pub(crate) use notifier::{PendingOp, RESTORE_DELAY, Work};
 
 use crate::attr::Residency;
-use crate::history::Cause;
 use crate::attr::{GpuId, Location};
 use crate::error::{Error, Result};
 use crate::events::{EventHub, MigrateTrigger};
 use crate::gpu::Devices;
+use crate::history::Cause;
 use crate::migrate::Engine;
 use crate::policy;
 use crate::range::tree::RangeTree;
@@ -223,7 +223,14 @@ impl SvmInner {
         let (key, g) = (r.start, r.attrs.granularity);
         let (first, last) = policy::granule_extent(page, g, r.start, r.last);
         // The migration wakes the threads waiting in the granule once it is done.
-        self.move_to_ram(st, key, (first, last), MigrateTrigger::PagefaultCpu, Cause::CpuFault { addr, write }).map(|_| ())
+        self.move_to_ram(
+            st,
+            key,
+            (first, last),
+            MigrateTrigger::PagefaultCpu,
+            Cause::CpuFault { addr, write },
+        )
+        .map(|_| ())
     }
 
     /// Where each of `n` pages from `page` lives.
