@@ -234,21 +234,6 @@ fn dontneed_racing_migrations_never_resurrects_data() {
     assert_eq!(bad, 0, "pages read old data after MADV_DONTNEED");
 }
 
-/// `mremap(MAYMOVE | FIXED)` of `len` bytes from `from` to `to`.
-fn mremap_to(from: usize, len: usize, to: usize) {
-    // SAFETY: moving a mapping of this test over another of its own mappings.
-    let p = unsafe {
-        libc::mremap(
-            from as *mut _,
-            len,
-            len,
-            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-            to as *mut libc::c_void,
-        )
-    };
-    assert_eq!(p as usize, to, "mremap: {}", std::io::Error::last_os_error());
-}
-
 /// mremap while a migration of the same memory is under way, both directions, at varying
 /// moments: every byte arrives at the new place. (The move took the old place's pages out
 /// of the `out` set, and the migration took them for dropped: whole ranges read zero, in

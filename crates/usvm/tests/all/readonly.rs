@@ -575,17 +575,7 @@ fn mremap_racing_read_only_migrations_keeps_the_data() {
                 let _ = svm.set_attr(src, len, &[Attr::PrefetchLoc(loc)]);
             });
             std::thread::sleep(Duration::from_micros(150 * (round / 2)));
-            // SAFETY: moving the test's own mapping over another of its own mappings.
-            let p = unsafe {
-                libc::mremap(
-                    src as *mut _,
-                    len,
-                    len,
-                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                    to as *mut libc::c_void,
-                )
-            };
-            assert_eq!(p as usize, to, "mremap: {}", std::io::Error::last_os_error());
+            mremap_to(src, len, to);
         });
         let bad = bad_pages(&read(to, len), &want);
         if bad > 0 {

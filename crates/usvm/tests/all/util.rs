@@ -123,3 +123,18 @@ fn mmap_at(addr: usize, len: usize, flag: i32) -> usize {
 pub fn map_fixed(addr: usize, len: usize) {
     assert_eq!(mmap_at(addr, len, libc::MAP_FIXED), addr, "mmap: {}", std::io::Error::last_os_error());
 }
+
+/// `mremap(MAYMOVE | FIXED)` of `len` bytes from `from` to `to`.
+pub fn mremap_to(from: usize, len: usize, to: usize) {
+    // SAFETY: moving a mapping of this test over another of its own mappings.
+    let p = unsafe {
+        libc::mremap(
+            from as *mut _,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            to as *mut libc::c_void,
+        )
+    };
+    assert_eq!(p as usize, to, "mremap: {}", std::io::Error::last_os_error());
+}
