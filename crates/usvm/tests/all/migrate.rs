@@ -699,45 +699,6 @@ fn vram_to_vram_goes_through_ram() {
     assert!(back == data);
 }
 
-/// Runs the test `name` of this binary in a process of its own (with `env` set), for tests
-/// that fork: a fork brings the VRAM data of every instance of the process back to RAM,
-/// which would disturb the residency other tests check. Returns true in that process. A run
-/// that outlives two minutes is killed and fails.
-fn in_own_process(name: &str, env: &str) -> bool {
-    if std::env::var_os(env).is_some() {
-        return true;
-    }
-    let dir = std::env::temp_dir().join(format!("usvm-{}-{env}", std::process::id()));
-    let _ = std::fs::create_dir_all(&dir);
-    let log = dir.join("out.txt");
-    let out = std::fs::File::create(&log).unwrap();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(env, "1")
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(status.is_some(), "{name} did not finish in two minutes: {text}");
-    assert!(status.unwrap().success(), "{text}");
-    assert!(text.contains("1 passed"), "{text}");
-    false
-}
-
 /// Waits for the child `pid` for up to ten seconds (killing it after that); true when it
 /// exited with status 0.
 fn child_succeeds(pid: libc::pid_t) -> bool {
@@ -766,7 +727,7 @@ fn child_succeeds(pid: libc::pid_t) -> bool {
 /// VRAM (usvm brings it back to RAM before the fork).
 #[test]
 fn fork_child_reads_vram_resident_data() {
-    if !in_own_process("migrate::fork_child_reads_vram_resident_data", "USVM_FORK_CHILD_TEST") {
+    if !in_own_process("migrate::fork_child_reads_vram_resident_data") {
         return;
     }
     let svm = svm2(false);
@@ -811,7 +772,7 @@ fn fork_child_reads_vram_resident_data() {
 /// migrations and CPU faults.
 #[test]
 fn fork_child_may_drop_what_it_inherited() {
-    if !in_own_process("migrate::fork_child_may_drop_what_it_inherited", "USVM_FORK_DROP_TEST") {
+    if !in_own_process("migrate::fork_child_may_drop_what_it_inherited") {
         return;
     }
     let svm = svm2(false);
@@ -850,10 +811,7 @@ fn fork_child_may_drop_what_it_inherited() {
 /// (the child leaves at once).
 #[test]
 fn fork_during_concurrent_stores_and_migrations_loses_nothing() {
-    if !in_own_process(
-        "migrate::fork_during_concurrent_stores_and_migrations_loses_nothing",
-        "USVM_FORK_STORES_TEST",
-    ) {
+    if !in_own_process("migrate::fork_during_concurrent_stores_and_migrations_loses_nothing") {
         return;
     }
     const THREADS: usize = 4;

@@ -16,45 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use usvm::{Attr, Location, Residency, Svm};
 
-const CHILD_ENV: &str = "USVM_READONLY_TEST";
-
-/// In the parent, runs test `name` alone in a child process (this binary, re-executed) and
-/// checks that it passed: true there. In the child, false: the caller goes on with the
-/// test's body. A child that outlives two minutes is killed and fails.
-fn ran_in_child(name: &str) -> bool {
-    if std::env::var(CHILD_ENV).is_ok_and(|v| v == name) {
-        return false;
-    }
-    let dir = std::env::temp_dir().join(format!("usvm-ro-{}-{}", std::process::id(), name.replace(':', "_")));
-    let _ = std::fs::create_dir_all(&dir);
-    let log = dir.join("out.txt");
-    let out = std::fs::File::create(&log).unwrap();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, name)
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&dir);
-    let status = status.unwrap_or_else(|| panic!("{name} did not finish in two minutes: {text}"));
-    assert!(status.success() && text.contains("1 passed"), "{status:?}: {text}");
-    true
-}
-
 /// Copies `data` to `addr` (memory of the test's own).
 fn write(addr: usize, data: &[u8]) {
     // SAFETY: `addr` is memory this test mapped, at least `data.len()` bytes, writable now.
@@ -275,7 +236,7 @@ extern "C" fn on_segv(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut 
 #[test]
 fn cpu_store_to_read_only_vram_data_gets_sigsegv() {
     const NAME: &str = "readonly::cpu_store_to_read_only_vram_data_gets_sigsegv";
-    if ran_in_child(NAME) {
+    if !in_own_process(NAME) {
         return;
     }
     let svm = svm2(false);
@@ -448,7 +409,7 @@ fn readers_racing_read_only_migrations_see_their_data() {
 #[test]
 fn mprotect_racing_read_only_migrations() {
     const NAME: &str = "readonly::mprotect_racing_read_only_migrations";
-    if ran_in_child(NAME) {
+    if !in_own_process(NAME) {
         return;
     }
     let svm = svm2(false);
@@ -595,7 +556,7 @@ fn mremap_racing_read_only_migrations_keeps_the_data() {
 #[test]
 fn fork_during_read_only_migrations() {
     const NAME: &str = "readonly::fork_during_read_only_migrations";
-    if ran_in_child(NAME) {
+    if !in_own_process(NAME) {
         return;
     }
     let svm = svm2(false);
@@ -674,7 +635,7 @@ fn fork_during_read_only_migrations() {
 #[test]
 fn read_only_migrations_leave_no_mapping_behind() {
     const NAME: &str = "readonly::read_only_migrations_leave_no_mapping_behind";
-    if ran_in_child(NAME) {
+    if !in_own_process(NAME) {
         return;
     }
     // The smaps header and VmFlags of each of usvm's own areas.

@@ -138,3 +138,46 @@ pub fn mremap_to(from: usize, len: usize, to: usize) {
     };
     assert_eq!(p as usize, to, "mremap: {}", std::io::Error::last_os_error());
 }
+
+/// The variable naming the test a re-executed test binary runs (see [`in_own_process`]).
+const OWN_PROCESS_ENV: &str = "USVM_OWN_PROCESS_TEST";
+
+/// Runs test `name` of this binary in a process of its own, for tests that fork or install
+/// signal handlers (a fork brings the VRAM data of every instance of the process back to
+/// RAM, which would disturb what other tests check). In that process: true, the caller
+/// goes on with the test's body. In the parent: false, once the child passed; a child that
+/// fails, or outlives two minutes (it is killed), fails the test.
+pub fn in_own_process(name: &str) -> bool {
+    if std::env::var(OWN_PROCESS_ENV).is_ok_and(|v| v == name) {
+        return true;
+    }
+    let dir =
+        std::env::temp_dir().join(format!("usvm-own-{}-{}", std::process::id(), name.replace(':', "_")));
+    let _ = std::fs::create_dir_all(&dir);
+    let log = dir.join("out.txt");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(OWN_PROCESS_ENV, name)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = status.unwrap_or_else(|| panic!("{name} did not finish in two minutes: {text}"));
+    assert!(status.success() && text.contains("1 passed"), "{status:?}: {text}");
+    false
+}
