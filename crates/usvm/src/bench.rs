@@ -30,8 +30,12 @@ pub fn copy_engine(bytes: usize, reps: usize) -> Result<Ratio> {
     let npages = (bytes / PAGE_SIZE) as u64;
     let src = sys::mmap::reserve(bytes)?;
     let dst = sys::mmap::reserve(bytes)?;
-    sys::mmap::fill(src, bytes, 0x5a);
-    sys::mmap::fill(dst, bytes, 0);
+    // SAFETY: two fresh mappings of `bytes` bytes made above, owned here until the unmaps
+    // at the end; nothing else knows them.
+    unsafe {
+        sys::mmap::fill(src, bytes, 0x5a);
+        sys::mmap::fill(dst, bytes, 0);
+    }
     let vram = VramManager::new(0, bytes as u64)?;
     let bo = vram.alloc(npages, Clear::No)?;
     let engine = CopyEngine::new(0)?;
@@ -53,12 +57,16 @@ pub fn copy_engine(bytes: usize, reps: usize) -> Result<Ratio> {
         engine.copy(&ops).wait().1?; // the engine thread alone, as an asynchronous copy
         eng.push(gbps(t.elapsed().as_secs_f64()));
         let t = Instant::now();
-        sys::mmap::copy(dst, src, bytes);
+        // SAFETY: the two mappings made above, distinct and live.
+        unsafe { sys::mmap::copy(dst, src, bytes) };
         cpy.push(gbps(t.elapsed().as_secs_f64()));
     }
     drop(bo);
-    sys::mmap::unmap(src, bytes)?;
-    sys::mmap::unmap(dst, bytes)?;
+    // SAFETY: the mappings made above; the copy engine is done with them.
+    unsafe {
+        sys::mmap::unmap(src, bytes)?;
+        sys::mmap::unmap(dst, bytes)?;
+    }
     Ok(Ratio { value: median(eng), floor: median(cpy) })
 }
 
@@ -66,16 +74,23 @@ pub fn copy_engine(bytes: usize, reps: usize) -> Result<Ratio> {
 fn memcpy_gbps(bytes: usize, reps: usize) -> Result<f64> {
     let src = sys::mmap::reserve(bytes)?;
     let dst = sys::mmap::reserve(bytes)?;
-    sys::mmap::fill(src, bytes, 1);
-    sys::mmap::fill(dst, bytes, 2);
+    // SAFETY: two fresh mappings made above, owned here until the unmaps below.
+    unsafe {
+        sys::mmap::fill(src, bytes, 1);
+        sys::mmap::fill(dst, bytes, 2);
+    }
     let mut v = Vec::new();
     for _ in 0..reps {
         let t = Instant::now();
-        sys::mmap::copy(dst, src, bytes);
+        // SAFETY: the two mappings made above, distinct and live.
+        unsafe { sys::mmap::copy(dst, src, bytes) };
         v.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
-    sys::mmap::unmap(src, bytes)?;
-    sys::mmap::unmap(dst, bytes)?;
+    // SAFETY: the mappings made above, used no more.
+    unsafe {
+        sys::mmap::unmap(src, bytes)?;
+        sys::mmap::unmap(dst, bytes)?;
+    }
     Ok(median(v))
 }
 
@@ -131,14 +146,17 @@ pub fn cpu_fault_4k(pages: usize) -> Result<Ratio> {
         std::hint::black_box(&b);
         lat.push(t.elapsed().as_secs_f64() * 1e6);
         let t = Instant::now();
-        sys::mmap::copy_from(region + i * PAGE_SIZE, std::hint::black_box(&mut b));
+        // SAFETY: page `i` of the region mapped above (registered: a missing page faults to
+        // the handler thread, which serves it).
+        unsafe { sys::mmap::copy_from(region + i * PAGE_SIZE, std::hint::black_box(&mut b)) };
         std::hint::black_box(&b);
         bare.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let value = median(lat);
     uffd.shutdown();
     let _ = handler.join();
-    sys::mmap::unmap(region, bytes)?;
+    // SAFETY: the region mapped above; the handler thread is gone.
+    unsafe { sys::mmap::unmap(region, bytes)? };
     Ok(Ratio { value, floor: median(bare) })
 }
 
@@ -155,7 +173,8 @@ pub fn cpu_fault_stream(bytes: usize, reps: usize) -> Result<Ratio> {
     for _ in 0..reps {
         svm.set_attr(buf.addr(), bytes, &[Attr::PrefetchLoc(Location::Gpu(g))])?;
         let t = Instant::now();
-        std::hint::black_box(sys::mmap::sum_words(buf.addr(), bytes));
+        // SAFETY: the buffer's own mapping, live while `buf` is; faults are served by usvm.
+        std::hint::black_box(unsafe { sys::mmap::sum_words(buf.addr(), bytes) });
         v.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
     let floor = memcpy_gbps(bytes, reps)?;
@@ -264,10 +283,12 @@ pub fn sdma_copy(bytes: usize, reps: usize) -> Result<Ratio> {
         // Each round starts at the ring's beginning: pad the rest with NOPs (zero dwords).
         let pos = (wptr % RING as u64) as usize;
         if pos != 0 {
-            sys::mmap::fill(ring + pos, RING - pos, 0);
+            // SAFETY: the tail of the ring mapping made above (`pos < RING`).
+            unsafe { sys::mmap::fill(ring + pos, RING - pos, 0) };
             wptr += (RING - pos) as u64;
         }
-        sys::mmap::copy_to(ring, &packets);
+        // SAFETY: the ring mapping made above, at least as large as one round's packets.
+        unsafe { sys::mmap::copy_to(ring, &packets) };
         wptr += packets.len() as u64;
         let t = Instant::now();
         k.queues().submit(q.id, wptr).map_err(err)?;

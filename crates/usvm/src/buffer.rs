@@ -48,19 +48,24 @@ impl SvmBuffer {
     /// Panics when the bytes fall outside the buffer.
     pub fn write_at(&self, offset: usize, data: &[u8]) {
         self.check_bounds(offset, data.len());
-        sys::mmap::copy_to(self.addr + offset, data);
+        // SAFETY: inside the buffer's own mapping (bounds checked above), live while `self`
+        // is; no Rust reference points into it.
+        unsafe { sys::mmap::copy_to(self.addr + offset, data) };
     }
 
     /// CPU load of `out.len()` bytes at byte `offset`. Panics outside the buffer.
     pub fn read_at(&self, offset: usize, out: &mut [u8]) {
         self.check_bounds(offset, out.len());
-        sys::mmap::copy_from(self.addr + offset, out);
+        // SAFETY: inside the buffer's own mapping (bounds checked above), live while `self` is.
+        unsafe { sys::mmap::copy_from(self.addr + offset, out) };
     }
 
     /// CPU store of `byte` over `[offset, offset + len)`. Panics outside the buffer.
     pub fn fill(&self, offset: usize, len: usize, byte: u8) {
         self.check_bounds(offset, len);
-        sys::mmap::fill(self.addr + offset, len, byte);
+        // SAFETY: inside the buffer's own mapping (bounds checked above), live while `self`
+        // is; no Rust reference points into it.
+        unsafe { sys::mmap::fill(self.addr + offset, len, byte) };
     }
 }
 
@@ -73,7 +78,9 @@ impl Drop for SvmBuffer {
         if let Some(owner) = self.owner.upgrade().filter(|_| sys::fork_generation() == self.generation) {
             owner.notify_unmap(self.addr, self.len);
         }
-        if let Err(e) = sys::mmap::unmap(self.addr, self.len) {
+        // SAFETY: the buffer's own mapping; it is being dropped, so nothing uses it again
+        // (the instance heard of the unmap above and forgot the ranges over it).
+        if let Err(e) = unsafe { sys::mmap::unmap(self.addr, self.len) } {
             debug_assert!(false, "munmap of an SvmBuffer failed: {e}");
         }
     }

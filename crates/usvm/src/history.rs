@@ -14,6 +14,7 @@
 //! memory it is about, how often, and one concrete change (the tunables are named
 //! constants below).
 
+use crate::addr::Pages;
 use crate::attr::{GpuId, Location};
 use crate::events::MigrateTrigger;
 use parking_lot::Mutex;
@@ -434,8 +435,8 @@ fn evicted_while_hot(moves: &[Move], out: &mut Vec<Finding>) {
         h.0 += 1;
         h.1 = h.1.min(f.start);
         h.2 = h.2.max(f.end());
-        let first = (f.start >> crate::sys::PAGE_SHIFT) as u64;
-        h.3.insert(first, first + f.npages as u64 - 1);
+        let first = crate::addr::PageNo::of_addr(f.start);
+        h.3.insert(Pages::new(first, first + f.npages as u64 - 1));
     }
     for (g, (count, start, end, pages)) in hot {
         // Distinct pages faulted back: what would have had to stay.

@@ -21,6 +21,7 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod addr;
 mod attr;
 pub mod bench;
 mod buffer;

@@ -2,6 +2,7 @@
 //! `svm_range_unmap_from_gpus`. The decisions (which GPUs, which pages) come from the range
 //! state and `policy`; the page-table writes are the device layer's.
 
+use crate::addr::Pages;
 use crate::attr::SvmFlags;
 use crate::error::Result;
 use crate::events::{EventKind, UnmapTrigger};
@@ -40,10 +41,10 @@ pub fn validate_and_map(
         return Ok(());
     }
     let mut mapped_last_piece = false;
-    for piece in vma::mapped_pieces(first, last) {
+    for piece in vma::mapped_pieces(Pages::new(first, last)) {
         let vma::Piece { first: page, last: end, vma: v } = piece?;
         if !v.read {
-            unmap_from_gpus(devs, r, page, end, UnmapTrigger::UnmapFromCpu);
+            unmap_from_gpus(devs, r, Pages::new(page, end), UnmapTrigger::UnmapFromCpu);
             mapped_last_piece = false;
         } else {
             let flags = pte_flags(r, &v);
@@ -93,12 +94,11 @@ pub fn validate_and_map(
 /// first. Its entries may point at VRAM that the migration which evicted the queues has
 /// freed; left there, they let that GPU read and write whatever range reuses the VRAM.
 pub fn remap_range(devs: &Devices, r: &mut SvmRange, gpus: GpuMask) -> Result<()> {
-    let (first, last) = (r.start, r.last);
     for g in r.mapped_gpus.iter().filter(|&g| !gpus.contains(g)) {
-        unmap_on(devs, g, first, last, UnmapTrigger::MmuNotify);
+        unmap_on(devs, g, r.pages(), UnmapTrigger::MmuNotify);
         r.mapped_gpus.remove(g);
     }
-    validate_and_map(devs, r, gpus, first, last)
+    validate_and_map(devs, r, gpus, r.start, r.last)
 }
 
 /// Unmaps `[first, last]` of range `r` from its GPUs, with an UNMAP_FROM_GPU event per GPU.
@@ -107,38 +107,38 @@ pub fn remap_range(devs: &Devices, r: &mut SvmRange, gpus: GpuMask) -> Result<()
 /// KFD unmaps from the ACCESS and IN_PLACE GPUs; usvm also clears the GPUs that lost access
 /// since they mapped the range (KFD keeps such stale entries until the next invalidation;
 /// here a stale entry could outlive the memory it points at).
-pub fn unmap_from_gpus(devs: &Devices, r: &mut SvmRange, first: PageNo, last: PageNo, trigger: UnmapTrigger) {
+pub fn unmap_from_gpus(devs: &Devices, r: &mut SvmRange, pages: Pages, trigger: UnmapTrigger) {
     if r.mapped_gpus == GpuMask::EMPTY {
         // No GPU holds entries, but a range validated on an empty GPU set is still
         // `mapped_to_gpu`: an unmap over its whole extent clears that, as the kernel's does
         // (the `ioctl` fuzzer found an XNACK-on migration leaving it set).
-        if first <= r.start && last >= r.last {
+        if pages.first <= r.start && pages.last >= r.last {
             r.mapped_to_gpu = false;
         }
         return;
     }
-    let (first, last) = (first.max(r.start), last.min(r.last));
-    if first > last {
+    let Some(pages) = pages.intersect(r.pages()) else {
         return;
-    }
+    };
+    let Pages { first, last } = pages;
     let gpus = r.mapped_gpus | r.attrs.access | r.attrs.access_in_place;
     if first == r.start && last == r.last {
         r.mapped_to_gpu = false;
         r.mapped_gpus = GpuMask::EMPTY;
     }
     for g in gpus.iter() {
-        unmap_on(devs, g, first, last, trigger);
+        unmap_on(devs, g, pages, trigger);
     }
 }
 
 /// Clears `[first, last]` from GPU `g`'s page table, with its UNMAP_FROM_GPU event.
-fn unmap_on(devs: &Devices, g: usize, first: PageNo, last: PageNo, trigger: UnmapTrigger) {
+fn unmap_on(devs: &Devices, g: usize, pages: Pages, trigger: UnmapTrigger) {
     let d = &devs.gpus[g];
     devs.events.emit(|| EventKind::UnmapFromGpu {
-        start: first,
-        npages: last - first + 1,
+        start: pages.first.get(),
+        npages: pages.len(),
         gpu: d.id,
         trigger,
     });
-    d.pt.unmap(first, last);
+    d.pt.unmap(pages);
 }

@@ -16,7 +16,7 @@ pub const MAX_MAX_RANGE_PAGES: u64 = 1 << 18;
 /// The largest range SET_ATTR creates in a gap (`svm_range_set_max_pages`): for each GPU
 /// 1/32 of its VRAM in pages, clamped to [2 MiB, 1 GiB], rounded down to a power of two;
 /// the minimum over the GPUs.
-pub fn max_range_pages(vram_bytes: impl IntoIterator<Item = u64>) -> PageNo {
+pub fn max_range_pages(vram_bytes: impl IntoIterator<Item = u64>) -> u64 {
     vram_bytes
         .into_iter()
         .map(|b| {
@@ -288,7 +288,7 @@ pub fn granule_extent(page: PageNo, g: u8, start: PageNo, last: PageNo) -> (Page
     if size == 0 {
         return (start, last); // 2^63 and up: the whole range
     }
-    let lo = page & !(size - 1);
+    let lo = page.align_down(size);
     let hi = lo.saturating_add(size - 1);
     (lo.max(start), hi.min(last))
 }
@@ -296,6 +296,7 @@ pub fn granule_extent(page: PageNo, g: u8, start: PageNo, last: PageNo) -> (Page
 #[cfg(test)]
 mod placement_tests {
     use super::*;
+    use crate::addr::pg;
     use crate::attr::Location;
 
     fn attrs(access: u64, aip: u64) -> RangeAttrs {
@@ -327,10 +328,10 @@ mod placement_tests {
 
     #[test]
     fn granules_are_aligned_and_clipped() {
-        assert_eq!(granule_extent(1000, 9, 0, 10_000), (512, 1023));
-        assert_eq!(granule_extent(1000, 9, 700, 900), (700, 900));
-        assert_eq!(granule_extent(1000, 0, 0, 10_000), (1000, 1000));
-        assert_eq!(granule_extent(5, 63, 3, 9), (3, 9));
+        assert_eq!(granule_extent(pg(1000), 9, pg(0), pg(10_000)), (pg(512), pg(1023)));
+        assert_eq!(granule_extent(pg(1000), 9, pg(700), pg(900)), (pg(700), pg(900)));
+        assert_eq!(granule_extent(pg(1000), 0, pg(0), pg(10_000)), (pg(1000), pg(1000)));
+        assert_eq!(granule_extent(pg(5), 63, pg(3), pg(9)), (pg(3), pg(9)));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! [`crate::SvmBuffer`] (`buffer.rs`). The work is done in `instance/` (ranges, ioctls,
 //! faults), `migrate/` and `gpu/`.
 
+use crate::addr::PageNo;
+use crate::addr::Pages;
 use crate::attr::{Attr, GpuId, Location, Residency, SvmFlags};
 use crate::buffer::SvmBuffer;
 use crate::error::{Error, Result};
@@ -325,7 +327,7 @@ impl Svm {
     /// changes nothing.
     pub fn set_attr(&self, addr: usize, size: usize, attrs: &[Attr]) -> Result<()> {
         let (start, last) = check_interval(addr as u64, size as u64)?;
-        self.inner.set_attr(start, last, attrs)
+        self.inner.set_attr(Pages::new(start, last), attrs)
     }
 
     /// KFD GET_ATTR: fills each entry of `attrs` in place with the aggregate over
@@ -348,9 +350,9 @@ impl Svm {
         match op {
             uapi::KFD_IOCTL_SVM_OP_SET_ATTR => {
                 let decoded = attrs.iter().map(|r| Attr::from_raw(*r)).collect::<Result<Vec<_>>>()?;
-                self.inner.set_attr(first, last, &decoded)
+                self.inner.set_attr(Pages::new(first, last), &decoded)
             }
-            uapi::KFD_IOCTL_SVM_OP_GET_ATTR => self.inner.get_attr(first, last, attrs),
+            uapi::KFD_IOCTL_SVM_OP_GET_ATTR => self.inner.get_attr(Pages::new(first, last), attrs),
             op => Err(Error::UnknownOp(op)),
         }
     }
@@ -384,7 +386,7 @@ impl Svm {
         st.tree
             .iter()
             .map(|r| RangeInfo {
-                start: (r.start << PAGE_SHIFT) as usize,
+                start: r.start.addr(),
                 size: (r.npages() << PAGE_SHIFT) as usize,
                 preferred_loc: r.attrs.preferred_loc,
                 prefetch_loc: r.attrs.prefetch_loc,
@@ -515,7 +517,7 @@ impl Svm {
 
     /// Where each of `npages` pages from `addr` (rounded down to a page) lives.
     pub fn residency(&self, addr: usize, npages: usize) -> Vec<Residency> {
-        self.inner.residency((addr >> PAGE_SHIFT) as u64, npages)
+        self.inner.residency(PageNo::of_addr(addr), npages)
     }
 
     /// Fault injection for tests: the next `n` page collections of migrations to VRAM fail
@@ -587,6 +589,6 @@ struct Facts<'a>(&'a SvmInner);
 impl crate::history::RangeFacts for Facts<'_> {
     fn granularity(&self, addr: usize) -> Option<u8> {
         let st = self.0.lock_state();
-        st.tree.find((addr >> PAGE_SHIFT) as u64).map(|r| r.attrs.granularity)
+        st.tree.find(PageNo::of_addr(addr)).map(|r| r.attrs.granularity)
     }
 }

@@ -21,10 +21,11 @@
 //! thread, as the kernel's `migrate_to_ram` failure does, then a wake-up; the threads never
 //! die silently, since faulting threads would wait forever.
 
+use crate::addr::Pages;
 use crate::instance::{PendingOp, RESTORE_DELAY, SvmInner, SvmState, Work};
 use crate::range::PageNo;
+use crate::sys::PAGE_SIZE;
 use crate::sys::uffd::{Fault, Uffd, UffdEvent, signal_thread};
-use crate::sys::{PAGE_SHIFT, PAGE_SIZE};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
 use std::sync::{Arc, Weak};
@@ -122,24 +123,23 @@ fn on_event_guarded(inner: &SvmInner, ev: UffdEvent, h: Handler) -> Outcome {
 /// data), or after it and skips the pages: stale data never lands in memory the
 /// application dropped.
 fn read_event(inner: &SvmInner, u: &Uffd) -> crate::error::Result<Option<UffdEvent>> {
-    let pages =
-        |a: usize, b: usize| ((a >> PAGE_SHIFT) as PageNo, ((b >> PAGE_SHIFT) as PageNo).saturating_sub(1));
+    let pages = |a: usize, b: usize| (PageNo::of_addr(a), (PageNo::of_addr(b)).saturating_sub(1));
     let mut out = inner.engine.out.lock();
     let ev = u.read_event()?;
     match ev {
         Some(UffdEvent::Unmap { start, end }) => {
             let (s, l) = pages(start, end);
-            out.on_unmap(s, l);
+            out.on_unmap(Pages::new(s, l));
         }
         Some(UffdEvent::Remove { start, end }) => {
             // The kernel zaps the pages after this read: until then a migration may still
             // collect their old data (see `OutOfRam::dropped`).
             let (s, l) = pages(start, end);
-            out.on_remove(s, l);
+            out.on_remove(Pages::new(s, l));
         }
         Some(UffdEvent::Remap { from, to, len }) => {
             let (s, l) = pages(from, from + len);
-            out.on_remap(s, l, (to >> PAGE_SHIFT) as PageNo);
+            out.on_remap(Pages::new(s, l), PageNo::of_addr(to));
         }
         _ => {}
     }
@@ -148,11 +148,10 @@ fn read_event(inner: &SvmInner, u: &Uffd) -> crate::error::Result<Option<UffdEve
 
 /// The reader's part of an event.
 fn on_event(inner: &SvmInner, ev: UffdEvent, h: Handler) -> Outcome {
-    let pages =
-        |a: usize, b: usize| ((a >> PAGE_SHIFT) as PageNo, ((b >> PAGE_SHIFT) as PageNo).saturating_sub(1));
+    let pages = |a: usize, b: usize| (PageNo::of_addr(a), (PageNo::of_addr(b)).saturating_sub(1));
     let op = match ev {
         UffdEvent::Fault(f) => {
-            let page = (f.addr >> PAGE_SHIFT) as PageNo;
+            let page = PageNo::of_addr(f.addr);
             return match inner.engine.resolve_if_in_ram(page) {
                 Ok(true) => Outcome::Done,
                 Ok(false) => match inner.try_lock_for_reader(page) {
@@ -182,7 +181,7 @@ fn on_event(inner: &SvmInner, ev: UffdEvent, h: Handler) -> Outcome {
         }
         UffdEvent::Remap { from, to, len } => {
             let (s, l) = pages(from, from + len);
-            let t = (to >> PAGE_SHIFT) as PageNo;
+            let t = PageNo::of_addr(to);
             PendingOp::Remap { from: s, to: t, npages: l - s + 1 }
         }
     };
@@ -218,7 +217,7 @@ fn worker_loop(w: &Weak<SvmInner>, rx: mpsc::Receiver<Work>) {
         let handled = catch_unwind(AssertUnwindSafe(|| match job {
             Work::Fault(f) => {
                 let mut st = inner.lock_state();
-                serve_slow(&inner, (f.addr >> PAGE_SHIFT) as PageNo, f, &mut st, Handler::Worker);
+                serve_slow(&inner, PageNo::of_addr(f.addr), f, &mut st, Handler::Worker);
             }
             Work::Flush => drop(inner.lock_state()),
             Work::Restore => {

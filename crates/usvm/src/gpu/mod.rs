@@ -26,6 +26,7 @@ pub mod queue;
 pub mod sdma;
 pub mod vram;
 
+use crate::addr::{PageNo, Pages};
 use crate::attr::GpuId;
 use crate::error::{Error, Result};
 use crate::events::{EventHub, EventKind, EvictTrigger};
@@ -411,7 +412,7 @@ impl Devices {
         self.enter(gpu);
         let t = self.gpus[gpu].pt.read();
         let host = |a: usize, write: bool| {
-            let pte = t.get((a >> PAGE_SHIFT) as u64);
+            let pte = t.get(PageNo::of_addr(a));
             match pte.target() {
                 Some(Target::Vram { gpu: owner, page }) if !write || pte.writable() => {
                     Some(self.vram_addr(owner, page) + (a & (PAGE_SIZE - 1)))
@@ -445,7 +446,10 @@ impl Devices {
                 .collect();
             if !paged || self.gpus[gpu].sdma.copy_sync(&ops).1.is_err() {
                 for &(s, d, l) in &runs {
-                    sys::mmap::copy(d, s, l);
+                    // SAFETY: translated through the page table, whose read guard is held:
+                    // VRAM pages of live BOs (freeing one clears its entries first, under
+                    // the write lock), distinct source and destination pages.
+                    unsafe { sys::mmap::copy(d, s, l) };
                 }
             }
         }
@@ -465,14 +469,12 @@ impl Devices {
         write: bool,
     ) -> std::result::Result<(), (usize, usize)> {
         let t = self.gpus[gpu].pt.read();
-        let first = (addr >> PAGE_SHIFT) as u64;
-        let last = ((addr + b.len() - 1) >> PAGE_SHIFT) as u64;
         let mut end = addr + b.len();
         let mut fault = None;
-        for p in first..=last {
+        for p in Pages::of_bytes(addr, end).iter() {
             let pte = t.get(p);
             if !pte.valid() || (write && !pte.writable()) {
-                end = ((p as usize) << PAGE_SHIFT).max(addr);
+                end = p.addr().max(addr);
                 fault = Some(end);
                 break;
             }
@@ -480,7 +482,7 @@ impl Devices {
         let mut off = 0;
         while off < end - addr {
             let a = addr + off;
-            let p = (a >> PAGE_SHIFT) as u64;
+            let p = PageNo::of_addr(a);
             let in_page = a & (PAGE_SIZE - 1);
             let mut n = (PAGE_SIZE - in_page).min(end - a);
             match t.get(p).target().expect("checked above") {
@@ -489,9 +491,7 @@ impl Devices {
                     // the mapping and its permission: userfaultfd reports no mprotect, and
                     // the application may unmap or mprotect them at any moment, which must
                     // fault the GPU, not crash the process (a plain copy did).
-                    while a + n < end
-                        && t.get(((a + n) >> PAGE_SHIFT) as u64).target() == Some(Target::System)
-                    {
+                    while a + n < end && t.get(PageNo::of_addr(a + n)).target() == Some(Target::System) {
                         n += (PAGE_SIZE).min(end - a - n);
                     }
                     let done = sys::mmap::copy_checked(a, &mut b[off..off + n], write);
@@ -504,10 +504,14 @@ impl Devices {
                 Target::Vram { gpu: owner, page } => {
                     let host = self.vram_addr(owner, page) + in_page;
                     let piece = &mut b[off..off + n];
-                    if write {
-                        sys::mmap::copy_to(host, piece);
-                    } else {
-                        sys::mmap::copy_from(host, piece);
+                    // SAFETY: a VRAM page translated under the page table's read guard, so its
+                    // BO stays allocated for the copy; `piece` is the caller's buffer.
+                    unsafe {
+                        if write {
+                            sys::mmap::copy_to(host, piece);
+                        } else {
+                            sys::mmap::copy_from(host, piece);
+                        }
                     }
                 }
             }
@@ -536,7 +540,7 @@ mod tests {
     fn reads_and_writes_system_and_vram_pages() {
         let d = devices(2);
         let sys_mem = sys::mmap::map_anon_aligned(4 * PAGE_SIZE, PAGE_SIZE).unwrap();
-        let base = (sys_mem >> PAGE_SHIFT) as u64;
+        let base = PageNo::of_addr(sys_mem);
         // Pages 0, 1: system; page 2: VRAM of GPU 0; page 3: VRAM of GPU 1 (a peer).
         let bo0 = d.gpus[0].vram.alloc(1, vram::Clear::Yes).unwrap();
         let bo1 = d.gpus[1].vram.alloc(1, vram::Clear::Yes).unwrap();
@@ -552,19 +556,22 @@ mod tests {
         assert_eq!(back[..], data[150..4 * PAGE_SIZE - 50]);
         // The system pages are the process's own memory; the VRAM pages are not.
         let mut cpu = vec![0u8; 2 * PAGE_SIZE];
-        sys::mmap::copy_from(sys_mem, &mut cpu);
+        // SAFETY: memory this test mapped and owns, live until its unmap.
+        unsafe { sys::mmap::copy_from(sys_mem, &mut cpu) };
         assert_eq!(cpu[100..], data[100..2 * PAGE_SIZE]);
         let mut v = vec![0u8; PAGE_SIZE];
-        sys::mmap::copy_from(bo1.host_addr(0), &mut v);
+        // SAFETY: memory this test mapped and owns, live until its unmap.
+        unsafe { sys::mmap::copy_from(bo1.host_addr(0), &mut v) };
         assert_eq!(v[..], data[3 * PAGE_SIZE..]);
-        sys::mmap::unmap(sys_mem, 4 * PAGE_SIZE).unwrap();
+        // SAFETY: memory this test mapped; nothing uses it afterwards.
+        unsafe { sys::mmap::unmap(sys_mem, 4 * PAGE_SIZE).unwrap() };
     }
 
     #[test]
     fn unmapped_and_read_only_pages_are_fatal_without_a_handler() {
         let d = devices(1);
         let m = sys::mmap::map_anon_aligned(2 * PAGE_SIZE, PAGE_SIZE).unwrap();
-        let base = (m >> PAGE_SHIFT) as u64;
+        let base = PageNo::of_addr(m);
         d.gpus[0].pt.map(base, 1, |_| Pte::system(PteFlags { writable: false, ..RW }));
         let mut b = [0u8; 8];
         d.access(0, m, Access::Read(&mut b)).unwrap();
@@ -572,14 +579,15 @@ mod tests {
         assert_eq!(e.errno(), libc::EFAULT);
         let e = d.access(0, m + PAGE_SIZE - 4, Access::Read(&mut b)).unwrap_err();
         assert_eq!(e, Error::GpuVmFault { gpu: 0x1111, addr: (m + PAGE_SIZE) as u64, write: false });
-        sys::mmap::unmap(m, 2 * PAGE_SIZE).unwrap();
+        // SAFETY: memory this test mapped; nothing uses it afterwards.
+        unsafe { sys::mmap::unmap(m, 2 * PAGE_SIZE).unwrap() };
     }
 
     #[test]
     fn accesses_wait_while_queues_are_evicted() {
         let d = Arc::new(devices(1));
         let m = sys::mmap::map_anon_aligned(PAGE_SIZE, PAGE_SIZE).unwrap();
-        d.gpus[0].pt.map((m >> PAGE_SHIFT) as u64, 1, |_| Pte::system(RW));
+        d.gpus[0].pt.map(PageNo::of_addr(m), 1, |_| Pte::system(RW));
         d.evict_queues(0, EvictTrigger::Svm);
         d.evict_queues(0, EvictTrigger::Svm);
         let d2 = d.clone();
@@ -592,8 +600,10 @@ mod tests {
         d.restore_queues(0, false);
         t.join().unwrap().unwrap();
         let mut b = [0u8; 3];
-        sys::mmap::copy_from(m, &mut b);
+        // SAFETY: memory this test mapped and owns, live until its unmap.
+        unsafe { sys::mmap::copy_from(m, &mut b) };
         assert_eq!(b, [1, 2, 3]);
-        sys::mmap::unmap(m, PAGE_SIZE).unwrap();
+        // SAFETY: memory this test mapped; nothing uses it afterwards.
+        unsafe { sys::mmap::unmap(m, PAGE_SIZE).unwrap() };
     }
 }

@@ -11,6 +11,8 @@
 //! so when an unmap returns no access is still using the old translation (the TLB
 //! shootdown of real hardware).
 
+use crate::addr::PageNo;
+use crate::addr::Pages;
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -146,7 +148,8 @@ pub struct Tables {
 impl Tables {
     /// The entry of virtual page `page`.
     #[inline]
-    pub fn get(&self, page: u64) -> Pte {
+    pub fn get(&self, page: PageNo) -> Pte {
+        let page = page.get();
         match self.dirs.get(&(page >> LEAF_SHIFT)) {
             Some(l) => l.ptes[(page as usize) & (LEAF_PAGES - 1)],
             None => Pte::INVALID,
@@ -206,15 +209,16 @@ impl PageTable {
     }
 
     /// Writes `npages` entries starting at virtual page `start`, entry `i` being `f(i)`.
-    pub fn map(&self, start: u64, npages: u64, mut f: impl FnMut(u64) -> Pte) {
+    pub fn map(&self, start: PageNo, npages: u64, mut f: impl FnMut(u64) -> Pte) {
         let mut t = self.t.write();
         for i in 0..npages {
-            t.set(start + i, f(i));
+            t.set((start + i).get(), f(i));
         }
     }
 
     /// Clears the entries of `[start, last]`; returns how many were valid.
-    pub fn unmap(&self, start: u64, last: u64) -> u64 {
+    pub fn unmap(&self, Pages { first: start, last }: Pages) -> u64 {
+        let (start, last) = (start.get(), last.get());
         let mut t = self.t.write();
         let before = t.mapped;
         // Walk only the directories that exist when the interval is large.
@@ -241,7 +245,7 @@ impl PageTable {
     }
 
     /// The entry of virtual page `page`.
-    pub fn get(&self, page: u64) -> Pte {
+    pub fn get(&self, page: PageNo) -> Pte {
         self.t.read().get(page)
     }
 
@@ -254,29 +258,30 @@ impl PageTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::pg;
 
     const RW: PteFlags = PteFlags { writable: true, exec: false, coherent: true };
 
     #[test]
     fn map_translate_unmap() {
         let pt = PageTable::new();
-        pt.map(1000, 600, |i| {
+        pt.map(pg(1000), 600, |i| {
             if i % 2 == 0 { Pte::system(RW) } else { Pte::vram(1, 7 + i, PteFlags::default()) }
         });
         assert_eq!(pt.mapped_pages(), 600);
-        assert_eq!(pt.get(1000).target(), Some(Target::System));
-        assert!(pt.get(1000).writable());
-        assert_eq!(pt.get(1001).target(), Some(Target::Vram { gpu: 1, page: 8 }));
-        assert!(!pt.get(1001).writable());
-        assert_eq!(pt.get(999), Pte::INVALID);
-        assert_eq!(pt.get(1600), Pte::INVALID);
-        assert_eq!(pt.unmap(1100, 1199), 100);
-        assert!(!pt.get(1150).valid());
-        assert!(pt.get(1200).valid());
+        assert_eq!(pt.get(pg(1000)).target(), Some(Target::System));
+        assert!(pt.get(pg(1000)).writable());
+        assert_eq!(pt.get(pg(1001)).target(), Some(Target::Vram { gpu: 1, page: 8 }));
+        assert!(!pt.get(pg(1001)).writable());
+        assert_eq!(pt.get(pg(999)), Pte::INVALID);
+        assert_eq!(pt.get(pg(1600)), Pte::INVALID);
+        assert_eq!(pt.unmap(Pages::new(pg(1100), pg(1199))), 100);
+        assert!(!pt.get(pg(1150)).valid());
+        assert!(pt.get(pg(1200)).valid());
         // Remapping an entry does not count it twice.
-        pt.map(1000, 1, |_| Pte::vram(0, 1, RW));
+        pt.map(pg(1000), 1, |_| Pte::vram(0, 1, RW));
         assert_eq!(pt.mapped_pages(), 500);
-        assert_eq!(pt.unmap(0, 1 << 30), 500);
+        assert_eq!(pt.unmap(Pages::new(pg(0), pg(1 << 30))), 500);
         assert_eq!(pt.mapped_pages(), 0);
         assert!(pt.read().dirs.is_empty(), "empty leaves are freed");
     }

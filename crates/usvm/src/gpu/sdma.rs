@@ -90,7 +90,9 @@ impl Shared {
     fn run(&self, c: &CopyOp) -> Result<()> {
         self.tick()?;
         let len = c.npages as usize * PAGE_SIZE;
-        sys::mmap::copy_streaming(c.dst, c.src, len);
+        // SAFETY: a copy op's pages are live for the copy: the submitter holds them (VRAM BOs,
+        // staging areas) until the op's fence signals, and source and destination differ.
+        unsafe { sys::mmap::copy_streaming(c.dst, c.src, len) };
         self.bytes.fetch_add(len as u64, Ordering::Relaxed);
         Ok(())
     }
@@ -268,14 +270,16 @@ mod tests {
         let a = sys::mmap::reserve(len).unwrap();
         let b = sys::mmap::reserve(len).unwrap();
         for i in 0..pages {
-            sys::mmap::fill(a + i * PAGE_SIZE, PAGE_SIZE, (i % 251) as u8 + 1);
+            // SAFETY: memory this test mapped and owns, live until its unmap.
+            unsafe { sys::mmap::fill(a + i * PAGE_SIZE, PAGE_SIZE, (i % 251) as u8 + 1) };
         }
         (a, b)
     }
 
     fn page_byte(addr: usize, i: usize) -> u8 {
         let mut b = [0u8; 1];
-        sys::mmap::copy_from(addr + i * PAGE_SIZE + 17, &mut b);
+        // SAFETY: memory this test mapped and owns, live until its unmap.
+        unsafe { sys::mmap::copy_from(addr + i * PAGE_SIZE + 17, &mut b) };
         b[0]
     }
 

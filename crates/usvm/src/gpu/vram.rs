@@ -56,7 +56,8 @@ struct Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        let _ = sys::mmap::unmap(self.base, self.npages as usize * PAGE_SIZE);
+        // SAFETY: the pool's own mapping; every BO holds the pool, so none is left.
+        let _ = unsafe { sys::mmap::unmap(self.base, self.npages as usize * PAGE_SIZE) };
     }
 }
 
@@ -275,7 +276,11 @@ impl VramManager {
         };
         if clear == Clear::Yes {
             for d in dirty {
-                sys::mmap::fill(pool.base + d.page as usize * PAGE_SIZE, d.npages as usize * PAGE_SIZE, 0);
+                // SAFETY: pages of the pool's mapping that were just allocated to this BO and
+                // that nobody else can reach yet.
+                unsafe {
+                    sys::mmap::fill(pool.base + d.page as usize * PAGE_SIZE, d.npages as usize * PAGE_SIZE, 0)
+                };
             }
         }
         let id = pool.next_id.fetch_add(1, Ordering::Relaxed);
@@ -359,7 +364,8 @@ mod tests {
 
     fn read_page(bo: &Bo, i: u64) -> Vec<u8> {
         let mut v = vec![1u8; PAGE_SIZE];
-        sys::mmap::copy_from(bo.host_addr(i), &mut v);
+        // SAFETY: memory this test mapped and owns, live until its unmap.
+        unsafe { sys::mmap::copy_from(bo.host_addr(i), &mut v) };
         v
     }
 
@@ -369,7 +375,8 @@ mod tests {
         let a = m.alloc(64, Clear::Yes).unwrap();
         for i in 0..64 {
             assert!(read_page(&a, i).iter().all(|&b| b == 0));
-            sys::mmap::fill(a.host_addr(i), PAGE_SIZE, 0xee);
+            // SAFETY: memory this test mapped and owns, live until its unmap.
+            unsafe { sys::mmap::fill(a.host_addr(i), PAGE_SIZE, 0xee) };
         }
         drop(a);
         let b = m.alloc(64, Clear::Yes).unwrap();

@@ -2,6 +2,7 @@
 //! faults: the instance is the devices' fault handler.
 
 use super::{SvmInner, SvmState};
+use crate::addr::Pages;
 use crate::attr::{Location, SvmFlags};
 use crate::error::{Error, Result};
 use crate::events::{Counter, EventKind, MigrateTrigger};
@@ -11,7 +12,7 @@ use crate::map;
 use crate::migrate;
 use crate::policy::{self, RestoreLocation};
 use crate::range::{GpuMask, PageNo, SvmRange};
-use crate::sys::{self, PAGE_SHIFT, vma};
+use crate::sys::{self, vma};
 use std::time::Duration;
 
 /// GPU faults on a range validated less than this long ago are ignored: the access retries
@@ -32,9 +33,9 @@ impl SvmInner {
     /// inside its mapping, clipped by the neighbouring ranges. The initial heap and stack
     /// get PREFERRED_LOC = system memory. `None` when no mapping holds the page.
     pub(super) fn create_unregistered(&self, st: &mut SvmState, page: PageNo) -> Option<PageNo> {
-        let v = vma::lookup((page << PAGE_SHIFT) as usize, false).ok().flatten()?;
-        let vs = (v.start >> PAGE_SHIFT) as PageNo;
-        let vl = (v.end >> PAGE_SHIFT) as PageNo - 1;
+        let v = vma::lookup(page.addr(), false).ok().flatten()?;
+        let vs = PageNo::of_addr(v.start);
+        let vl = PageNo::of_addr(v.end) - 1;
         let (mut s, mut l) = policy::granule_extent(page, self.default_granularity, vs, vl);
         if let Some(prev) = st.tree.prev(page) {
             s = s.max(prev.last + 1);
@@ -48,7 +49,7 @@ impl SvmInner {
         if bos.contains(page) {
             return None;
         }
-        if bos.first_in(s, l).is_some() {
+        if bos.first_in(Pages::new(s, l)).is_some() {
             (s, l) = (page, page);
         }
         drop(bos);
@@ -61,7 +62,7 @@ impl SvmInner {
         // reach usvm even if its data never moves (an unwatched range outlived a munmap of
         // part of it, and a later fault's walk met the hole: the access failed). Memory
         // another instance watches stays unwatched here (that instance sees its changes).
-        r.registered = migrate::register_interval(&self.engine, s, l).is_ok();
+        r.registered = migrate::register_interval(&self.engine, Pages::new(s, l)).is_ok();
         st.tree.insert(r);
         Some(s)
     }
@@ -69,7 +70,7 @@ impl SvmInner {
     /// `svm_range_restore_pages`: a GPU retry fault under XNACK on (section 5).
     pub(super) fn restore_pages(&self, gpu: usize, addr: usize, write: bool) -> Result<()> {
         let entry_ns = sys::boottime_ns();
-        let page = (addr >> PAGE_SHIFT) as PageNo;
+        let page = PageNo::of_addr(addr);
         let mut st = self.lock_state();
         let Some(key) =
             st.tree.find(page).map(|r| r.start).or_else(|| self.create_unregistered(&mut st, page))
@@ -86,13 +87,13 @@ impl SvmInner {
         };
         let id = self.gpus[gpu].id;
         if self.events.listening() {
-            let kind = EventKind::PageFaultStart { addr: page, gpu: id, write };
+            let kind = EventKind::PageFaultStart { addr: page.get(), gpu: id, write };
             self.events.emit_event(crate::events::Event { ns: entry_ns, pid: self.events.pid(), kind });
         }
         let (first, last) = policy::granule_extent(page, r.attrs.granularity, r.start, r.last);
         // Migrate the granule where it is best, or map the data in place (section 5.4).
         let cause = Cause::GpuFault { gpu: id, addr, write };
-        let moved = self.fault_move(&mut st, key, (first, last), best, cause);
+        let moved = self.fault_move(&mut st, key, Pages::new(first, last), best, cause);
         let migrated = matches!(moved, Some(Ok(())));
         let mut result = moved.unwrap_or(Ok(()));
         if result.is_ok() {
@@ -101,7 +102,7 @@ impl SvmInner {
             let r = st.tree.get_mut(key).expect("range");
             result = map::validate_and_map(&self.devs, r, one, first, last);
         }
-        self.events.emit(|| EventKind::PageFaultEnd { addr: page, gpu: id, migrated });
+        self.events.emit(|| EventKind::PageFaultEnd { addr: page.get(), gpu: id, migrated });
         match result {
             // The address space changed under the fault: the GPU retries (section 5.4).
             Err(e) if e.errno() == libc::EAGAIN => Ok(()),
@@ -155,7 +156,7 @@ impl SvmInner {
         &self,
         st: &mut SvmState,
         key: PageNo,
-        (first, last): (PageNo, PageNo),
+        pages: Pages,
         best: RestoreLocation,
         cause: Cause,
     ) -> Option<Result<()>> {
@@ -164,18 +165,16 @@ impl SvmInner {
         Some(match policy::retry_fault_move(actual, best) {
             policy::Move::Stay => return None,
             policy::Move::ToGpu(b) => {
-                match self.move_to_vram(st, key, (first, last), b, (trigger, cause.clone())) {
+                match self.move_to_vram(st, key, pages, b, (trigger, cause.clone())) {
                     Ok(_) => Ok(()),
                     // On another GPU and stuck there: bring the granule to RAM instead.
                     Err(_) if self.gpu_of(actual).is_some_and(|a| a != b) => {
-                        self.move_to_ram(st, key, (first, last), trigger, cause.clone()).map(|_| ())
+                        self.move_to_ram(st, key, pages, trigger, cause.clone()).map(|_| ())
                     }
                     Err(_) => Ok(()), // map in place
                 }
             }
-            policy::Move::ToSysmem => {
-                self.move_to_ram(st, key, (first, last), trigger, cause.clone()).map(|_| ())
-            }
+            policy::Move::ToSysmem => self.move_to_ram(st, key, pages, trigger, cause.clone()).map(|_| ()),
         })
     }
 }

@@ -3,6 +3,7 @@
 //! GPU mapping step (sections 1.7, 4.2, 7).
 
 use super::{SvmInner, SvmState};
+use crate::addr::Pages;
 use crate::attr::{Attr, Location, SvmFlags};
 use crate::error::{Error, Result};
 use crate::events::MigrateTrigger;
@@ -44,9 +45,9 @@ impl SvmInner {
 
     /// `svm_range_is_valid`'s second half: no page of `[start, last]` belongs to a KFD
     /// buffer object (EADDRINUSE).
-    pub(super) fn check_not_kfd(&self, start: PageNo, last: PageNo) -> Result<()> {
-        match self.kfd_bos.lock().first_in(start, last) {
-            Some(p) => Err(Error::AddressInUse { addr: p << PAGE_SHIFT }),
+    pub(super) fn check_not_kfd(&self, pages: Pages) -> Result<()> {
+        match self.kfd_bos.lock().first_in(pages) {
+            Some(p) => Err(Error::AddressInUse { addr: p.addr() as u64 }),
             None => Ok(()),
         }
     }
@@ -59,7 +60,7 @@ impl SvmInner {
     fn watch(&self, st: &SvmState, start: PageNo, last: PageNo) -> Result<()> {
         let mut unwatched: Vec<(PageNo, PageNo)> = Vec::new();
         let mut next = start;
-        for r in st.tree.overlapping(start, last).filter(|r| r.registered) {
+        for r in st.tree.overlapping(Pages::new(start, last)).filter(|r| r.registered) {
             if r.start > next {
                 unwatched.push((next, r.start - 1));
             }
@@ -69,9 +70,9 @@ impl SvmInner {
             unwatched.push((next, last));
         }
         for (i, &(s, l)) in unwatched.iter().enumerate() {
-            if let Err(e) = migrate::register_interval(&self.engine, s, l) {
+            if let Err(e) = migrate::register_interval(&self.engine, Pages::new(s, l)) {
                 for &(s, l) in &unwatched[..i] {
-                    migrate::unregister_interval(&self.engine, s, l);
+                    migrate::unregister_interval(&self.engine, Pages::new(s, l));
                 }
                 return Err(e);
             }
@@ -80,15 +81,16 @@ impl SvmInner {
     }
 
     /// `svm_range_set_attr` after the entry checks.
-    pub(crate) fn set_attr(&self, start: PageNo, last: PageNo, attrs: &[Attr]) -> Result<()> {
+    pub(crate) fn set_attr(&self, pages: Pages, attrs: &[Attr]) -> Result<()> {
+        let Pages { first: start, last } = pages;
         let ops = self.check_attrs(attrs)?;
         let mut st = self.lock_state();
         check_mapped(start, last)?;
-        self.check_not_kfd(start, last)?;
+        self.check_not_kfd(pages)?;
         let xnack = st.xnack;
         // XNACK off: the new ranges reserve their size against the system-memory limit;
         // beyond it the whole call fails with ENOMEM and changes nothing (section 1.7).
-        let gap_pages = st.tree.gap_pages(start, last);
+        let gap_pages = st.tree.gap_pages(pages);
         let new_bytes = if xnack { 0 } else { gap_pages << PAGE_SHIFT };
         if st.reserved_bytes + new_bytes > self.system_memory_limit {
             return Err(Error::NoMemory { bytes: new_bytes });
@@ -164,16 +166,16 @@ impl SvmInner {
             self.devs.same_hive(a, b)
         }) {
             policy::Move::Stay => Ok(false),
-            policy::Move::ToSysmem => {
-                self.move_to_ram(st, s, (first, last), MigrateTrigger::Prefetch, cause).map(|_| true)
-            }
+            policy::Move::ToSysmem => self
+                .move_to_ram(st, s, Pages::new(first, last), MigrateTrigger::Prefetch, cause)
+                .map(|_| true),
             // A failed migration to VRAM leaves the data in RAM, silently (section 4.2), and
             // does not count as migrated: the mapping step then runs as without it (taken
             // for done, it skipped the remap of a GPU_RO change, and under XNACK on mapped
             // every ACCESS GPU).
-            policy::Move::ToGpu(idx) => {
-                Ok(self.move_to_vram(st, s, (first, last), idx, (MigrateTrigger::Prefetch, cause)).is_ok())
-            }
+            policy::Move::ToGpu(idx) => Ok(self
+                .move_to_vram(st, s, Pages::new(first, last), idx, (MigrateTrigger::Prefetch, cause))
+                .is_ok()),
         }
     }
 
@@ -189,10 +191,11 @@ impl SvmInner {
     }
 
     /// `svm_range_get_attr` after the entry checks.
-    pub(crate) fn get_attr(&self, start: PageNo, last: PageNo, attrs: &mut [RawAttr]) -> Result<()> {
+    pub(crate) fn get_attr(&self, pages: Pages, attrs: &mut [RawAttr]) -> Result<()> {
+        let Pages { first: start, last } = pages;
         let st = self.lock_state();
         check_mapped(start, last)?;
-        self.check_not_kfd(start, last)?;
+        self.check_not_kfd(pages)?;
         for a in attrs.iter() {
             match a.ty {
                 uapi::KFD_IOCTL_SVM_ATTR_PREFERRED_LOC
@@ -207,7 +210,7 @@ impl SvmInner {
                 ty => return Err(Error::UnknownAttrType(ty)),
             }
         }
-        let agg = st.tree.aggregate(start, last, self.supported).unwrap_or_else(|| {
+        let agg = st.tree.aggregate(pages, self.supported).unwrap_or_else(|| {
             // Nothing overlaps: the attributes a new range would get.
             let d = self.new_range_attrs(st.xnack);
             Aggregate {
@@ -248,7 +251,7 @@ impl SvmInner {
 /// `svm_range_is_valid`: every page of `[start, last]` must lie in an ordinary mapping of
 /// the process, with no hole and no device (I/O, PFN) mapping, else EFAULT.
 fn check_mapped(start: PageNo, last: PageNo) -> Result<()> {
-    for piece in vma::pieces(start, last) {
+    for piece in vma::pieces(Pages::new(start, last)) {
         let v = piece?.vma;
         if v.kind == vma::VmaKind::Device {
             return Err(Error::DeviceMapping { addr: v.start as u64, name: "I/O or PFN mapping".into() });
@@ -266,5 +269,5 @@ pub(crate) fn check_interval(start: u64, size: u64) -> Result<(PageNo, PageNo)> 
         return Err(bad);
     }
     let end = start.checked_add(size).filter(|&e| e <= usize::MAX as u64).ok_or(bad)?;
-    Ok((start >> PAGE_SHIFT, (end >> PAGE_SHIFT) - 1))
+    Ok((PageNo::new(start >> PAGE_SHIFT), PageNo::new((end >> PAGE_SHIFT) - 1)))
 }

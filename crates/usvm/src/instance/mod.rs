@@ -37,6 +37,7 @@ pub(crate) use fork::track_for_fork;
 pub(crate) use ioctl::check_interval;
 pub(crate) use notifier::{PendingOp, RESTORE_DELAY, Work};
 
+use crate::addr::Pages;
 use crate::attr::Residency;
 use crate::attr::{GpuId, Location};
 use crate::error::{Error, Result};
@@ -204,7 +205,7 @@ impl SvmInner {
     /// granule around it back to RAM; the move wakes the faulting threads. Called with the
     /// state lock held.
     pub(crate) fn cpu_fault(&self, st: &mut SvmState, page: PageNo, write: bool) -> Result<()> {
-        let addr = (page << PAGE_SHIFT) as usize;
+        let addr = page.addr();
         if !st.tree.find(page).is_some_and(|r| r.page_in_vram(page)) {
             // Not in VRAM: resolved by someone else meanwhile (the page is present), or
             // never ours to bring back. With the instance lock held no migration is under
@@ -212,7 +213,7 @@ impl SvmInner {
             // RAM holds no data anywhere: a stale mark (it would make the thread fault
             // forever). Drop it and resolve the page as a first touch.
             if self.pending.lock().is_empty() {
-                self.engine.forget_out(page, page);
+                self.engine.forget_out(Pages::one(page));
             }
             if !self.engine.resolve_if_in_ram(page)? {
                 self.engine.uffd.wake(addr, PAGE_SIZE)?;
@@ -226,7 +227,7 @@ impl SvmInner {
         self.move_to_ram(
             st,
             key,
-            (first, last),
+            Pages::new(first, last),
             MigrateTrigger::PagefaultCpu,
             Cause::CpuFault { addr, write },
         )
@@ -236,7 +237,7 @@ impl SvmInner {
     /// Where each of `n` pages from `page` lives.
     pub(crate) fn residency(&self, page: PageNo, n: usize) -> Vec<Residency> {
         let st = self.lock_state();
-        let addr = (page << PAGE_SHIFT) as usize;
+        let addr = page.addr();
         let mut has = sys::pagemap::has_memory(addr, n).unwrap_or_else(|_| vec![false; n]);
         // A page of a file or shared mapping that this process has not mapped yet can hold
         // data all the same, in the page cache: mincore sees it (for private anonymous
@@ -270,7 +271,7 @@ impl SvmInner {
         let keys: Vec<(PageNo, PageNo)> =
             st.tree.iter().filter(|r| r.vram_pages() > 0).map(|r| (r.start, r.last)).collect();
         for (s, l) in keys {
-            let _ = self.move_to_ram(st, s, (s, l), MigrateTrigger::Prefetch, cause.clone());
+            let _ = self.move_to_ram(st, s, Pages::new(s, l), MigrateTrigger::Prefetch, cause.clone());
         }
     }
 }

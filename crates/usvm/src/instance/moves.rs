@@ -4,6 +4,7 @@
 //! when VRAM is short. Every move is recorded with its cause (`history.rs`).
 
 use super::{SvmInner, SvmState};
+use crate::addr::Pages;
 use crate::attr::Location;
 use crate::error::{Error, Result};
 use crate::events::{MigrateTrigger, clock_ns};
@@ -25,11 +26,12 @@ impl SvmInner {
         &self,
         st: &mut SvmState,
         key: PageNo,
-        (first, last): (PageNo, PageNo),
+        pages: Pages,
         g: usize,
         (trigger, cause): (MigrateTrigger, Cause),
     ) -> Result<u64> {
-        let mut r = st.tree.take(key).ok_or(Error::NotMapped { addr: first << PAGE_SHIFT })?;
+        let first = pages.first;
+        let mut r = st.tree.take(key).ok_or(Error::NotMapped { addr: first.addr() as u64 })?;
         // The pages that move come from RAM, or from another GPU's VRAM (through RAM).
         let from = match r.actual_loc {
             Location::Gpu(x) if x != self.gpus[g].id => r.actual_loc,
@@ -39,11 +41,11 @@ impl SvmInner {
         let id = if self.record_history { self.history.reserve_id() } else { 0 };
         let for_gpu = self.gpus[g].id;
         let cx = self.ctx(st.xnack);
-        let res = migrate::to_vram(&cx, &mut r, (first, last), g, trigger, &mut |victims| {
-            let cause = Cause::Eviction { for_gpu, for_addr: (first << PAGE_SHIFT) as usize };
+        let res = migrate::to_vram(&cx, &mut r, pages, g, trigger, &mut |victims| {
+            let cause = Cause::Eviction { for_gpu, for_addr: first.addr() };
             self.evict_holders(st, victims, (cause, id))
         });
-        let range = ((r.start << PAGE_SHIFT) as usize, (r.npages() << PAGE_SHIFT) as usize);
+        let range = (r.start.addr(), (r.npages() << PAGE_SHIFT) as usize);
         st.tree.insert(r);
         if let Ok(n) = res {
             let to = Location::Gpu(for_gpu);
@@ -61,25 +63,26 @@ impl SvmInner {
         &self,
         st: &mut SvmState,
         key: PageNo,
-        (first, last): (PageNo, PageNo),
+        pages: Pages,
         trigger: MigrateTrigger,
         cause: Cause,
     ) -> Result<u64> {
-        self.move_to_ram_linked(st, key, (first, last), trigger, (cause, 0))
+        self.move_to_ram_linked(st, key, pages, trigger, (cause, 0))
     }
 
     fn move_to_ram_linked(
         &self,
         st: &mut SvmState,
         key: PageNo,
-        (first, last): (PageNo, PageNo),
+        pages: Pages,
         trigger: MigrateTrigger,
         (cause, link): (Cause, u64),
     ) -> Result<u64> {
-        let mut r = st.tree.take(key).ok_or(Error::NotMapped { addr: first << PAGE_SHIFT })?;
+        let first = pages.first;
+        let mut r = st.tree.take(key).ok_or(Error::NotMapped { addr: first.addr() as u64 })?;
         let (from, at_ns) = (r.actual_loc, clock_ns());
-        let res = migrate::to_ram(&self.ctx(st.xnack), &mut r, (first, last), trigger);
-        let range = ((r.start << PAGE_SHIFT) as usize, (r.npages() << PAGE_SHIFT) as usize);
+        let res = migrate::to_ram(&self.ctx(st.xnack), &mut r, pages, trigger);
+        let range = (r.start.addr(), (r.npages() << PAGE_SHIFT) as usize);
         st.tree.insert(r);
         if let Ok(n) = res {
             let linked = (link != 0).then_some(link);
@@ -105,7 +108,7 @@ impl SvmInner {
         if !self.record_history || m.npages == 0 {
             return;
         }
-        m.start = (first << PAGE_SHIFT) as usize;
+        m.start = first.addr();
         self.history.record(m, range);
     }
 
@@ -123,7 +126,11 @@ impl SvmInner {
             for _ in 0..VRAM_TO_VRAM_TRIES {
                 let done = st.tree.get(s).is_none_or(|r| r.vram.is_none());
                 let trigger = MigrateTrigger::TtmEviction;
-                if done || self.move_to_ram_linked(st, s, (s, l), trigger, (cause.clone(), link)).is_err() {
+                if done
+                    || self
+                        .move_to_ram_linked(st, s, Pages::new(s, l), trigger, (cause.clone(), link))
+                        .is_err()
+                {
                     break;
                 }
             }

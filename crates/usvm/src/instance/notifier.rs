@@ -4,6 +4,8 @@
 //! queues were evicted (XNACK off).
 
 use super::{SvmInner, SvmState};
+use crate::addr::Pages;
+use crate::addr::each_page;
 use crate::attr::{Location, SvmFlags};
 use crate::events::UnmapTrigger;
 use crate::history::{Cause, Move};
@@ -61,7 +63,9 @@ impl SvmInner {
         let mut ops = ops.into_iter();
         while let Some(op) = ops.next() {
             match op {
-                PendingOp::Unmap { start, last } => self.cpu_unmapped(st, (start, last), Cause::Munmap),
+                PendingOp::Unmap { start, last } => {
+                    self.cpu_unmapped(st, Pages::new(start, last), Cause::Munmap)
+                }
                 PendingOp::Remove { start, last } => self.cpu_removed(st, start, last),
                 PendingOp::Remap { from, to, npages } => {
                     if !self.cpu_remapped(st, from, to, npages) {
@@ -88,7 +92,7 @@ impl SvmInner {
     /// XNACK on, the pages are unmapped from the GPUs.
     fn cpu_removed(&self, st: &mut SvmState, start: PageNo, last: PageNo) {
         let xnack = st.xnack;
-        let keys: Vec<PageNo> = st.tree.overlapping(start, last).map(|r| r.start).collect();
+        let keys: Vec<PageNo> = st.tree.overlapping(Pages::new(start, last)).map(|r| r.start).collect();
         for k in keys {
             let r = st.tree.get_mut(k).expect("range");
             self.drop_vram_recorded(r, (start, last), Cause::DontNeed);
@@ -104,7 +108,7 @@ impl SvmInner {
                 }
                 st.evicted_ranges += 1;
             } else {
-                map::unmap_from_gpus(&self.devs, r, start, last, UnmapTrigger::MmuNotify);
+                map::unmap_from_gpus(&self.devs, r, Pages::new(start, last), UnmapTrigger::MmuNotify);
             }
         }
     }
@@ -115,12 +119,12 @@ impl SvmInner {
     /// forgotten) when a copy met EAGAIN: an event waits to be read.
     fn cpu_remapped(&self, st: &mut SvmState, from: PageNo, to: PageNo, npages: u64) -> bool {
         let last = from + npages - 1;
-        let keys: Vec<PageNo> = st.tree.overlapping(from, last).map(|r| r.start).collect();
+        let keys: Vec<PageNo> = st.tree.overlapping(Pages::new(from, last)).map(|r| r.start).collect();
         let mut copied = true;
         for k in keys {
             let r = st.tree.get_mut(k).expect("range");
             let Some(b) = r.vram.clone() else { continue };
-            for p in (from.max(r.start)..=last.min(r.last)).filter(|&p| r.page_in_vram(p)) {
+            for p in each_page(from.max(r.start), last.min(r.last)).filter(|&p| r.page_in_vram(p)) {
                 let src = b.bo.host_addr(b.offset + (p - r.start));
                 let dst = to + (p - from);
                 match self.engine.commit_in(dst, 1, src, migrate::Fill::Copy).1 {
@@ -129,20 +133,20 @@ impl SvmInner {
                     // Anything else would fail again on every retry (the worker would
                     // spin): say so and go on.
                     Some(errno) => tracing::error!(
-                        page = format_args!("{:#x}", dst << PAGE_SHIFT),
+                        page = format_args!("{:#x}", dst.addr()),
                         errno,
                         "mremap: the data of a VRAM page could not follow it"
                     ),
                 }
-                let _ = self.engine.uffd.wake((dst << PAGE_SHIFT) as usize, PAGE_SIZE);
+                let _ = self.engine.uffd.wake(dst.addr(), PAGE_SIZE);
             }
         }
         if copied {
             {
-                self.engine.out.lock().remap_applied(from, last);
+                self.engine.out.lock().remap_applied(Pages::new(from, last));
             }
             // The VRAM data followed the mapping to its new place (in RAM).
-            self.cpu_unmapped(st, (from, last), Cause::Mremap);
+            self.cpu_unmapped(st, Pages::new(from, last), Cause::Mremap);
         }
         copied
     }
@@ -152,7 +156,11 @@ impl SvmInner {
     fn drop_vram_recorded(&self, r: &mut SvmRange, (start, last): (PageNo, PageNo), cause: Cause) {
         let from = r.actual_loc;
         let (s, l) = (start.max(r.start), last.min(r.last));
-        let n = if r.vram.is_some() && s <= l { (s..=l).filter(|&p| r.page_in_vram(p)).count() } else { 0 };
+        let n = if r.vram.is_some() && s <= l {
+            each_page(s, l).filter(|&p| r.page_in_vram(p)).count()
+        } else {
+            0
+        };
         drop_vram(r, start, last);
         let to = if cause == Cause::Mremap { Location::Sysmem } else { Location::Undefined };
         let trigger = crate::events::MigrateTrigger::Prefetch;
@@ -167,25 +175,26 @@ impl SvmInner {
             id: 0,
             linked: None,
         };
-        let range = ((r.start << PAGE_SHIFT) as usize, (r.npages() << PAGE_SHIFT) as usize);
+        let range = (r.start.addr(), (r.npages() << PAGE_SHIFT) as usize);
         self.record(m, s, range);
     }
 
     /// `[start, last]` is no longer mapped by the application: unmap it from the GPUs now
     /// (UNMAP_FROM_GPU, trigger 2), drop its VRAM copies and its range pieces.
-    pub(super) fn cpu_unmapped(&self, st: &mut SvmState, (start, last): (PageNo, PageNo), cause: Cause) {
-        let keys: Vec<PageNo> = st.tree.overlapping(start, last).map(|r| r.start).collect();
+    pub(super) fn cpu_unmapped(&self, st: &mut SvmState, pages: Pages, cause: Cause) {
+        let Pages { first: start, last } = pages;
+        let keys: Vec<PageNo> = st.tree.overlapping(pages).map(|r| r.start).collect();
         for k in keys {
             let r = st.tree.get_mut(k).expect("range");
-            map::unmap_from_gpus(&self.devs, r, start, last, UnmapTrigger::UnmapFromCpu);
+            map::unmap_from_gpus(&self.devs, r, pages, UnmapTrigger::UnmapFromCpu);
             self.drop_vram_recorded(r, (start, last), cause.clone());
         }
         {
             let mut out = self.engine.out.lock();
-            out.unmark(start, last);
-            out.unmap_applied(start, last);
+            out.unmark(pages);
+            out.unmap_applied(pages);
         }
-        for gone in st.tree.remove_interval(start, last) {
+        for gone in st.tree.remove_interval(pages) {
             if gone.accounted {
                 st.reserved_bytes -= gone.npages() << PAGE_SHIFT;
             }
@@ -229,10 +238,10 @@ impl SvmInner {
     /// before usvm unmaps a buffer of its own: clears the GPU mappings of the pages
     /// (UNMAP_FROM_GPU, trigger 2), their VRAM copies and their range pieces.
     pub(crate) fn notify_unmap(&self, addr: usize, len: usize) {
-        let start = (addr >> PAGE_SHIFT) as PageNo;
-        let last = ((addr + len) >> PAGE_SHIFT) as PageNo - 1;
+        let start = PageNo::of_addr(addr);
+        let last = PageNo::of_addr(addr + len) - 1;
         let mut st = self.lock_state();
-        self.cpu_unmapped(&mut st, (start, last), Cause::Munmap);
+        self.cpu_unmapped(&mut st, Pages::new(start, last), Cause::Munmap);
     }
 }
 
@@ -241,7 +250,7 @@ fn drop_vram(r: &mut SvmRange, start: PageNo, last: PageNo) {
     if r.vram.is_none() {
         return;
     }
-    for p in start.max(r.start)..=last.min(r.last) {
+    for p in each_page(start.max(r.start), last.min(r.last)) {
         r.in_vram.set(p - r.start, false);
     }
     if r.vram_pages() == 0 {
@@ -252,6 +261,8 @@ fn drop_vram(r: &mut SvmRange, start: PageNo, last: PageNo) {
 
 #[cfg(test)]
 mod tests {
+    use crate::addr::PageNo;
+    use crate::addr::Pages;
     use crate::attr::{Attr, Location, Residency};
     use crate::history::Cause;
     use crate::instance::PendingOp;
@@ -268,9 +279,9 @@ mod tests {
         let buf = svm.alloc(2 << 20).unwrap();
         buf.fill(0, buf.len(), 7);
         svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g))]).unwrap();
-        let first = (buf.addr() >> PAGE_SHIFT) as u64;
+        let first = PageNo::of_addr(buf.addr());
         // As the reader queues it after reading a REMOVE event for the first 16 pages.
-        svm.inner().engine.out.lock().on_remove(first, first + 15);
+        svm.inner().engine.out.lock().on_remove(Pages::new(first, first + 15));
         svm.inner().push_pending(PendingOp::Remove { start: first, last: first + 15 });
         assert_eq!(svm.range_count(), 1, "applied by the next lock holder; the range stays");
         let res = svm.residency(buf.addr(), 17);
@@ -292,10 +303,10 @@ mod tests {
         let buf = svm.alloc(2 << 20).unwrap();
         buf.fill(0, buf.len(), 3);
         svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g))]).unwrap();
-        let first = (buf.addr() >> PAGE_SHIFT) as u64;
+        let first = PageNo::of_addr(buf.addr());
         // The last 256 pages: what an munmap of the buffer's second half queues.
         let (s, l) = (first + 256, first + 511);
-        svm.inner().engine.out.lock().on_unmap(s, l);
+        svm.inner().engine.out.lock().on_unmap(Pages::new(s, l));
         svm.inner().push_pending(PendingOp::Unmap { start: s, last: l });
         let ranges = svm.ranges();
         assert_eq!(ranges.len(), 1);

@@ -263,7 +263,8 @@ impl Events {
 
 impl Drop for Events {
     fn drop(&mut self) {
-        let _ = sys::mmap::unmap(self.page, PAGE_BYTES.next_multiple_of(PAGE_SIZE));
+        // SAFETY: the event page this value mapped; GPUs stopped using it when the KFD closed.
+        let _ = unsafe { sys::mmap::unmap(self.page, PAGE_BYTES.next_multiple_of(PAGE_SIZE)) };
     }
 }
 

@@ -7,6 +7,8 @@
 //! SVM range, as in the kernel.
 
 use super::{KfdError, KfdResult};
+use crate::addr::PageNo;
+use crate::addr::Pages;
 use crate::gpu::pagetable::{Pte, PteFlags};
 use crate::gpu::vram::{Bo, Clear, Reservation};
 use crate::range::GpuMask;
@@ -93,8 +95,8 @@ pub struct Memory {
     bufs: Mutex<BTreeMap<usize, Buffer>>,
 }
 
-fn pages(addr: usize, len: usize) -> (u64, u64) {
-    let s = (addr >> PAGE_SHIFT) as u64;
+fn pages(addr: usize, len: usize) -> (PageNo, PageNo) {
+    let s = PageNo::of_addr(addr);
     (s, s + (len >> PAGE_SHIFT) as u64 - 1)
 }
 
@@ -105,17 +107,17 @@ impl Memory {
         let inner = svm.inner();
         let (s, l) = pages(addr, len);
         let st = inner.lock_state();
-        if let Some(r) = st.tree.overlapping(s, l).next() {
-            let at = r.start.max(s) << PAGE_SHIFT;
+        if let Some(r) = st.tree.overlapping(Pages::new(s, l)).next() {
+            let at = r.start.max(s).addr() as u64;
             return Err(crate::Error::AddressInUse { addr: at }.into());
         }
-        inner.kfd_bos.lock().insert(s, l);
+        inner.kfd_bos.lock().insert(Pages::new(s, l));
         Ok(())
     }
 
     fn unclaim(svm: &Svm, addr: usize, len: usize) {
         let (s, l) = pages(addr, len);
-        svm.inner().kfd_bos.lock().remove(s, l);
+        svm.inner().kfd_bos.lock().remove(Pages::new(s, l));
     }
 
     fn overlaps(bufs: &BTreeMap<usize, Buffer>, addr: usize, len: usize) -> Option<usize> {
@@ -164,7 +166,8 @@ impl Memory {
         };
         if let Err(e) = Self::claim(svm, addr, len) {
             if matches!(backing, Backing::System) {
-                let _ = sys::mmap::unmap(addr, len);
+                // SAFETY: the system memory mapped above for this call, not handed out.
+                let _ = unsafe { sys::mmap::unmap(addr, len) };
             }
             return Err(e);
         }
@@ -189,7 +192,9 @@ impl Memory {
         Self::unmap_from(svm, addr, b.len, b.mapped);
         Self::unclaim(svm, addr, b.len);
         if matches!(b.backing, Backing::System) {
-            let _ = sys::mmap::unmap(addr, b.len);
+            // SAFETY: memory this KFD allocated, unmapped from every GPU above; the
+            // application freed it (`hsaKmtFreeMemory`) and may not use it again.
+            let _ = unsafe { sys::mmap::unmap(addr, b.len) };
         }
         // A VRAM BO goes back to the allocator when `b` drops, after the unmap.
     }
@@ -209,7 +214,7 @@ impl Memory {
             return Err(KfdError::AlreadyRegistered(a));
         }
         let (s, l) = pages(start, len);
-        for p in sys::vma::pieces(s, l) {
+        for p in sys::vma::pieces(Pages::new(s, l)) {
             p.map_err(KfdError::Sys)?;
         }
         Self::claim(svm, start, len)?;
@@ -292,7 +297,7 @@ impl Memory {
     fn unmap_from(svm: &Svm, addr: usize, len: usize, gpus: GpuMask) {
         let (s, l) = pages(addr, len);
         for g in gpus.iter() {
-            svm.inner().devs.gpus[g].pt.unmap(s, l);
+            svm.inner().devs.gpus[g].pt.unmap(Pages::new(s, l));
         }
     }
 

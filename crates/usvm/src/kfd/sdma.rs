@@ -451,7 +451,7 @@ impl Engine {
         match e {
             Error::GpuVmFault { addr, write, .. } => {
                 let page = addr & !(crate::sys::PAGE_SIZE as u64 - 1);
-                let pte = self.devs.gpus[self.gpu].pt.get(page >> crate::sys::PAGE_SHIFT);
+                let pte = self.devs.gpus[self.gpu].pt.get(crate::addr::PageNo::of_addr(page as usize));
                 // A store the mapping refuses: a read-only GPU entry, or (system pages, whose
                 // entries stay writable when the application mprotects them) a mapping of
                 // the process that is present but not writable.

@@ -16,11 +16,12 @@
 //! back as it was when it ends.
 
 use super::{Engine, Fill, MIGRATE_COLLECT_RETRIES, STAGING_PAGES, merge_ops};
+use crate::addr::Pages;
 use crate::error::Result;
 use crate::gpu::sdma::CopyEngine;
 use crate::range::{PageNo, SvmRange, VramBacking};
 use crate::sys::mmap::Prot;
-use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE, vma};
+use crate::sys::{self, PAGE_SIZE, vma};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -133,13 +134,14 @@ impl<'a> ToVramBatch<'a> {
         eng: &'a Engine,
         r: &'a mut SvmRange,
         backing: VramBacking,
-        (first, last): (PageNo, PageNo),
+        pages: Pages,
     ) -> Result<Self> {
-        let n = last - first + 1;
+        let first = pages.first;
+        let n = pages.len();
         let mut slots = vec![Slot::Left; n as usize];
         {
             let mut out = eng.out.lock();
-            for (s, l) in out.mark_for_collection(first, last) {
+            for (s, l) in out.mark_for_collection(pages) {
                 slots[(s - first) as usize..=(l - first) as usize].fill(Slot::Marked);
             }
         }
@@ -200,8 +202,11 @@ impl<'a> ToVramBatch<'a> {
         if injected {
             return (0, Some(libc::EBUSY));
         }
-        let src = ((self.first + i) << PAGE_SHIFT) as usize;
-        let (done, err) = eng.own.move_pages(self.staged(i), src, k as usize * PAGE_SIZE, true);
+        let src = (self.first + i).addr();
+        // SAFETY: application pages registered with usvm's descriptor, marked out of RAM
+        // under the `out` lock (a CPU fault on them waits for this batch), moving to the
+        // staging area this batch owns; the batch's slots record where each page went.
+        let (done, err) = unsafe { eng.own.move_pages(self.staged(i), src, k as usize * PAGE_SIZE, true) };
         ((done / PAGE_SIZE) as u64, err)
     }
 
@@ -241,7 +246,7 @@ impl<'a> ToVramBatch<'a> {
     /// - not writable and locked: left in RAM (`MREMAP_DONTUNMAP` would unlock the
     ///   application's mapping), as is anything that is not anonymous private memory.
     fn plan_refused(&mut self, i: u64, k: u64) -> (u64, Plan) {
-        let src = ((self.first + i) << PAGE_SHIFT) as usize;
+        let src = (self.first + i).addr();
         let v = match vma::lookup(src, false) {
             Ok(Some(v)) if v.migratable() => v,
             // Unmapped meanwhile, or not anonymous private any more: the page tables tell.
@@ -263,7 +268,8 @@ impl<'a> ToVramBatch<'a> {
         }
         let prot = Prot { read: v.read, write: true, exec: v.exec };
         self.changed.push(Changed { i, k, how: Change::Matched });
-        let matched = (prot == Prot::RW || sys::mmap::protect_own(staged, len, prot).is_ok())
+        // SAFETY: a piece of the staging area, which only this batch uses.
+        let matched = (prot == Prot::RW || unsafe { sys::mmap::protect_own(staged, len, prot) }.is_ok())
             && (!locked || sys::mmap::lock_own_on_fault(staged, len).is_ok());
         (i + k, if matched { Plan::Matched } else { Plan::Leave })
     }
@@ -283,7 +289,7 @@ impl<'a> ToVramBatch<'a> {
     /// the staging piece, first made write-only as a marker, has been replaced.
     fn remap_out(&mut self, out: parking_lot::MutexGuard<'_, super::out_of_ram::OutOfRam>, i: u64, k: u64) {
         let eng = self.eng;
-        let src = ((self.first + i) << PAGE_SHIFT) as usize;
+        let src = (self.first + i).addr();
         let (dst, len) = (self.staged(i), k as usize * PAGE_SIZE);
         // A run of holes needs no move: holes are collected as they are.
         if !sys::pagemap::has_memory(src, k as usize).is_ok_and(|v| v.contains(&true)) {
@@ -292,14 +298,17 @@ impl<'a> ToVramBatch<'a> {
         eng.uffd.set_own_area(eng.staging_out, STAGING_PAGES as usize * PAGE_SIZE);
         // Rebuilt at the end of the batch whatever happens here.
         self.changed.push(Changed { i, k, how: Change::Replaced });
-        if sys::mmap::protect_own(dst, len, Prot::WRITE_ONLY).is_err() {
+        // SAFETY: a piece of the staging area, which only this batch uses.
+        if unsafe { sys::mmap::protect_own(dst, len, Prot::WRITE_ONLY) }.is_err() {
             return;
         }
         let marker = || matches!(vma::lookup(dst, false), Ok(Some(v)) if v.write && !v.read);
         let moved = std::thread::scope(|s| {
             let remap = std::thread::Builder::new()
                 .name("usvm-remap".into())
-                .spawn_scoped(s, move || sys::mmap::move_keeping_source(src, len, dst));
+                // SAFETY: `dst` is a piece of the staging area this batch owns, `src`
+                // application memory watched by usvm's descriptor and marked out of RAM.
+                .spawn_scoped(s, move || unsafe { sys::mmap::move_keeping_source(src, len, dst) });
             let Ok(remap) = remap else { return false };
             let since = Instant::now();
             while !remap.is_finished() && marker() {
@@ -319,7 +328,8 @@ impl<'a> ToVramBatch<'a> {
             // The new mapping inherited the application's registration: its pages are usvm's
             // now, readable for the copy and movable for the way back.
             let _ = eng.uffd.unregister(dst, len);
-            if let Err(e) = sys::mmap::protect_own(dst, len, Prot::RW) {
+            // SAFETY: a piece of the staging area, which only this batch uses.
+            if let Err(e) = unsafe { sys::mmap::protect_own(dst, len, Prot::RW) } {
                 tracing::warn!(error = %e, "a staging piece stays unreadable: its pages stay there");
             }
         }
@@ -331,7 +341,7 @@ impl<'a> ToVramBatch<'a> {
     fn classify(&mut self) -> Result<()> {
         let n = self.slots.len();
         let has = sys::pagemap::has_memory(self.eng.staging_out, n)?;
-        let app_has = sys::pagemap::has_memory((self.first << PAGE_SHIFT) as usize, n)?;
+        let app_has = sys::pagemap::has_memory(self.first.addr(), n)?;
         let mut out = self.eng.out.lock();
         for i in 0..n {
             if self.slots[i] != Slot::Marked {
@@ -344,7 +354,7 @@ impl<'a> ToVramBatch<'a> {
                 Slot::Hole
             } else {
                 let p = self.first + i as u64;
-                out.unmark(p, p);
+                out.unmark(Pages::one(p));
                 Slot::Left
             };
         }
@@ -374,7 +384,8 @@ impl<'a> ToVramBatch<'a> {
         }
         for i in 0..self.slots.len() as u64 {
             if self.slot(i) == Slot::Hole {
-                sys::mmap::fill(self.vram(i), PAGE_SIZE, 0);
+                // SAFETY: a page of the BO this batch fills, not mapped by any GPU yet.
+                unsafe { sys::mmap::fill(self.vram(i), PAGE_SIZE, 0) };
                 self.slots[i as usize] = Slot::InVram;
             }
         }
@@ -426,7 +437,8 @@ impl<'a> ToVramBatch<'a> {
             }
         }
         let (addr, len) = (eng.staging_out, STAGING_PAGES as usize * PAGE_SIZE);
-        let res = sys::mmap::map_fresh_over_own(addr, len).and_then(|()| {
+        // SAFETY: the staging area, whose pages all left (or were rescued) above.
+        let res = unsafe { sys::mmap::map_fresh_over_own(addr, len) }.and_then(|()| {
             sys::mmap::advise_hugepages(addr, len);
             sys::mmap::advise_dontfork(addr, len);
             eng.own.register(addr, len)
@@ -446,7 +458,7 @@ impl<'a> ToVramBatch<'a> {
                 let staged = sys::pagemap::has_memory(self.staged(i), 1).map_or(true, |v| v[0]);
                 self.slots[i as usize] = if staged { Slot::Staged } else { Slot::Returned };
                 if !staged {
-                    self.eng.forget_out(self.first + i, self.first + i);
+                    self.eng.forget_out(Pages::one(self.first + i));
                 }
             }
         }
@@ -481,7 +493,7 @@ impl<'a> ToVramBatch<'a> {
     /// The `i`-th page could not move back (`move_errno`): copy it back, else keep it in VRAM.
     fn rescue(&mut self, i: u64, move_errno: i32) {
         let page = self.first + i;
-        let addr = format_args!("{:#x}", page << PAGE_SHIFT);
+        let addr = format_args!("{:#x}", page.addr());
         match self.eng.commit_in(page, 1, self.staged(i), Fill::Copy) {
             (1, _) => {
                 tracing::warn!(
@@ -498,7 +510,9 @@ impl<'a> ToVramBatch<'a> {
                     ?copy_errno,
                     "a page could not go back to RAM after a failed copy: kept in VRAM"
                 );
-                sys::mmap::copy(self.vram(i), self.staged(i), PAGE_SIZE);
+                // SAFETY: the page's VRAM slot in this batch's BO and its staging page, both
+                // owned by the batch.
+                unsafe { sys::mmap::copy(self.vram(i), self.staged(i), PAGE_SIZE) };
                 self.slots[i as usize] = Slot::InVram;
             }
         }
@@ -526,7 +540,7 @@ impl<'a> ToVramBatch<'a> {
                 self.slots[i as usize] = Slot::Committed;
                 moved += 1;
             } else {
-                out.unmark(p, p);
+                out.unmark(Pages::one(p));
                 self.slots[i as usize] = Slot::Returned;
             }
         }

@@ -2,6 +2,7 @@
 //! areas and the RAM pool, and the sets of pages that are out of RAM.
 
 use super::*;
+use crate::addr::each_page;
 
 /// The engine's process-side resources of one instance.
 ///
@@ -81,13 +82,16 @@ impl Engine {
         let aligned = !n.is_multiple_of(SMALL_BATCH_PAGES) || level.is_multiple_of(SMALL_BATCH_PAGES);
         if all_populated && aligned && *level + n <= POOL_PAGES {
             let dst = self.pool + *level as usize * PAGE_SIZE;
-            let (done, err) = self.own.move_pages(dst, self.staging_out, bytes, false);
+            // SAFETY: both are usvm's own areas registered with `own`; the pool's level
+            // (locked) says which of its pages hold moved pages.
+            let (done, err) = unsafe { self.own.move_pages(dst, self.staging_out, bytes, false) };
             *level += (done / PAGE_SIZE) as u64;
             if err.is_none() {
                 return Ok(());
             }
         }
-        sys::mmap::discard(self.staging_out, bytes)
+        // SAFETY: the staging area, whose pages are copies no longer needed.
+        unsafe { sys::mmap::discard(self.staging_out, bytes) }
     }
 
     /// `n` populated RAM pages to copy into, which the caller moves into the application
@@ -127,7 +131,7 @@ impl Engine {
             let mut out = self.out.lock();
             if !out.committable(first + i) {
                 // Dropped or unmapped by the application meanwhile: its data must not come back.
-                out.unmark(first + i, first + i);
+                out.unmark(Pages::one(first + i));
                 i += 1;
                 continue;
             }
@@ -135,11 +139,14 @@ impl Engine {
             while i + k < n && out.committable(first + i + k) {
                 k += 1;
             }
-            let dst = ((first + i) << PAGE_SHIFT) as usize;
+            let dst = (first + i).addr();
             let s = src + i as usize * PAGE_SIZE;
             let len = k as usize * PAGE_SIZE;
             let (bytes, err) = match fill {
-                Fill::Move => match self.uffd.move_pages(dst, s, len, false) {
+                // SAFETY: `s` is a staging-in piece this call owns, `dst` application pages
+                // registered with `uffd` and marked out of RAM; `commit_in`'s count says
+                // which pages arrived.
+                Fill::Move => match unsafe { self.uffd.move_pages(dst, s, len, false) } {
                     // UFFDIO_MOVE wants both areas with the same protection and mlock state:
                     // memory the application made read-only or locked gets a copy instead
                     // (the data stayed in VRAM, and a CPU fault on it got SIGBUS).
@@ -157,7 +164,7 @@ impl Engine {
                 e => e,
             };
             if m > 0 {
-                out.unmark(first + i, first + i + m - 1);
+                out.unmark(Pages::new(first + i, first + i + m - 1));
             }
             drop(out);
             i += m;
@@ -181,7 +188,7 @@ impl Engine {
     /// follow them (the queued Remap change copies it from VRAM).
     pub(super) fn forget_vram_copies(&self, r: &mut SvmRange, first: PageNo, n: u64) {
         let out = self.out.lock();
-        for p in first..first + n {
+        for p in each_page(first, first + n - 1) {
             if !out.is_remapped(p) {
                 r.in_vram.set(p - r.start, false);
             }
@@ -192,13 +199,14 @@ impl Engine {
     /// a child must not be reused as fresh pages).
     pub fn drain_pool(&self) {
         let mut level = self.pool_level.lock();
-        let _ = sys::mmap::discard(self.pool, *level as usize * PAGE_SIZE);
+        // SAFETY: the pool of fresh pages (usvm's own), emptied under its lock.
+        let _ = unsafe { sys::mmap::discard(self.pool, *level as usize * PAGE_SIZE) };
         *level = 0;
     }
 
     /// Forgets that the pages `[start, last]` are out of RAM (their data is gone).
-    pub fn forget_out(&self, start: PageNo, last: PageNo) {
-        self.out.lock().unmark(start, last);
+    pub fn forget_out(&self, pages: Pages) {
+        self.out.lock().unmark(pages);
     }
 
     /// Resolves a CPU fault on `page` if its data is in RAM: the page was never populated
@@ -212,32 +220,32 @@ impl Engine {
         if out.is_out(page) {
             return Ok(false);
         }
-        let block = page & !(SMALL_BATCH_PAGES - 1);
-        let has = sys::pagemap::has_memory((block << PAGE_SHIFT) as usize, SMALL_BATCH_PAGES as usize)
+        let block = page.align_down(SMALL_BATCH_PAGES);
+        let has = sys::pagemap::has_memory(block.addr(), SMALL_BATCH_PAGES as usize)
             .unwrap_or_else(|_| vec![true; SMALL_BATCH_PAGES as usize]);
         let mut zeroed_faulting = false;
         for (s, l) in
             runs(block, block + SMALL_BATCH_PAGES - 1, |p| !has[(p - block) as usize] && !out.is_out(p))
         {
             // Pages of the block outside the registered mapping are refused: not ours.
-            if self.uffd.zeropage((s << PAGE_SHIFT) as usize, ((l - s + 1) as usize) * PAGE_SIZE).is_ok() {
+            if self.uffd.zeropage(s.addr(), ((l - s + 1) as usize) * PAGE_SIZE).is_ok() {
                 zeroed_faulting |= s <= page && page <= l;
                 // Absent, so any zap is done: what the application writes there now is new.
-                out.zero_filled(s, l);
+                out.zero_filled(Pages::new(s, l));
             }
         }
         if !zeroed_faulting {
-            match self.uffd.zeropage((page << PAGE_SHIFT) as usize, PAGE_SIZE) {
+            match self.uffd.zeropage(page.addr(), PAGE_SIZE) {
                 Ok(()) => {}
                 // No watched mapping there any more (unmapped since the fault): the thread
                 // faults again and the kernel decides (SIGSEGV when nothing is mapped).
                 Err(e) if e.errno() == libc::ENOENT => {
-                    self.uffd.wake((page << PAGE_SHIFT) as usize, PAGE_SIZE)?;
+                    self.uffd.wake(page.addr(), PAGE_SIZE)?;
                     return Ok(true);
                 }
                 Err(e) => return Err(e),
             }
-            out.zero_filled(page, page);
+            out.zero_filled(Pages::one(page));
         }
         Ok(true)
     }
@@ -250,9 +258,12 @@ impl Drop for Engine {
         // UNMAP event, and the reader thread is gone by now.
         let _ = self.own.unregister(self.staging_out, bytes);
         let _ = self.own.unregister(self.pool, POOL_PAGES as usize * PAGE_SIZE);
-        let _ = sys::mmap::unmap(self.staging_out, bytes);
-        let _ = sys::mmap::unmap(self.staging_in, bytes);
-        let _ = sys::mmap::unmap(self.pool, POOL_PAGES as usize * PAGE_SIZE);
+        // SAFETY: the engine's own areas, dropped with it: no migration runs any more.
+        unsafe {
+            let _ = sys::mmap::unmap(self.staging_out, bytes);
+            let _ = sys::mmap::unmap(self.staging_in, bytes);
+            let _ = sys::mmap::unmap(self.pool, POOL_PAGES as usize * PAGE_SIZE);
+        }
     }
 }
 
@@ -260,5 +271,5 @@ impl Drop for Engine {
 /// VRAM copy dropped for the application's newer data) only when this says so; otherwise
 /// it is an error like any other and the data stays in VRAM.
 fn app_has_page(page: PageNo) -> bool {
-    sys::pagemap::has_memory((page << PAGE_SHIFT) as usize, 1).is_ok_and(|v| v[0])
+    sys::pagemap::has_memory(page.addr(), 1).is_ok_and(|v| v[0])
 }

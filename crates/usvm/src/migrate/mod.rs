@@ -47,6 +47,8 @@ pub use register::{register, register_interval, unregister_interval};
 pub use to_ram::to_ram;
 pub use to_vram::to_vram;
 
+use crate::addr::Pages;
+use crate::addr::each_page;
 use crate::attr::{Location, SvmFlags};
 use crate::error::{Error, Result};
 use crate::events::EventHub;
@@ -58,7 +60,7 @@ use crate::gpu::vram::Clear;
 use crate::map;
 use crate::policy;
 use crate::range::{PageNo, SvmRange, VramBacking};
-use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE, uffd::Uffd, vma};
+use crate::sys::{self, PAGE_SIZE, uffd::Uffd, vma};
 use batch::ToVramBatch;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -134,7 +136,7 @@ fn invalidate_piece(
         }
     } else {
         // Also when no GPU holds entries: the unmap clears `mapped_to_gpu`.
-        map::unmap_from_gpus(cx.devs, r, ps, pl, UnmapTrigger::MmuNotifyMigrate);
+        map::unmap_from_gpus(cx.devs, r, Pages::new(ps, pl), UnmapTrigger::MmuNotifyMigrate);
         if mapped {
             *inv = Invalidation::Unmapped;
         }
@@ -162,7 +164,7 @@ fn restore(cx: &Ctx, r: &mut SvmRange, inv: Invalidation, xnack: bool) {
     let gpus = policy::gpus_to_map(&r.attrs, cx.gpu_of(r.actual_loc), r.mapped_to_gpu, xnack);
     let (s, l) = (r.start, r.last);
     if map::remap_range(cx.devs, r, gpus).is_err() {
-        map::unmap_from_gpus(cx.devs, r, s, l, UnmapTrigger::MmuNotify);
+        map::unmap_from_gpus(cx.devs, r, Pages::new(s, l), UnmapTrigger::MmuNotify);
     }
     for g in 0..cx.devs.gpus.len() {
         cx.devs.restore_queues(g, false);
@@ -172,7 +174,7 @@ fn restore(cx: &Ctx, r: &mut SvmRange, inv: Invalidation, xnack: bool) {
 /// Runs of consecutive pages of `[first, last]` for which `pick` holds.
 fn runs(first: PageNo, last: PageNo, pick: impl Fn(PageNo) -> bool) -> Vec<(PageNo, PageNo)> {
     let mut out: Vec<(PageNo, PageNo)> = Vec::new();
-    for p in first..=last {
+    for p in each_page(first, last) {
         if pick(p) {
             match out.last_mut() {
                 Some((_, l)) if *l + 1 == p => *l = p,
@@ -212,7 +214,7 @@ fn piece_events<T>(
 ) -> Result<T> {
     let npages = l - s + 1;
     cx.events.emit(|| EventKind::MigrateStart {
-        start: s,
+        start: s.get(),
         npages,
         from,
         to,
@@ -225,7 +227,7 @@ fn piece_events<T>(
         Ok(_) => 0,
         Err(e) => -e.errno(),
     };
-    cx.events.emit(|| EventKind::MigrateEnd { start: s, npages, from, to, trigger, error });
+    cx.events.emit(|| EventKind::MigrateEnd { start: s.get(), npages, from, to, trigger, error });
     res
 }
 
@@ -239,7 +241,7 @@ fn log_migration(
     ok: bool,
 ) {
     tracing::debug!(
-        addr = format_args!("{:#x}", first << PAGE_SHIFT),
+        addr = format_args!("{:#x}", first.addr()),
         pages = last - first + 1,
         gpu,
         ?trigger,
@@ -252,12 +254,13 @@ fn log_migration(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::pg;
 
     #[test]
     fn runs_group_consecutive_pages() {
-        assert_eq!(runs(10, 20, |p| p % 5 != 0), vec![(11, 14), (16, 19)]);
-        assert_eq!(runs(3, 3, |_| true), vec![(3, 3)]);
-        assert!(runs(0, 9, |_| false).is_empty());
+        assert_eq!(runs(pg(10), pg(20), |p| !p.is_multiple_of(5)), vec![(pg(11), pg(14)), (pg(16), pg(19))]);
+        assert_eq!(runs(pg(3), pg(3), |_| true), vec![(pg(3), pg(3))]);
+        assert!(runs(pg(0), pg(9), |_| false).is_empty());
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! ```
 
 use super::pageset::PageSet;
+use crate::addr::Pages;
+use crate::addr::each_page;
 use crate::range::PageNo;
 
 /// Pages out of RAM and what happened to them (see the module docs).
@@ -61,93 +63,104 @@ impl OutOfRam {
     }
 
     /// Marks the pages of `[s, l]` that are not gone for collection; returns the runs marked.
-    pub(crate) fn mark_for_collection(&mut self, s: PageNo, l: PageNo) -> Vec<(PageNo, PageNo)> {
+    pub(crate) fn mark_for_collection(
+        &mut self,
+        Pages { first: s, last: l }: Pages,
+    ) -> Vec<(PageNo, PageNo)> {
         let marked = super::runs(s, l, |p| !self.gone.contains(p));
         for &(a, b) in &marked {
-            self.out.insert(a, b);
+            self.out.insert(Pages::new(a, b));
         }
         marked
     }
 
     /// `[s, l]` is settled: its data is back in the application, stayed there, or is gone.
-    pub(crate) fn unmark(&mut self, s: PageNo, l: PageNo) {
-        self.out.remove(s, l);
+    pub(crate) fn unmark(&mut self, pages: Pages) {
+        self.out.remove(pages);
     }
 
     /// The application unmapped `[s, l]` (the event is read, the change not applied yet).
-    pub(crate) fn on_unmap(&mut self, s: PageNo, l: PageNo) {
-        self.out.remove(s, l);
-        self.dropped.remove(s, l);
-        self.gone.insert(s, l);
+    pub(crate) fn on_unmap(&mut self, pages: Pages) {
+        self.out.remove(pages);
+        self.dropped.remove(pages);
+        self.gone.insert(pages);
     }
 
     /// The application dropped `[s, l]` (MADV_DONTNEED): the kernel zaps it after the read.
-    pub(crate) fn on_remove(&mut self, s: PageNo, l: PageNo) {
-        self.out.remove(s, l);
-        self.dropped.insert(s, l);
+    pub(crate) fn on_remove(&mut self, pages: Pages) {
+        self.out.remove(pages);
+        self.dropped.insert(pages);
     }
 
     /// mremap moved `[s, l]` to page `to`: faults at the new place on pages whose data is out
     /// of RAM must wait for it, and a migration under way must not take the old pages for
     /// dropped.
-    pub(crate) fn on_remap(&mut self, s: PageNo, l: PageNo, to: PageNo) {
-        for p in s..=l {
+    pub(crate) fn on_remap(&mut self, pages: Pages, to: PageNo) {
+        let Pages { first: s, last: l } = pages;
+        for p in each_page(s, l) {
             if self.out.contains(p) {
-                self.out.insert(to + (p - s), to + (p - s));
-                self.remapped.insert(p, p);
+                self.out.insert(Pages::new(to + (p - s), to + (p - s)));
+                self.remapped.insert(Pages::one(p));
             }
         }
-        self.out.remove(s, l);
-        self.gone.insert(s, l);
+        self.out.remove(pages);
+        self.gone.insert(pages);
     }
 
     /// The queued unmap of `[s, l]` is applied: the pages are forgotten.
-    pub(crate) fn unmap_applied(&mut self, s: PageNo, l: PageNo) {
-        self.gone.remove(s, l);
+    pub(crate) fn unmap_applied(&mut self, pages: Pages) {
+        self.gone.remove(pages);
     }
 
     /// The queued mremap from `[s, l]` is applied: the data followed the mapping.
-    pub(crate) fn remap_applied(&mut self, s: PageNo, l: PageNo) {
-        self.remapped.remove(s, l);
+    pub(crate) fn remap_applied(&mut self, pages: Pages) {
+        self.remapped.remove(pages);
     }
 
     /// `[s, l]` got a zero page: any zap is done, what the application writes there is new.
-    pub(crate) fn zero_filled(&mut self, s: PageNo, l: PageNo) {
-        self.dropped.remove(s, l);
+    pub(crate) fn zero_filled(&mut self, pages: Pages) {
+        self.dropped.remove(pages);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::pg;
 
     #[test]
     fn marks_skip_gone_pages_and_commits_skip_dropped_ones() {
         let mut o = OutOfRam::default();
-        o.on_unmap(12, 13);
-        assert_eq!(o.mark_for_collection(10, 15), vec![(10, 11), (14, 15)]);
-        assert!(o.is_out(10) && !o.is_out(12));
-        o.on_remove(11, 11);
-        assert!(!o.committable(11) && !o.keeps_vram_data(11), "dropped: its old data never comes back");
-        assert!(o.committable(10) && o.keeps_vram_data(10));
-        o.zero_filled(11, 11);
-        o.unmark(10, 10);
-        assert!(!o.is_out(10) && !o.committable(10));
-        o.unmap_applied(12, 13);
-        assert_eq!(o.mark_for_collection(12, 13), vec![(12, 13)]);
+        o.on_unmap(Pages::new(pg(12), pg(13)));
+        assert_eq!(
+            o.mark_for_collection(Pages::new(pg(10), pg(15))),
+            vec![(pg(10), pg(11)), (pg(14), pg(15))]
+        );
+        assert!(o.is_out(pg(10)) && !o.is_out(pg(12)));
+        o.on_remove(Pages::new(pg(11), pg(11)));
+        assert!(
+            !o.committable(pg(11)) && !o.keeps_vram_data(pg(11)),
+            "dropped: its old data never comes back"
+        );
+        assert!(o.committable(pg(10)) && o.keeps_vram_data(pg(10)));
+        o.zero_filled(Pages::new(pg(11), pg(11)));
+        o.unmark(Pages::new(pg(10), pg(10)));
+        assert!(!o.is_out(pg(10)) && !o.committable(pg(10)));
+        o.unmap_applied(Pages::new(pg(12), pg(13)));
+        assert_eq!(o.mark_for_collection(Pages::new(pg(12), pg(13))), vec![(pg(12), pg(13))]);
     }
 
     #[test]
     fn a_remap_moves_the_marks_and_keeps_the_old_data_for_the_new_place() {
         let mut o = OutOfRam::default();
-        o.mark_for_collection(100, 103);
-        o.unmark(101, 101);
-        o.on_remap(100, 103, 200);
-        assert!(o.is_out(200) && !o.is_out(201) && o.is_out(202));
-        assert!(!o.is_out(100) && o.is_remapped(100) && !o.is_remapped(101));
-        assert!(o.keeps_vram_data(100), "a migration under way keeps the data for the new place");
-        assert!(o.mark_for_collection(100, 100).is_empty(), "the old place is gone");
-        o.remap_applied(100, 103);
-        assert!(!o.keeps_vram_data(100));
+        o.mark_for_collection(Pages::new(pg(100), pg(103)));
+        o.unmark(Pages::new(pg(101), pg(101)));
+        o.on_remap(Pages::new(pg(100), pg(103)), pg(200));
+        assert!(o.is_out(pg(200)) && !o.is_out(pg(201)) && o.is_out(pg(202)));
+        assert!(!o.is_out(pg(100)) && o.is_remapped(pg(100)) && !o.is_remapped(pg(101)));
+        assert!(o.keeps_vram_data(pg(100)), "a migration under way keeps the data for the new place");
+        assert!(o.mark_for_collection(Pages::new(pg(100), pg(100))).is_empty(), "the old place is gone");
+        o.remap_applied(Pages::new(pg(100), pg(103)));
+        assert!(!o.keeps_vram_data(pg(100)));
     }
 }

@@ -1,5 +1,6 @@
 //! A set of pages kept as runs (`start -> last`, inclusive).
 
+use crate::addr::Pages;
 use crate::range::PageNo;
 use std::collections::BTreeMap;
 
@@ -16,7 +17,7 @@ impl PageSet {
     }
 
     /// The first page of `[s, l]` in the set, if any.
-    pub fn first_in(&self, s: PageNo, l: PageNo) -> Option<PageNo> {
+    pub fn first_in(&self, Pages { first: s, last: l }: Pages) -> Option<PageNo> {
         if self.contains(s) {
             return Some(s);
         }
@@ -24,13 +25,14 @@ impl PageSet {
     }
 
     /// Adds `[s, l]`.
-    pub fn insert(&mut self, s: PageNo, l: PageNo) {
-        self.remove(s, l);
+    pub fn insert(&mut self, pages: Pages) {
+        let Pages { first: s, last: l } = pages;
+        self.remove(pages);
         self.runs.insert(s, l);
     }
 
     /// Removes `[s, l]`, cutting the runs that stick out.
-    pub fn remove(&mut self, s: PageNo, l: PageNo) {
+    pub fn remove(&mut self, Pages { first: s, last: l }: Pages) {
         let from = match self.runs.range(..=s).next_back() {
             Some((&k, &v)) if v >= s => k,
             _ => s,
@@ -49,26 +51,27 @@ impl PageSet {
 
     /// Number of pages.
     pub fn len(&self) -> u64 {
-        self.runs.iter().map(|(s, l)| l - s + 1).sum()
+        self.runs.iter().map(|(&s, &l)| l - s + 1).sum()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::pg;
 
     #[test]
     fn insert_remove_contains() {
         let mut s = PageSet::default();
-        s.insert(10, 20);
-        s.insert(30, 40);
-        assert!(s.contains(10) && s.contains(20) && !s.contains(21) && s.contains(35));
-        s.remove(15, 32);
-        assert!(s.contains(14) && !s.contains(15) && !s.contains(32) && s.contains(33));
+        s.insert(Pages::new(pg(10), pg(20)));
+        s.insert(Pages::new(pg(30), pg(40)));
+        assert!(s.contains(pg(10)) && s.contains(pg(20)) && !s.contains(pg(21)) && s.contains(pg(35)));
+        s.remove(Pages::new(pg(15), pg(32)));
+        assert!(s.contains(pg(14)) && !s.contains(pg(15)) && !s.contains(pg(32)) && s.contains(pg(33)));
         assert_eq!(s.len(), 5 + 8);
-        s.insert(0, 100);
+        s.insert(Pages::new(pg(0), pg(100)));
         assert_eq!(s.len(), 101);
-        s.remove(0, 100);
+        s.remove(Pages::new(pg(0), pg(100)));
         assert_eq!(s.len(), 0);
     }
 }

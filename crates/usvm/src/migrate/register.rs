@@ -1,6 +1,7 @@
 //! Watching the application's memory with the instance's userfaultfd.
 
 use super::*;
+use crate::addr::Pages;
 
 /// Registers the anonymous private memory of `r` with the userfaultfd (once per range):
 /// from then on its missing pages fault to usvm, and the application's munmap, mremap and
@@ -9,7 +10,7 @@ pub fn register(engine: &Engine, r: &mut SvmRange) -> Result<()> {
     if r.registered {
         return Ok(());
     }
-    register_interval(engine, r.start, r.last)?;
+    register_interval(engine, r.pages())?;
     r.registered = true;
     Ok(())
 }
@@ -19,10 +20,10 @@ pub fn register(engine: &Engine, r: &mut SvmRange) -> Result<()> {
 /// watches some of it; on any error, what this call registered is unregistered again, so
 /// a refused call leaves nothing behind (that memory stayed watched by this instance, and
 /// the other could never take it).
-pub fn register_interval(engine: &Engine, first: PageNo, last: PageNo) -> Result<()> {
+pub fn register_interval(engine: &Engine, pages: Pages) -> Result<()> {
     let mut done: Vec<(usize, usize)> = Vec::new();
     let mut result = Ok(());
-    for piece in vma::mapped_pieces(first, last) {
+    for piece in vma::mapped_pieces(pages) {
         let p = match piece {
             Ok(p) => p,
             Err(e) => {
@@ -31,13 +32,13 @@ pub fn register_interval(engine: &Engine, first: PageNo, last: PageNo) -> Result
             }
         };
         if p.vma.migratable() {
-            let (addr, len) = ((p.first << PAGE_SHIFT) as usize, (p.last - p.first + 1) as usize * PAGE_SIZE);
+            let (addr, len) = (p.first.addr(), (p.last - p.first + 1) as usize * PAGE_SIZE);
             match engine.uffd.register(addr, len) {
                 Ok(()) => done.push((addr, len)),
                 Err(e) => {
                     result = Err(match e {
                         Error::Sys { errno: libc::EBUSY, .. } => {
-                            Error::AddressInUse { addr: p.first << PAGE_SHIFT }
+                            Error::AddressInUse { addr: p.first.addr() as u64 }
                         }
                         e => e,
                     });
@@ -55,11 +56,11 @@ pub fn register_interval(engine: &Engine, first: PageNo, last: PageNo) -> Result
 }
 
 /// Undoes [`register_interval`] for `[first, last]` (a refused call rolling back).
-pub fn unregister_interval(engine: &Engine, first: PageNo, last: PageNo) {
-    for p in vma::mapped_pieces(first, last).map_while(Result::ok) {
+pub fn unregister_interval(engine: &Engine, pages: Pages) {
+    for p in vma::mapped_pieces(pages).map_while(Result::ok) {
         if p.vma.migratable() {
             let len = (p.last - p.first + 1) as usize * PAGE_SIZE;
-            let _ = engine.uffd.unregister((p.first << PAGE_SHIFT) as usize, len);
+            let _ = engine.uffd.unregister(p.first.addr(), len);
         }
     }
 }

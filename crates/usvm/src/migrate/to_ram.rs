@@ -2,15 +2,12 @@
 //! copy) into the application, page data never leaving VRAM before it is settled.
 
 use super::*;
+use crate::addr::Pages;
 
 /// VRAM -> RAM of the pages `[first, last]` of `r` (`svm_migrate_vram_to_ram`). Returns the
 /// number of pages that moved.
-pub fn to_ram(
-    cx: &Ctx,
-    r: &mut SvmRange,
-    (first, last): (PageNo, PageNo),
-    trigger: MigrateTrigger,
-) -> Result<u64> {
+pub fn to_ram(cx: &Ctx, r: &mut SvmRange, pages: Pages, trigger: MigrateTrigger) -> Result<u64> {
+    let Pages { first, last } = pages;
     let xnack = cx.xnack;
     let Some(g) = cx.gpu_of(r.actual_loc) else { return Ok(0) };
     let mut inv = Invalidation::None;
@@ -25,7 +22,7 @@ pub fn to_ram(
     let bounds: Vec<Result<(PageNo, PageNo)>> = if first == last {
         vec![Ok((first, last))]
     } else {
-        vma::mapped_pieces(first, last).map(|p| p.map(|p| (p.first, p.last))).collect()
+        vma::mapped_pieces(pages).map(|p| p.map(|p| (p.first, p.last))).collect()
     };
     for b in bounds {
         let (page, end) = match b {
@@ -52,7 +49,7 @@ pub fn to_ram(
     end_invalidation(r, (first, last), xnack);
     restore(cx, r, inv, xnack);
     // Only now, with the bookkeeping done, may the threads that faulted on these pages go on.
-    let _ = cx.engine.uffd.wake((first << PAGE_SHIFT) as usize, ((last - first + 1) << PAGE_SHIFT) as usize);
+    let _ = cx.engine.uffd.wake(first.addr(), pages.bytes());
     log_migration("VRAM -> RAM", (first, last), g, trigger, moved, result.is_ok());
     result.map(|()| moved)
 }
@@ -86,14 +83,16 @@ fn piece_to_ram(cx: &Ctx, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) ->
             let (settled, err) = eng.commit_in(bs, arrived, fresh, Fill::Move);
             eng.forget_vram_copies(r, bs, settled);
             if let Some(errno) = err {
-                sys::mmap::discard(fresh, bytes)?;
+                // SAFETY: the staging-in piece this migration owns; what arrived moved out.
+                unsafe { sys::mmap::discard(fresh, bytes)? };
                 return Err(Error::Sys { call: "UFFDIO_MOVE", errno });
             }
             moved += arrived;
             // Whatever did not move in (a failed copy chunk) is dropped, leaving the area empty;
             // a large area also gives back its (now empty) page tables.
             if arrived < n || n >= SMALL_BATCH_PAGES {
-                sys::mmap::discard(fresh, bytes)?;
+                // SAFETY: the staging-in piece this migration owns; what arrived moved out.
+                unsafe { sys::mmap::discard(fresh, bytes)? };
             }
             copy_err?;
             bs = bl + 1;

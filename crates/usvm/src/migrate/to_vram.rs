@@ -2,6 +2,7 @@
 //! staging batch ([`ToVramBatch`]) at a time.
 
 use super::*;
+use crate::addr::Pages;
 
 /// How many rounds of TTM eviction an allocation may ask for before it fails.
 pub const EVICTION_ROUNDS: usize = 3;
@@ -44,11 +45,12 @@ fn alloc_evicting(cx: &Ctx, r: &SvmRange, g: usize, evict: Evict) -> Result<crat
 pub fn to_vram(
     cx: &Ctx,
     r: &mut SvmRange,
-    (first, last): (PageNo, PageNo),
+    pages: Pages,
     g: usize,
     trigger: MigrateTrigger,
     evict: Evict,
 ) -> Result<u64> {
+    let Pages { first, last } = pages;
     let xnack = cx.xnack;
     // VRAM -> VRAM: empty the old GPU first (section 4.7).
     let mut tries = 0;
@@ -60,7 +62,7 @@ pub fn to_vram(
             return Err(Error::Deadlock);
         }
         let (s, l) = (r.start, r.last);
-        to_ram(cx, r, (s, l), trigger)?;
+        to_ram(cx, r, Pages::new(s, l), trigger)?;
         tries += 1;
     }
     // Watched before any VRAM is taken: memory another instance watches is refused
@@ -78,8 +80,7 @@ pub fn to_vram(
     let mut result = Ok(());
     // Holes (memory unmapped since) are stepped over; a failed lookup ends the migration
     // early, without error.
-    for vma::Piece { first: page, last: end, vma: v } in vma::mapped_pieces(first, last).map_while(Result::ok)
-    {
+    for vma::Piece { first: page, last: end, vma: v } in vma::mapped_pieces(pages).map_while(Result::ok) {
         let ids = (0, dev.id.0);
         let locs = (r.attrs.prefetch_loc.to_raw(), r.attrs.preferred_loc.to_raw());
         let res = piece_events(cx, locs, (page, end), ids, trigger, || {
@@ -119,7 +120,7 @@ fn piece_to_vram(cx: &Ctx, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) -
         let mut bs = rs;
         while bs <= rl {
             let bl = rl.min(bs + STAGING_PAGES - 1);
-            let mut batch = ToVramBatch::collect(cx.engine, r, backing.clone(), (bs, bl))?;
+            let mut batch = ToVramBatch::collect(cx.engine, r, backing.clone(), Pages::new(bs, bl))?;
             if let Err(e) = batch.copy(&dev.sdma) {
                 // Its pages go back to the application; the rest of the range moves.
                 tracing::debug!(gpu = g, error = %e, "a copy chunk to VRAM failed");
@@ -162,7 +163,7 @@ mod tests {
     }
 
     fn range_over(addr: usize, len: usize) -> SvmRange {
-        let s = (addr >> PAGE_SHIFT) as PageNo;
+        let s = PageNo::of_addr(addr);
         SvmRange::new(s, s + (len / PAGE_SIZE) as u64 - 1, RangeAttrs::new_default(9, GpuMask::EMPTY))
     }
 
@@ -172,9 +173,10 @@ mod tests {
         let len = 2 << 20;
         let addr = sys::mmap::map_anon_aligned(len, 2 << 20).unwrap();
         let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-        sys::mmap::copy_to(addr, &data[..len - PAGE_SIZE]); // the last page stays a hole
+        // SAFETY: memory this test mapped and owns, live until its unmap.
+        unsafe { sys::mmap::copy_to(addr, &data[..len - PAGE_SIZE]) }; // the last page stays a hole
         let mut r = range_over(addr, len);
-        let all = (r.start, r.last);
+        let all = r.pages();
         let mut evicted = 0;
         let moved =
             to_vram(&rig.cx(), &mut r, all, 0, MigrateTrigger::Prefetch, &mut |_| evicted += 1).unwrap();
@@ -188,11 +190,13 @@ mod tests {
         let moved = to_ram(&rig.cx(), &mut r, all, MigrateTrigger::Prefetch).unwrap();
         assert_eq!((moved, r.vram_pages(), r.actual_loc), (512, 0, Location::Sysmem));
         let mut back = vec![0u8; len];
-        sys::mmap::copy_from(addr, &mut back);
+        // SAFETY: memory this test mapped and owns, live until its unmap.
+        unsafe { sys::mmap::copy_from(addr, &mut back) };
         assert!(back[..len - PAGE_SIZE] == data[..len - PAGE_SIZE], "every byte came back");
         assert!(back[len - PAGE_SIZE..].iter().all(|&b| b == 0), "the hole reads zero");
-        unregister_interval(&rig.engine, r.start, r.last);
-        sys::mmap::unmap(addr, len).unwrap();
+        unregister_interval(&rig.engine, r.pages());
+        // SAFETY: memory this test mapped; nothing uses it afterwards.
+        unsafe { sys::mmap::unmap(addr, len).unwrap() };
     }
 
     #[test]
@@ -200,9 +204,10 @@ mod tests {
         let rig = Rig::new(4 << 20);
         let len = 2 << 20;
         let addr = sys::mmap::map_anon_aligned(len, 2 << 20).unwrap();
-        sys::mmap::fill(addr, len, 1);
+        // SAFETY: memory this test mapped and owns, live until its unmap.
+        unsafe { sys::mmap::fill(addr, len, 1) };
         let mut r = range_over(addr, len);
-        let all = (r.start, r.last);
+        let all = r.pages();
         // Another BO holds 3 MiB of the 4: the allocation asks for it to be evicted (and,
         // since this callback keeps it, fails after its rounds).
         let squatter = rig.devs.gpus[0].vram.alloc(768, crate::gpu::vram::Clear::Yes).unwrap();
@@ -215,9 +220,11 @@ mod tests {
         assert!(asked.len() <= EVICTION_ROUNDS, "a bounded number of rounds");
         assert_eq!(r.vram_pages(), 0);
         let mut b = [0u8; 1];
-        sys::mmap::copy_from(addr + 4096, &mut b);
+        // SAFETY: memory this test mapped and owns, live until its unmap.
+        unsafe { sys::mmap::copy_from(addr + 4096, &mut b) };
         assert_eq!(b[0], 1, "the data stayed in RAM");
-        unregister_interval(&rig.engine, r.start, r.last);
-        sys::mmap::unmap(addr, len).unwrap();
+        unregister_interval(&rig.engine, r.pages());
+        // SAFETY: memory this test mapped; nothing uses it afterwards.
+        unsafe { sys::mmap::unmap(addr, len).unwrap() };
     }
 }

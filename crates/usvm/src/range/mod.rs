@@ -16,8 +16,7 @@ use crate::attr::{Location, SvmFlags};
 use crate::gpu::vram::Bo;
 use std::time::Instant;
 
-/// A page number: a byte address shifted right by 12.
-pub type PageNo = u64;
+pub use crate::addr::PageNo;
 
 /// The largest granularity a range stores (`min(value, 63)`).
 pub const MAX_GRANULARITY: u8 = 63;
@@ -213,6 +212,11 @@ impl SvmRange {
         }
     }
 
+    /// The range's pages.
+    pub fn pages(&self) -> crate::addr::Pages {
+        crate::addr::Pages::new(self.start, self.last)
+    }
+
     /// Number of pages.
     pub fn npages(&self) -> u64 {
         self.last - self.start + 1
@@ -247,7 +251,7 @@ impl SvmRange {
     /// Whether `page` is a multiple of this range's granule (`2^granularity` pages).
     pub fn granule_aligned(&self, page: PageNo) -> bool {
         let g = u32::from(self.attrs.granularity);
-        g >= 64 || page & ((1u64 << g) - 1) == 0
+        g >= 64 || page.is_multiple_of(1u64 << g)
     }
 }
 

@@ -6,6 +6,7 @@
 //! starting inside the interval.
 
 use super::{AttrOp, PageNo, RangeAttrs, SvmRange};
+use crate::addr::Pages;
 use crate::attr::{Location, SvmFlags};
 use crate::range::GpuMask;
 use std::collections::BTreeMap;
@@ -95,7 +96,7 @@ impl RangeTree {
     }
 
     /// The ranges overlapping `[start, last]`, in address order.
-    pub fn overlapping(&self, start: PageNo, last: PageNo) -> impl Iterator<Item = &SvmRange> {
+    pub fn overlapping(&self, Pages { first: start, last }: Pages) -> impl Iterator<Item = &SvmRange> {
         let from = match self.find(start) {
             Some(r) => r.start,
             None => start,
@@ -137,7 +138,7 @@ impl RangeTree {
         out: &mut AddOutcome,
     ) {
         while start <= last {
-            let end = (start + max_pages) / max_pages * max_pages - 1;
+            let end = (start + max_pages).align_down(max_pages) - 1;
             let l = last.min(end);
             let mut r = SvmRange::new(start, l, *defaults);
             r.accounted = accounted;
@@ -171,7 +172,7 @@ impl RangeTree {
     ) -> AddOutcome {
         debug_assert!(start <= last && max_pages.is_power_of_two());
         let mut out = AddOutcome::default();
-        let keys: Vec<PageNo> = self.overlapping(start, last).map(|r| r.start).collect();
+        let keys: Vec<PageNo> = self.overlapping(Pages::new(start, last)).map(|r| r.start).collect();
         let mut cursor = start;
         for key in keys {
             let r = &self.map[&key];
@@ -219,7 +220,7 @@ impl RangeTree {
 
     /// GET_ATTR aggregation over `[start, last]`; `None` when no range overlaps (the caller
     /// then reports defaults). Holes between ranges are ignored.
-    pub fn aggregate(&self, start: PageNo, last: PageNo, supported: GpuMask) -> Option<Aggregate> {
+    pub fn aggregate(&self, pages: Pages, supported: GpuMask) -> Option<Aggregate> {
         let mut preferred = Some(Location::Undefined);
         let mut prefetch = Some(Location::Undefined);
         let mut agg = Aggregate {
@@ -232,7 +233,7 @@ impl RangeTree {
             access_in_place: supported,
         };
         let mut any = false;
-        for r in self.overlapping(start, last) {
+        for r in self.overlapping(pages) {
             any = true;
             fold_location(&mut preferred, r.attrs.preferred_loc);
             fold_location(&mut prefetch, r.attrs.prefetch_loc);
@@ -248,17 +249,18 @@ impl RangeTree {
     }
 
     /// Pages of `[start, last]` that no range covers (what SET_ATTR would create).
-    pub fn gap_pages(&self, start: PageNo, last: PageNo) -> u64 {
+    pub fn gap_pages(&self, pages: Pages) -> u64 {
         let covered: u64 =
-            self.overlapping(start, last).map(|r| r.last.min(last) - r.start.max(start) + 1).sum();
-        last - start + 1 - covered
+            self.overlapping(pages).filter_map(|r| r.pages().intersect(pages)).map(Pages::len).sum();
+        pages.len() - covered
     }
 
     /// Removes the pages `[start, last]` from every range (the bookkeeping of munmap):
     /// ranges inside the interval disappear, ranges sticking out are cut and the surviving
     /// pieces keep their attributes. Returns the removed pieces.
-    pub fn remove_interval(&mut self, start: PageNo, last: PageNo) -> Vec<SvmRange> {
-        let keys: Vec<PageNo> = self.overlapping(start, last).map(|r| r.start).collect();
+    pub fn remove_interval(&mut self, pages: Pages) -> Vec<SvmRange> {
+        let Pages { first: start, last } = pages;
+        let keys: Vec<PageNo> = self.overlapping(pages).map(|r| r.start).collect();
         let mut removed = Vec::with_capacity(keys.len());
         for key in keys {
             let mut r = self.map.remove(&key).expect("range vanished");
@@ -279,6 +281,7 @@ impl RangeTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::pg;
     use crate::attr::{GpuId, Location};
 
     const MAX: u64 = 512;
@@ -287,31 +290,31 @@ mod tests {
         RangeAttrs::new_default(9, GpuMask::EMPTY)
     }
 
-    fn bounds(t: &RangeTree) -> Vec<(u64, u64)> {
+    fn bounds(t: &RangeTree) -> Vec<(PageNo, PageNo)> {
         t.iter().map(|r| (r.start, r.last)).collect()
     }
 
     #[test]
     fn gaps_are_cut_at_max_pages_multiples() {
         let mut t = RangeTree::new();
-        let out = t.add(100, 1500, &[], &defaults(), MAX, false);
-        assert_eq!(bounds(&t), vec![(100, 511), (512, 1023), (1024, 1500)]);
+        let out = t.add(pg(100), pg(1500), &[], &defaults(), MAX, false);
+        assert_eq!(bounds(&t), vec![(pg(100), pg(511)), (pg(512), pg(1023)), (pg(1024), pg(1500))]);
         assert_eq!(out.created, 3);
-        assert_eq!(out.updated, vec![100, 512, 1024]);
+        assert_eq!(out.updated, vec![pg(100), pg(512), pg(1024)]);
     }
 
     #[test]
     fn partial_overlap_splits_and_never_merges() {
         let mut t = RangeTree::new();
         let g1 = Location::Gpu(GpuId(0x1111));
-        t.add(0, 2047, &[AttrOp::Preferred(g1)], &defaults(), 4096, false);
-        assert_eq!(bounds(&t), vec![(0, 2047)]);
-        let out = t.add(512, 1023, &[AttrOp::Preferred(Location::Sysmem)], &defaults(), 4096, false);
-        assert_eq!(bounds(&t), vec![(0, 511), (512, 1023), (1024, 2047)]);
-        assert_eq!(out.updated, vec![512]);
+        t.add(pg(0), pg(2047), &[AttrOp::Preferred(g1)], &defaults(), 4096, false);
+        assert_eq!(bounds(&t), vec![(pg(0), pg(2047))]);
+        let out = t.add(pg(512), pg(1023), &[AttrOp::Preferred(Location::Sysmem)], &defaults(), 4096, false);
+        assert_eq!(bounds(&t), vec![(pg(0), pg(511)), (pg(512), pg(1023)), (pg(1024), pg(2047))]);
+        assert_eq!(out.updated, vec![pg(512)]);
         assert!(out.remap.is_empty(), "cuts at 512 and 1024 are 2 MiB aligned");
         // Setting the middle back does not merge anything.
-        t.add(512, 1023, &[AttrOp::Preferred(g1)], &defaults(), 4096, false);
+        t.add(pg(512), pg(1023), &[AttrOp::Preferred(g1)], &defaults(), 4096, false);
         assert_eq!(t.len(), 3);
         assert!(t.iter().all(|r| r.attrs.preferred_loc == g1));
     }
@@ -319,55 +322,58 @@ mod tests {
     #[test]
     fn unaligned_cuts_are_queued_for_remap() {
         let mut t = RangeTree::new();
-        t.add(0, 1023, &[], &defaults(), 4096, false);
-        let out = t.add(10, 20, &[AttrOp::Granularity(0)], &defaults(), 4096, false);
-        assert_eq!(bounds(&t), vec![(0, 9), (10, 20), (21, 1023)]);
-        assert_eq!(out.remap, vec![0, 21]);
-        assert_eq!(t.get(10).unwrap().attrs.granularity, 0);
-        assert_eq!(t.get(21).unwrap().attrs.granularity, 9);
+        t.add(pg(0), pg(1023), &[], &defaults(), 4096, false);
+        let out = t.add(pg(10), pg(20), &[AttrOp::Granularity(0)], &defaults(), 4096, false);
+        assert_eq!(bounds(&t), vec![(pg(0), pg(9)), (pg(10), pg(20)), (pg(21), pg(1023))]);
+        assert_eq!(out.remap, vec![pg(0), pg(21)]);
+        assert_eq!(t.get(pg(10)).unwrap().attrs.granularity, 0);
+        assert_eq!(t.get(pg(21)).unwrap().attrs.granularity, 9);
     }
 
     #[test]
     fn mapped_ranges_with_same_attrs_are_left_alone() {
         let mut t = RangeTree::new();
-        t.add(0, 1023, &[AttrOp::Granularity(4)], &defaults(), 4096, false);
-        t.get_mut(0).unwrap().mapped_to_gpu = true;
-        let out = t.add(100, 200, &[AttrOp::Granularity(4)], &defaults(), 4096, false);
-        assert_eq!(bounds(&t), vec![(0, 1023)]);
+        t.add(pg(0), pg(1023), &[AttrOp::Granularity(4)], &defaults(), 4096, false);
+        t.get_mut(pg(0)).unwrap().mapped_to_gpu = true;
+        let out = t.add(pg(100), pg(200), &[AttrOp::Granularity(4)], &defaults(), 4096, false);
+        assert_eq!(bounds(&t), vec![(pg(0), pg(1023))]);
         assert!(out.updated.is_empty());
         // A raw granularity above 63 is never "same" (stored as 63, compared raw).
-        t.add(0, 1023, &[AttrOp::Granularity(100)], &defaults(), 4096, false);
-        let out = t.add(0, 1023, &[AttrOp::Granularity(100)], &defaults(), 4096, false);
-        assert_eq!(out.updated, vec![0]);
+        t.add(pg(0), pg(1023), &[AttrOp::Granularity(100)], &defaults(), 4096, false);
+        let out = t.add(pg(0), pg(1023), &[AttrOp::Granularity(100)], &defaults(), 4096, false);
+        assert_eq!(out.updated, vec![pg(0)]);
         // Prefetch is never "same".
-        let out = t.add(0, 1023, &[AttrOp::Prefetch(Location::Sysmem)], &defaults(), 4096, false);
-        assert_eq!(out.updated, vec![0]);
+        let out = t.add(pg(0), pg(1023), &[AttrOp::Prefetch(Location::Sysmem)], &defaults(), 4096, false);
+        assert_eq!(out.updated, vec![pg(0)]);
     }
 
     #[test]
     fn aggregate_ignores_holes_and_freezes_undefined() {
         let mut t = RangeTree::new();
         let g1 = Location::Gpu(GpuId(1));
-        assert_eq!(t.aggregate(0, 10, GpuMask(3)), None);
-        t.add(0, 511, &[AttrOp::Preferred(g1)], &defaults(), MAX, false);
-        t.add(1024, 1535, &[AttrOp::Preferred(g1)], &defaults(), MAX, false);
-        assert_eq!(t.aggregate(0, 1535, GpuMask(3)).unwrap().preferred_loc, g1);
-        t.add(2048, 2559, &[], &defaults(), MAX, false);
-        t.add(3072, 3583, &[AttrOp::Preferred(g1)], &defaults(), MAX, false);
+        assert_eq!(t.aggregate(Pages::new(pg(0), pg(10)), GpuMask(3)), None);
+        t.add(pg(0), pg(511), &[AttrOp::Preferred(g1)], &defaults(), MAX, false);
+        t.add(pg(1024), pg(1535), &[AttrOp::Preferred(g1)], &defaults(), MAX, false);
+        assert_eq!(t.aggregate(Pages::new(pg(0), pg(1535)), GpuMask(3)).unwrap().preferred_loc, g1);
+        t.add(pg(2048), pg(2559), &[], &defaults(), MAX, false);
+        t.add(pg(3072), pg(3583), &[AttrOp::Preferred(g1)], &defaults(), MAX, false);
         // An UNDEFINED range in the middle freezes the result even if later ones agree.
-        assert_eq!(t.aggregate(0, 3583, GpuMask(3)).unwrap().preferred_loc, Location::Undefined);
+        assert_eq!(
+            t.aggregate(Pages::new(pg(0), pg(3583)), GpuMask(3)).unwrap().preferred_loc,
+            Location::Undefined
+        );
     }
 
     #[test]
     fn remove_interval_keeps_survivors() {
         let mut t = RangeTree::new();
-        t.add(0, 1535, &[AttrOp::Granularity(3)], &defaults(), 4096, false);
-        let gone = t.remove_interval(512, 1023);
+        t.add(pg(0), pg(1535), &[AttrOp::Granularity(3)], &defaults(), 4096, false);
+        let gone = t.remove_interval(Pages::new(pg(512), pg(1023)));
         assert_eq!(gone.len(), 1);
-        assert_eq!((gone[0].start, gone[0].last), (512, 1023));
-        assert_eq!(bounds(&t), vec![(0, 511), (1024, 1535)]);
+        assert_eq!((gone[0].start, gone[0].last), (pg(512), pg(1023)));
+        assert_eq!(bounds(&t), vec![(pg(0), pg(511)), (pg(1024), pg(1535))]);
         assert!(t.iter().all(|r| r.attrs.granularity == 3));
-        t.remove_interval(0, 5000);
+        t.remove_interval(Pages::new(pg(0), pg(5000)));
         assert_eq!(t.len(), 0);
     }
 }

@@ -89,7 +89,8 @@ impl SharedPage {
 
 impl Drop for SharedPage {
     fn drop(&mut self) {
-        let _ = super::mmap::unmap(self.addr, PAGE_SIZE);
+        // SAFETY: the page this value mapped; its owners (queues, engines) hold the value.
+        let _ = unsafe { super::mmap::unmap(self.addr, PAGE_SIZE) };
     }
 }
 

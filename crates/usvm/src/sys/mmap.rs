@@ -29,19 +29,26 @@ pub fn map_anon_aligned(len: usize, align: usize) -> Result<usize> {
     let start = base.next_multiple_of(align);
     let end = start + len;
     // Trim the slack on both sides so that exactly [start, end) stays mapped.
-    unmap(base, start - base)?;
-    unmap(end, base + total - end)?;
+    // SAFETY: the slack is part of the fresh mapping made above, which nobody has seen.
+    unsafe {
+        unmap(base, start - base)?;
+        unmap(end, base + total - end)?;
+    }
     Ok(start)
 }
 
 /// Unmaps `[addr, addr + len)`. A zero length is a no-op.
-pub fn unmap(addr: usize, len: usize) -> Result<()> {
+///
+/// # Safety
+///
+/// The interval must belong to a mapping the caller made (with [`map_anon_aligned`] or
+/// [`reserve`]) and owns, and nothing may use it afterwards: no reference, no pointer, no
+/// address kept elsewhere (a GPU page-table entry, a queue) may reach it again.
+pub unsafe fn unmap(addr: usize, len: usize) -> Result<()> {
     if len == 0 {
         return Ok(());
     }
-    // SAFETY: callers pass only mappings they created themselves (through
-    // `map_anon_aligned`) and no longer reference; munmap of such an interval cannot
-    // invalidate memory owned by anything else.
+    // SAFETY: the caller's contract: a mapping it owns and no longer uses.
     let r = unsafe { libc::munmap(addr as *mut libc::c_void, len) };
     if r != 0 {
         return Err(Error::Sys { call: "munmap", errno: last_errno() });
@@ -55,15 +62,22 @@ pub fn reserve(len: usize) -> Result<usize> {
     map_anon_aligned(len, PAGE_SIZE)
 }
 
-// The raw-memory helpers below take addresses as integers. Their contract, which every
-// caller in the crate upholds: each interval lies in a live mapping with the needed
+// The raw-memory helpers below take addresses as integers and share one contract, the
+// `# Safety` section of each: every interval lies in a live mapping with the needed
 // permission (process memory the application registered, emulated VRAM, or usvm's own
-// buffers), and source and destination do not overlap.
+// buffers) that stays mapped for the whole call, a source and a destination do not
+// overlap, and no Rust reference points into a destination (other threads' and the
+// application's raw accesses are the shared-memory model usvm emulates: they may race,
+// as a GPU's accesses race the CPU's).
 
-/// Copies `len` bytes from `src` to `dst` (both addresses of live mappings).
-pub fn copy(dst: usize, src: usize, len: usize) {
-    // SAFETY: both intervals are live mappings of at least `len` bytes that do not overlap
-    // (the module contract above).
+/// Copies `len` bytes from `src` to `dst`.
+///
+/// # Safety
+///
+/// `[src, src + len)` readable and `[dst, dst + len)` writable live mappings that do not
+/// overlap, with no Rust reference into the destination (the contract above).
+pub unsafe fn copy(dst: usize, src: usize, len: usize) {
+    // SAFETY: the caller's contract.
     unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) }
 }
 
@@ -75,13 +89,18 @@ pub const STREAMING_MIN_BYTES: usize = 256 << 10;
 /// glibc's memcpy streams only above a threshold of several MiB; the copy engine moves
 /// 2 MiB chunks, which with ordinary stores run at half the speed of one large memcpy
 /// (each destination line is read before it is written). Streaming stores skip that read.
-pub fn copy_streaming(dst: usize, src: usize, len: usize) {
+///
+/// # Safety
+///
+/// As for [`copy`].
+pub unsafe fn copy_streaming(dst: usize, src: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
     if len >= STREAMING_MIN_BYTES {
         use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
         // Align the destination to 16 bytes with an ordinary copy of the head.
-        let head = dst.next_multiple_of(16) - dst;
-        copy(dst, src, head);
+        let head = (dst.next_multiple_of(16) - dst).min(len);
+        // SAFETY: the head lies inside the caller's intervals.
+        unsafe { copy(dst, src, head) };
         let (d, s, n) = (dst + head, src + head, len - head);
         let body = n & !63;
         let mut off = 0;
@@ -106,32 +125,49 @@ pub fn copy_streaming(dst: usize, src: usize, len: usize) {
         // SAFETY: a store fence has no memory operands; it orders the streaming stores
         // before anything this thread does next (signalling the copy's fence).
         unsafe { _mm_sfence() };
-        copy(d + body, s + body, n - body);
+        // SAFETY: the tail lies inside the caller's intervals.
+        unsafe { copy(d + body, s + body, n - body) };
         return;
     }
-    copy(dst, src, len);
+    // SAFETY: the caller's contract.
+    unsafe { copy(dst, src, len) }
 }
 
 /// The wrapping sum of the little-endian 8-byte words of `[addr, addr + len)` (`len` a
 /// multiple of 8): a read pass over memory, for benchmarks.
-pub fn sum_words(addr: usize, len: usize) -> u64 {
+///
+/// # Safety
+///
+/// `[addr, addr + len)` must be a live readable mapping for the whole call.
+pub unsafe fn sum_words(addr: usize, len: usize) -> u64 {
     let mut sum = 0u64;
     for off in (0..len).step_by(8) {
-        // SAFETY: the interval is a live readable mapping (the module contract above);
-        // unaligned reads are allowed.
+        // SAFETY: the caller's contract: a live readable mapping; unaligned reads are
+        // allowed.
         sum = sum.wrapping_add(unsafe { std::ptr::read_unaligned((addr + off) as *const u64) });
     }
     sum
 }
 
 /// Copies `src` to the memory at `addr`.
-pub fn copy_to(addr: usize, src: &[u8]) {
-    copy(addr, src.as_ptr() as usize, src.len());
+///
+/// # Safety
+///
+/// `[addr, addr + src.len())` must be a live writable mapping, outside `src`, with no
+/// Rust reference into it.
+pub unsafe fn copy_to(addr: usize, src: &[u8]) {
+    // SAFETY: the caller's contract; `src` is a live slice.
+    unsafe { copy(addr, src.as_ptr() as usize, src.len()) }
 }
 
 /// Copies the memory at `addr` into `dst`.
-pub fn copy_from(addr: usize, dst: &mut [u8]) {
-    copy(dst.as_mut_ptr() as usize, addr, dst.len());
+///
+/// # Safety
+///
+/// `[addr, addr + dst.len())` must be a live readable mapping outside `dst`.
+pub unsafe fn copy_from(addr: usize, dst: &mut [u8]) {
+    // SAFETY: the caller's contract; `dst` is a live slice nothing else references.
+    unsafe { copy(dst.as_mut_ptr() as usize, addr, dst.len()) }
 }
 
 /// Copies between `buf` and this process's own memory at `addr` the way another process
@@ -158,8 +194,12 @@ pub fn copy_checked(addr: usize, buf: &mut [u8], write: bool) -> usize {
 }
 
 /// Sets `len` bytes at `addr` to `byte`.
-pub fn fill(addr: usize, len: usize, byte: u8) {
-    // SAFETY: the interval is a live writable mapping (the module contract above).
+///
+/// # Safety
+///
+/// `[addr, addr + len)` must be a live writable mapping with no Rust reference into it.
+pub unsafe fn fill(addr: usize, len: usize, byte: u8) {
+    // SAFETY: the caller's contract.
     unsafe { std::ptr::write_bytes(addr as *mut u8, byte, len) }
 }
 
@@ -170,13 +210,17 @@ pub fn advise_hugepages(addr: usize, len: usize) {
 }
 
 /// Gives the pages of `[addr, addr + len)` back to the kernel (`MADV_DONTNEED`); they read
-/// as zero afterwards. The interval must be private anonymous memory owned by usvm.
-pub fn discard(addr: usize, len: usize) -> Result<()> {
+/// as zero afterwards.
+///
+/// # Safety
+///
+/// The interval must be private anonymous memory the caller owns (a staging area) whose
+/// contents nobody needs any more, with no Rust reference into it.
+pub unsafe fn discard(addr: usize, len: usize) -> Result<()> {
     if len == 0 {
         return Ok(());
     }
-    // SAFETY: DONTNEED on memory usvm owns (staging areas); no Rust reference into it is
-    // alive, and anonymous private memory simply reads as zero afterwards.
+    // SAFETY: the caller's contract; anonymous private memory reads as zero afterwards.
     let r = unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) };
     if r != 0 {
         return Err(Error::Sys { call: "madvise(MADV_DONTNEED)", errno: last_errno() });
@@ -240,16 +284,20 @@ impl Prot {
 }
 
 // The calls below change usvm's own staging areas (mappings it made with
-// `map_anon_aligned` and hands to nobody): no Rust reference points into them, and
-// whatever the kernel does to their pages (protection, locking, replacement) cannot
-// invalidate memory that safe code uses.
+// `map_anon_aligned` and hands to nobody). Their contract (`# Safety`): no Rust reference
+// points into the piece, and no code that is not prepared for it (the migration engine
+// that owns the area) touches it while its protection, locking or contents change.
 
 /// Sets the protection of `[addr, addr + len)`, a piece of one of usvm's own areas, with
 /// the default protection key (0): a piece that received the pages of a mapping with
 /// another key (`mremap`) becomes accessible to usvm's threads, whatever their key rights.
-pub fn protect_own(addr: usize, len: usize, prot: Prot) -> Result<()> {
-    // SAFETY: usvm's own area (the contract above); no Rust reference points into it, so a
-    // narrower protection cannot turn a safe access into a fault.
+///
+/// # Safety
+///
+/// The piece must belong to one of the caller's own areas (the contract above): a narrower
+/// protection must not turn another thread's access into a fault.
+pub unsafe fn protect_own(addr: usize, len: usize, prot: Prot) -> Result<()> {
+    // SAFETY: the caller's contract.
     let r = unsafe { libc::syscall(libc::SYS_pkey_mprotect, addr, len, prot.bits(), 0) };
     if r == 0 {
         return Ok(());
@@ -278,8 +326,13 @@ pub fn lock_own_on_fault(addr: usize, len: usize) -> Result<()> {
 /// `[addr, addr + len)`, a piece of one of usvm's own areas, dropping whatever was mapped
 /// there (`mmap(MAP_FIXED)`). The piece must not be registered with a userfaultfd that
 /// reports unmaps.
-pub fn map_fresh_over_own(addr: usize, len: usize) -> Result<()> {
-    // SAFETY: replaces usvm's own area (the contract above), which nothing else references.
+///
+/// # Safety
+///
+/// The piece must belong to one of the caller's own areas (the contract above) whose
+/// contents nobody needs any more.
+pub unsafe fn map_fresh_over_own(addr: usize, len: usize) -> Result<()> {
+    // SAFETY: the caller's contract: its own area, which nothing else references.
     let p = unsafe {
         libc::mmap(
             addr as *mut libc::c_void,
@@ -306,11 +359,15 @@ pub fn map_fresh_over_own(addr: usize, len: usize) -> Result<()> {
 /// mapping loses `mlock` (the kernel clears `VM_LOCKED` on it), and when the source is
 /// registered with a userfaultfd that reports remaps, this call sends a REMAP event
 /// (`from = src`, `to = dst`) and returns only once it has been read.
-pub fn move_keeping_source(src: usize, len: usize, dst: usize) -> Result<()> {
-    // SAFETY: the caller (the migration engine) owns `dst` (the contract above) and takes
-    // the source's pages while the application's memory is watched by its userfaultfd: no
-    // Rust reference points into either range, and an access to the emptied source faults
-    // to usvm, which serves it. `src` and `dst` do not overlap.
+///
+/// # Safety
+///
+/// `dst` must be a piece of the caller's own area (the contract above) and `src` memory of
+/// the application watched by usvm's userfaultfd (an access to the emptied source then
+/// faults to usvm, which serves it); no Rust reference points into either, and they do
+/// not overlap.
+pub unsafe fn move_keeping_source(src: usize, len: usize, dst: usize) -> Result<()> {
+    // SAFETY: the caller's contract.
     let p = unsafe {
         libc::mremap(
             src as *mut libc::c_void,
@@ -338,7 +395,8 @@ mod tests {
             [(0, 0, n), (3, 0, n - 100), (0, 5, STREAMING_MIN_BYTES + 77), (9, 17, 300_001), (1, 1, 100)]
         {
             let mut dst = vec![0u8; n + 64];
-            copy_streaming(dst.as_mut_ptr() as usize + doff, src.as_ptr() as usize + soff, len);
+            // SAFETY: both intervals lie inside the two vectors, which do not overlap.
+            unsafe { copy_streaming(dst.as_mut_ptr() as usize + doff, src.as_ptr() as usize + soff, len) };
             assert_eq!(&dst[doff..doff + len], &src[soff..soff + len], "{doff} {soff} {len}");
             assert!(dst[..doff].iter().all(|&b| b == 0));
             assert!(dst[doff + len..].iter().all(|&b| b == 0));

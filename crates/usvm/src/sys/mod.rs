@@ -12,10 +12,7 @@ pub mod probe;
 pub mod uffd;
 pub mod vma;
 
-/// The CPU page size usvm works with (4 KiB, as KFD's SVM code assumes).
-pub const PAGE_SIZE: usize = 4096;
-/// log2 of [`PAGE_SIZE`].
-pub const PAGE_SHIFT: u32 = 12;
+pub use crate::addr::{PAGE_SHIFT, PAGE_SIZE};
 
 /// The errno of the last failed system call of this thread.
 pub(crate) fn last_errno() -> i32 {

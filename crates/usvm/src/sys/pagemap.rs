@@ -97,23 +97,31 @@ mod tests {
     #[test]
     fn sees_touched_and_untouched_pages() {
         let a = super::super::mmap::map_anon_aligned(4 * 4096, 4096).unwrap();
-        super::super::mmap::fill(a + 4096, 1, 1);
-        super::super::mmap::fill(a + 3 * 4096, 1, 1);
+        // SAFETY: memory this test mapped and owns, live until its unmap.
+        unsafe { super::super::mmap::fill(a + 4096, 1, 1) };
+        // SAFETY: memory this test mapped and owns, live until its unmap.
+        unsafe { super::super::mmap::fill(a + 3 * 4096, 1, 1) };
         assert_eq!(has_memory(a, 4).unwrap(), vec![false, true, false, true]);
-        super::super::mmap::unmap(a, 4 * 4096).unwrap();
+        // SAFETY: memory this test mapped; nothing uses it afterwards.
+        unsafe { super::super::mmap::unmap(a, 4 * 4096).unwrap() };
     }
 
     #[test]
     fn in_core_sees_present_pages_and_survives_holes() {
         let a = super::super::mmap::map_anon_aligned(8 * 4096, 4096).unwrap();
-        super::super::mmap::fill(a + 4096, 1, 1);
-        super::super::mmap::fill(a + 6 * 4096, 1, 1);
+        // SAFETY: memory this test mapped and owns, live until its unmap.
+        unsafe { super::super::mmap::fill(a + 4096, 1, 1) };
+        // SAFETY: memory this test mapped and owns, live until its unmap.
+        unsafe { super::super::mmap::fill(a + 6 * 4096, 1, 1) };
         // A hole in the middle: pages 3 and 4 are not mapped (another test's thread may map
         // something there meanwhile: what they read is not checked).
-        super::super::mmap::unmap(a + 3 * 4096, 2 * 4096).unwrap();
+        // SAFETY: memory this test mapped; nothing uses it afterwards.
+        unsafe { super::super::mmap::unmap(a + 3 * 4096, 2 * 4096).unwrap() };
         let v = in_core(a, 8);
         assert_eq!((&v[..3], &v[5..]), (&[false, true, false][..], &[false, true, false][..]));
-        super::super::mmap::unmap(a, 3 * 4096).unwrap();
-        super::super::mmap::unmap(a + 5 * 4096, 3 * 4096).unwrap();
+        // SAFETY: memory this test mapped; nothing uses it afterwards.
+        unsafe { super::super::mmap::unmap(a, 3 * 4096).unwrap() };
+        // SAFETY: memory this test mapped; nothing uses it afterwards.
+        unsafe { super::super::mmap::unmap(a + 5 * 4096, 3 * 4096).unwrap() };
     }
 }

@@ -333,7 +333,20 @@ impl Uffd {
     /// move can take pages and still not count them (see [`unreported_moves`]). Such pages
     /// are counted here and the error becomes `EAGAIN`, so that no caller mistakes a page it
     /// has just moved for one that stayed behind, or for one that was already at `dst`.
-    pub fn move_pages(&self, dst: usize, src: usize, len: usize, allow_holes: bool) -> (usize, Option<i32>) {
+    ///
+    /// # Safety
+    ///
+    /// Both intervals must be private anonymous memory registered with this descriptor
+    /// whose pages may change owner: the data leaves `src` (which then faults to usvm) for
+    /// `dst`. No Rust reference may point into either, and the caller must keep track of
+    /// where each page is (the migration engine's bookkeeping), or data is lost.
+    pub unsafe fn move_pages(
+        &self,
+        dst: usize,
+        src: usize,
+        len: usize,
+        allow_holes: bool,
+    ) -> (usize, Option<i32>) {
         let mut mode = UFFDIO_MOVE_MODE_DONTWAKE;
         if allow_holes {
             mode |= UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES;

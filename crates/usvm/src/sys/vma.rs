@@ -9,6 +9,8 @@
 //! PFN-mapped areas (`[vvar]`, `[vvar_vclock]`) and every mapping of a character device.
 
 use super::last_errno;
+use crate::addr::PageNo;
+use crate::addr::Pages;
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
@@ -169,9 +171,9 @@ pub fn lookup(addr: usize, or_next: bool) -> Result<Option<Vma>, i32> {
 #[derive(Clone, Copy, Debug)]
 pub struct Piece {
     /// First page of the part.
-    pub first: u64,
+    pub first: PageNo,
     /// Last page of the part (inclusive).
-    pub last: u64,
+    pub last: PageNo,
     /// The mapping.
     pub vma: Vma,
 }
@@ -179,17 +181,17 @@ pub struct Piece {
 /// The mappings covering the pages `[first, last]`, in address order, each clipped to the
 /// interval. The walk ends after the first error: `NotMapped` at the first address with no
 /// mapping, or the lookup's own failure.
-pub fn pieces(first: u64, last: u64) -> impl Iterator<Item = crate::error::Result<Piece>> {
+pub fn pieces(Pages { first, last }: Pages) -> impl Iterator<Item = crate::error::Result<Piece>> {
     let mut page = first;
     let mut done = false;
     std::iter::from_fn(move || {
         if done || page > last {
             return None;
         }
-        let addr = (page << super::PAGE_SHIFT) as usize;
+        let addr = page.addr();
         let r = match lookup(addr, false) {
             Ok(Some(vma)) => {
-                let end = ((vma.end >> super::PAGE_SHIFT) as u64 - 1).min(last);
+                let end = (PageNo::of_addr(vma.end) - 1).min(last);
                 let p = Piece { first: page, last: end, vma };
                 page = end + 1;
                 Ok(p)
@@ -205,21 +207,21 @@ pub fn pieces(first: u64, last: u64) -> impl Iterator<Item = crate::error::Resul
 /// Like [`pieces`], but a hole in the interval is stepped over instead of ending the walk:
 /// the mapped parts only. For walks that may meet memory the application unmapped a moment
 /// ago, before usvm heard of it (its munmap event not read yet, or memory no event watches).
-pub fn mapped_pieces(first: u64, last: u64) -> impl Iterator<Item = crate::error::Result<Piece>> {
+pub fn mapped_pieces(Pages { first, last }: Pages) -> impl Iterator<Item = crate::error::Result<Piece>> {
     let mut page = first;
     let mut done = false;
     std::iter::from_fn(move || {
         while !done && page <= last {
-            let addr = (page << super::PAGE_SHIFT) as usize;
+            let addr = page.addr();
             match lookup(addr, true) {
                 Ok(Some(vma)) if vma.start <= addr => {
-                    let end = ((vma.end >> super::PAGE_SHIFT) as u64 - 1).min(last);
+                    let end = (PageNo::of_addr(vma.end) - 1).min(last);
                     let p = Piece { first: page, last: end, vma };
                     page = end + 1;
                     return Some(Ok(p));
                 }
                 // A hole: go on at the next mapping, if it starts inside the interval.
-                Ok(Some(vma)) => page = (vma.start >> super::PAGE_SHIFT) as u64,
+                Ok(Some(vma)) => page = PageNo::of_addr(vma.start),
                 Ok(None) => done = true,
                 Err(errno) => {
                     done = true;
@@ -344,11 +346,13 @@ mod tests {
         assert!(v.start <= a && v.end >= a + len, "{v:?}");
         assert!(v.read && v.write && !v.shared && v.kind == VmaKind::Anon);
         // Punch a hole and look at it.
-        super::super::mmap::unmap(a + 16384, 4096).unwrap();
+        // SAFETY: memory this test mapped; nothing uses it afterwards.
+        unsafe { super::super::mmap::unmap(a + 16384, 4096).unwrap() };
         assert_eq!(lookup(a + 16384, false).unwrap(), None);
         let next = lookup(a + 16384, true).unwrap().unwrap();
         assert_eq!(next.start, a + 20480);
-        super::super::mmap::unmap(a, len).unwrap();
+        // SAFETY: memory this test mapped; nothing uses it afterwards.
+        unsafe { super::super::mmap::unmap(a, len).unwrap() };
     }
 
     #[test]
@@ -359,7 +363,8 @@ mod tests {
         // Other test threads may map memory next to ours, so compare what cannot move.
         assert!(q.start <= a && a < q.end && t.start <= a && a < t.end);
         assert_eq!((q.read, q.write, q.exec, q.shared, q.kind), (t.read, t.write, t.exec, t.shared, t.kind));
-        super::super::mmap::unmap(a, 8192).unwrap();
+        // SAFETY: memory this test mapped; nothing uses it afterwards.
+        unsafe { super::super::mmap::unmap(a, 8192).unwrap() };
     }
 
     #[test]
@@ -371,9 +376,11 @@ mod tests {
         assert!(!locked(a).unwrap());
         assert!(locked(a + 4096).unwrap());
         assert!(!locked(a + 2 * 4096).unwrap());
-        super::super::mmap::map_fresh_over_own(a + 4096, 4096).unwrap();
+        // SAFETY: a page of the mapping this test made, whose contents nobody needs.
+        unsafe { super::super::mmap::map_fresh_over_own(a + 4096, 4096) }.unwrap();
         assert!(!locked(a + 4096).unwrap());
-        super::super::mmap::unmap(a, len).unwrap();
+        // SAFETY: memory this test mapped; nothing uses it afterwards.
+        unsafe { super::super::mmap::unmap(a, len).unwrap() };
     }
 
     #[test]
