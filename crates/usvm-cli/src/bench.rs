@@ -47,6 +47,7 @@ const BENCHES: &[(&str, BenchFn)] = &[
     ("oversub_1_5x", oversub_1_5x),
     ("set_attr_1e6_vs_1e3", set_attr_scaling),
     ("sdma_copy", sdma_copy),
+    ("isa_copy", isa_copy),
     ("c_get_attr", c_get_attr),
 ];
 
@@ -235,6 +236,14 @@ fn gpu_fault_stream(quick: bool) -> Result<BenchLine> {
 fn oversub_1_5x(quick: bool) -> Result<BenchLine> {
     let r = usvm::bench::oversub(if quick { 32 << 20 } else { 128 << 20 })?;
     Ok(BenchLine::of("oversub_1_5x", "GB/s", r))
+}
+
+/// `isa_copy`: a dispatch of gfx90a machine code (64-lane waves copying a dword per lane,
+/// as kfdtest's CopyDwordIsa does per wave) over 64 MiB in system memory, against memcpy
+/// of the same size in the same run. No goal yet.
+fn isa_copy(quick: bool) -> Result<BenchLine> {
+    let (bytes, reps) = if quick { (8 << 20, 3) } else { (64 << 20, 3) };
+    Ok(BenchLine::of("isa_copy", "GB/s", usvm::bench::isa_copy(bytes, reps)?))
 }
 
 /// `sdma_copy`: COPY_LINEAR of 256 MiB between two VRAM-resident SVM ranges through an SDMA

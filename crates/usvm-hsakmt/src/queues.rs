@@ -1,14 +1,16 @@
-//! User queues: SDMA queues execute packets; compute queues only exist.
+//! User queues: SDMA queues execute SDMA packets, compute queues PM4 packets (shaders
+//! included); AQL queues only exist.
 
 use crate::entry;
 use crate::types::*;
-use usvm::kfd::{self, KfdError, QueueKind};
+use usvm::kfd::{self, ErrorReport, KfdError, QueueKind};
 
 fn create_queue(
     node: u32,
     ty: u32,
     ring: *mut libc::c_void,
     size: u64,
+    event: *mut HsaEvent,
     res: *mut HsaQueueResource,
 ) -> HSAKMT_STATUS {
     entry(|| {
@@ -17,12 +19,22 @@ fn create_queue(
             return Err(KfdError::InvalidParameter("null QueueResource"));
         }
         let kind = match ty {
-            HSA_QUEUE_COMPUTE | HSA_QUEUE_COMPUTE_AQL => QueueKind::Compute,
+            HSA_QUEUE_COMPUTE => QueueKind::Compute,
+            HSA_QUEUE_COMPUTE_AQL => QueueKind::ComputeAql,
             HSA_QUEUE_SDMA => QueueKind::Sdma,
             HSA_QUEUE_SDMA_XGMI => QueueKind::SdmaXgmi,
             _ => return Err(KfdError::NotSupported("this queue type")),
         };
-        let q = k.create_queue(node, kind, ring as usize, size)?;
+        // SAFETY: `res` is non-null and points at the caller's HsaQueueResource, whose
+        // ErrorReason the caller set (or left null); `event` is null or the caller's event.
+        let report = unsafe {
+            ErrorReport {
+                event: (!event.is_null()).then(|| std::ptr::addr_of!((*event).EventId).read_unaligned()),
+                reason: Some(std::ptr::addr_of!((*res).ErrorReason).read_unaligned() as usize)
+                    .filter(|&a| a != 0),
+            }
+        };
+        let q = k.create_queue_reporting(node, kind, ring as usize, size, report)?;
         // SAFETY: `res` is non-null and points at the caller's HsaQueueResource; only the
         // fields the call fills are written (ErrorReason is the caller's).
         unsafe {
@@ -35,8 +47,10 @@ fn create_queue(
     })
 }
 
-/// `hsaKmtCreateQueue`: SDMA and SDMA_XGMI queues execute SDMA packets; compute queues
-/// exist (and count) but execute nothing.
+/// `hsaKmtCreateQueue`: SDMA and SDMA_XGMI queues execute SDMA packets, COMPUTE queues PM4
+/// packets; COMPUTE_AQL queues exist (and count) but execute nothing. When the queue halts
+/// (a fatal fault, a packet it does not execute), the KFD exception mask goes to
+/// `*res->ErrorReason` (when not null) and `event` (when not null) is signalled.
 ///
 /// # Safety
 /// Pointer arguments are as `hsakmt.h` describes them: null (refused) or valid for the
@@ -49,10 +63,10 @@ pub unsafe extern "C" fn hsaKmtCreateQueue(
     _priority: i64,
     ring: *mut libc::c_void,
     size: u64,
-    _event: *mut HsaEvent,
+    event: *mut HsaEvent,
     res: *mut HsaQueueResource,
 ) -> HSAKMT_STATUS {
-    create_queue(node, ty, ring, size, res)
+    create_queue(node, ty, ring, size, event, res)
 }
 
 /// `hsaKmtCreateQueueExt`: as `hsaKmtCreateQueue`; the engine id is not used.
@@ -69,10 +83,10 @@ pub unsafe extern "C" fn hsaKmtCreateQueueExt(
     _engine: u32,
     ring: *mut libc::c_void,
     size: u64,
-    _event: *mut HsaEvent,
+    event: *mut HsaEvent,
     res: *mut HsaQueueResource,
 ) -> HSAKMT_STATUS {
-    create_queue(node, ty, ring, size, res)
+    create_queue(node, ty, ring, size, event, res)
 }
 
 /// `hsaKmtDestroyQueue`.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// The C programs of `tests/c/` (each must have a test below).
 const PROGRAMS: &[&str] =
-    &["faults", "fork", "memory", "open_close", "sdma", "smi", "stubs", "svm_attr", "xnack"];
+    &["faults", "fork", "memory", "open_close", "pm4_dispatch", "sdma", "smi", "stubs", "svm_attr", "xnack"];
 
 /// Longest a program may run (each takes well under 5 s).
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -204,6 +204,8 @@ c_test!(xnack, "xnack");
 c_test!(memory, "memory");
 c_test!(memory_one_gpu_64m, "memory", "USVM_GPUS" = "1", "USVM_VRAM" = "64M");
 c_test!(sdma, "sdma");
+c_test!(pm4_dispatch_xnack_off, "pm4_dispatch", "USVM_XNACK" = "0");
+c_test!(pm4_dispatch_xnack_on, "pm4_dispatch", "USVM_XNACK" = "1");
 c_test!(faults, "faults");
 c_test!(smi, "smi");
 c_test!(fork, "fork");

@@ -309,3 +309,39 @@ pub fn sdma_copy(bytes: usize, reps: usize) -> Result<Ratio> {
     k.free_memory(ring).map_err(err)?;
     Ok(Ratio { value: median(v), floor })
 }
+
+/// `isa_copy`: gfx90a machine code (`shaders::ISA_COPY`, one dword per work-item, one
+/// 64-lane wave per workgroup) copying `bytes` between two SVM ranges through
+/// `Queue::submit_isa`, against a single-thread memcpy of the same size in the same run.
+/// Checks the copy once.
+pub fn isa_copy(bytes: usize, reps: usize) -> Result<Ratio> {
+    use crate::gpu::isa::shaders::{ISA_COPY, isa_copy_launch};
+    use crate::{Attr, Svm};
+    let bytes = bytes.next_multiple_of(256);
+    let svm = Svm::builder().gpus(1).vram_bytes(2 * bytes as u64 + (64 << 20)).build()?;
+    let g = svm.gpu_ids()[0];
+    let (code, src, dst) = (svm.alloc(PAGE_SIZE)?, svm.alloc(bytes)?, svm.alloc(bytes)?);
+    let words: Vec<u8> = ISA_COPY.iter().flat_map(|w| w.to_le_bytes()).collect();
+    code.write_at(0, &words);
+    let pattern: Vec<u8> = (0..bytes).map(|i| (i * 7 / 4) as u8).collect();
+    src.write_at(0, &pattern);
+    dst.fill(0, bytes, 0);
+    for b in [&code, &src, &dst] {
+        svm.set_attr(b.addr(), b.len(), &[Attr::Access(g)])?;
+    }
+    let q = svm.create_queue(g)?;
+    let launch = isa_copy_launch(code.addr() as u64, src.addr() as u64, dst.addr() as u64, bytes as u64);
+    let mut v = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        q.submit_isa(launch.clone()).wait()?;
+        v.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    let mut back = vec![0u8; bytes];
+    dst.read_at(0, &mut back);
+    if back != pattern {
+        return Err(crate::Error::InvalidConfig("isa_copy: the destination differs from the source".into()));
+    }
+    let floor = memcpy_gbps(bytes, reps)?;
+    Ok(Ratio { value: median(v), floor })
+}

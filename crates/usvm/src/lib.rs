@@ -48,6 +48,7 @@ pub use events::{
     Counters, Event, EventKind, EventStream, EvictTrigger, MigrateTrigger, UnmapTrigger, clock_ns,
 };
 pub use gpu::fence::Fence;
+pub use gpu::isa::{DispatchStats, IsaError, Launch, shaders};
 pub use gpu::queue::{KernelCtx, Queue};
 pub use history::{Cause, Finding, FindingKind, Move};
 pub use svm::{

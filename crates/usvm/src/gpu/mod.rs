@@ -21,6 +21,7 @@
 
 mod buddy;
 pub mod fence;
+pub mod isa;
 pub mod pagetable;
 pub mod queue;
 pub mod sdma;

@@ -8,6 +8,7 @@ use super::{Access, Devices};
 use crate::attr::GpuId;
 use crate::error::{Error, Result};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 
 /// What a device kernel sees: loads and stores through its GPU's page table.
@@ -48,9 +49,10 @@ impl KernelCtx {
 type Kernel = Box<dyn FnOnce(&mut KernelCtx) -> Result<()> + Send>;
 
 /// A user-mode compute queue of one GPU. Dropping it waits for the kernels already
-/// submitted.
+/// submitted; shader dispatches ([`Queue::submit_isa`]) stop at their next time slice.
 pub struct Queue {
     gpu: GpuId,
+    stop: Arc<AtomicBool>,
     tx: Option<mpsc::Sender<(Kernel, Fence)>>,
     thread: Option<std::thread::JoinHandle<()>>,
     on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
@@ -88,7 +90,8 @@ impl Queue {
                 }
             })
             .map_err(|e| Error::Sys { call: "spawn", errno: e.raw_os_error().unwrap_or(libc::EAGAIN) })?;
-        Ok(Queue { gpu: id, tx: Some(tx), thread: Some(thread), on_drop: Some(on_drop) })
+        let stop = Arc::new(AtomicBool::new(false));
+        Ok(Queue { gpu: id, stop, tx: Some(tx), thread: Some(thread), on_drop: Some(on_drop) })
     }
 
     /// The queue's GPU.
@@ -109,10 +112,27 @@ impl Queue {
         }
         fence
     }
+
+    /// Submits a shader dispatch: the gfx90a machine code at `launch.code` runs on the
+    /// queue's GPU (every wave to its end), after the work submitted before it. The fence
+    /// carries its result: a fatal memory fault as `Error::GpuVmFault`, an instruction the
+    /// interpreter cannot run as `Error::KernelPanic` with its message, a dispatch cut
+    /// short by dropping the queue as `Error::QueueGone`.
+    pub fn submit_isa(&self, launch: super::isa::Launch) -> Fence {
+        let stop = self.stop.clone();
+        self.submit(move |ctx| {
+            super::isa::run_dispatch(&ctx.devs, ctx.gpu, &launch, &stop).map(drop).map_err(|e| match e {
+                super::isa::IsaError::Fault(e) => e,
+                super::isa::IsaError::Stopped => Error::QueueGone,
+                e => Error::KernelPanic(e.to_string()),
+            })
+        })
+    }
 }
 
 impl Drop for Queue {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         self.tx.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

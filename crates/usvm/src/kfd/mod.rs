@@ -1,7 +1,8 @@
 //! A process-wide model of the KFD device (`/dev/kfd`) as ROCm's thunk, libhsakmt, sees it:
 //! the topology of nodes (a CPU node, then one node per emulated GPU), KFD memory (buffer
-//! objects that never migrate), events, SDMA queues that execute real SDMA packets from a
-//! ring in the application's memory, the SMI event file, and SVM through node ids.
+//! objects that never migrate), events, SDMA queues that execute real SDMA packets and
+//! compute queues that execute PM4 packets (shaders included) from a ring in the
+//! application's memory, the SMI event file, and SVM through node ids.
 //!
 //! The C library `usvm-hsakmt` is a thin layer over this module: it translates structs, ids
 //! and statuses, and nothing else. Rust programs can use it directly:
@@ -19,8 +20,11 @@
 //! After `fork`, the child inherits the parent's count but none of its threads: it may close
 //! what it inherited (nothing is torn down: it belongs to the parent) and open a fresh one.
 
+pub mod cp;
 pub mod events;
+pub mod halt;
 pub mod memory;
+pub mod pm4;
 pub mod queue;
 pub mod sdma;
 pub mod smi;
@@ -34,6 +38,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 
 pub use events::{EventDescriptor, EventType, MemoryFault, WaitResult};
+pub use halt::{ErrorReport, QueueError};
 pub use memory::MemFlags;
 pub use queue::{QueueKind, QueueResource};
 pub use svm_nodes::INVALID_NODEID;
@@ -318,8 +323,21 @@ impl Kfd {
         ring: usize,
         ring_bytes: u64,
     ) -> KfdResult<QueueResource> {
+        self.create_queue_reporting(node, kind, ring, ring_bytes, ErrorReport::default())
+    }
+
+    /// `hsaKmtCreateQueue` with an event and an error-reason word that learn when the queue
+    /// halts.
+    pub fn create_queue_reporting(
+        &self,
+        node: u32,
+        kind: QueueKind,
+        ring: usize,
+        ring_bytes: u64,
+        report: ErrorReport,
+    ) -> KfdResult<QueueResource> {
         let gpu = self.gpu_index(node)?;
-        self.queues.create(&self.svm, &self.events, (gpu, node), kind, ring, ring_bytes)
+        self.queues.create(&self.svm, &self.events, (gpu, node), kind, (ring, ring_bytes), report)
     }
 
     /// `hsaKmtDestroyQueue`.

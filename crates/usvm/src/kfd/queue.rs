@@ -1,10 +1,14 @@
 //! User queues (`hsaKmtCreateQueue` / `hsaKmtDestroyQueue`). SDMA queues execute real SDMA
-//! packets on an engine thread per queue ([`super::sdma`]); compute queues are created and
-//! destroyed, and count for the XNACK rule, but execute nothing (PM4 is not emulated yet).
-//! Every queue counts as one of the process's queues: while any exists, XNACK cannot
-//! change.
+//! packets on an engine thread per queue ([`super::sdma`]); compute queues execute PM4
+//! packets, their dispatches through the wave interpreter ([`super::cp`]); AQL queues are
+//! created and destroyed, and count for the XNACK rule, but execute nothing (AQL packets
+//! are not emulated). Every queue counts as one of the process's queues: while any exists,
+//! XNACK cannot change. A queue that halts (a fatal fault, a packet it does not execute)
+//! reports it ([`super::halt`]) and can still be destroyed.
 
+use super::cp;
 use super::events::Events;
+use super::halt::{ErrorReport, QueueError, Status};
 use super::sdma::{self, RPTR_WORD, WPTR_WORD};
 use super::{KfdError, KfdResult};
 use crate::svm::Svm;
@@ -17,8 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// The kinds of queues (`HSA_QUEUE_TYPE` values usvm accepts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueKind {
-    /// A PM4 compute queue (created, never executed).
+    /// A PM4 compute queue (`HSA_QUEUE_COMPUTE`).
     Compute,
+    /// An AQL compute queue (`HSA_QUEUE_COMPUTE_AQL`): created, never executed.
+    ComputeAql,
     /// An SDMA queue on a PCIe engine.
     Sdma,
     /// An SDMA queue on an XGMI engine.
@@ -32,9 +38,10 @@ pub struct QueueResource {
     pub id: u64,
     /// The 64-bit doorbell the application stores the write pointer to.
     pub doorbell: usize,
-    /// The 64-bit write pointer (bytes for SDMA, never wrapped).
+    /// The 64-bit write pointer, never wrapped: bytes for SDMA, dwords for compute queues.
     pub write_ptr: usize,
-    /// The 64-bit read pointer the engine advances.
+    /// The 64-bit read pointer the engine advances: bytes, never wrapped, for SDMA; for
+    /// compute queues the dwords consumed modulo the ring's size in dwords.
     pub read_ptr: usize,
 }
 
@@ -55,17 +62,50 @@ impl Bell {
     }
 }
 
+/// The doorbell and engine thread of a new queue of `kind`: an SDMA or a compute engine
+/// serving a watched doorbell, or, for AQL queues, a plain doorbell page and no engine.
+fn start(
+    svm: &Svm,
+    events: &Arc<Events>,
+    (gpu, node, kind): (usize, u32, QueueKind),
+    (ring, ring_bytes): (usize, u64),
+    (ptrs, stop, status): (&Arc<SharedPage>, &Arc<AtomicBool>, &Arc<Status>),
+) -> KfdResult<(Bell, Option<std::thread::JoinHandle<()>>)> {
+    if kind == QueueKind::ComputeAql {
+        return Ok((Bell::Plain(SharedPage::new()?), None));
+    }
+    let bell = Arc::new(Doorbell::new()?);
+    let (devs, events, doorbell) = (svm.inner().devs.clone(), events.clone(), bell.clone());
+    let (ptrs, stop, status) = (ptrs.clone(), stop.clone(), status.clone());
+    let t = if kind == QueueKind::Compute {
+        let e = cp::Engine { devs, events, gpu, node, ring, ring_bytes, ptrs, doorbell, stop, status };
+        spawn(format!("usvm-cpq{gpu}"), move || e.run())?
+    } else {
+        let e = sdma::Engine { devs, events, gpu, node, ring, ring_bytes, ptrs, doorbell, stop, status };
+        spawn(format!("usvm-sdmaq{gpu}"), move || e.run())?
+    };
+    Ok((Bell::Watched(bell), Some(t)))
+}
+
+/// Starts an engine thread.
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> KfdResult<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(name).spawn(f).map_err(|e| {
+        crate::Error::Sys { call: "spawn", errno: e.raw_os_error().unwrap_or(libc::EAGAIN) }.into()
+    })
+}
+
 /// Smallest ring usvm accepts, bytes.
 pub const MIN_RING_BYTES: u64 = 256;
 
 struct Live {
     /// Read and write pointers.
     ptrs: Arc<SharedPage>,
-    /// The doorbell: watched for SDMA queues (an engine thread serves its stores), a plain
-    /// page for compute queues, which execute nothing (a watched page nobody served would
-    /// block the application's store for ever).
+    /// The doorbell: watched for SDMA and compute queues (an engine thread serves its
+    /// stores), a plain page for AQL queues, which execute nothing (a watched page nobody
+    /// served would block the application's store for ever).
     doorbell: Bell,
     stop: Arc<AtomicBool>,
+    status: Arc<Status>,
     engine: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -87,15 +127,16 @@ pub struct Queues {
 
 impl Queues {
     /// `hsaKmtCreateQueue` on GPU `gpu` (index) of node `node`: `ring` is the ring's address
-    /// (GPU-mapped memory of the application), `ring_bytes` a power of two.
+    /// (GPU-mapped memory of the application), `ring_bytes` a power of two; a halt of the
+    /// queue is reported to `report`.
     pub fn create(
         &self,
         svm: &Svm,
         events: &Arc<Events>,
         (gpu, node): (usize, u32),
         kind: QueueKind,
-        ring: usize,
-        ring_bytes: u64,
+        (ring, ring_bytes): (usize, u64),
+        report: ErrorReport,
     ) -> KfdResult<QueueResource> {
         if ring == 0 || !ring.is_multiple_of(4) {
             return Err(KfdError::InvalidParameter("ring address"));
@@ -105,31 +146,9 @@ impl Queues {
         }
         let ptrs = Arc::new(SharedPage::new()?);
         let stop = Arc::new(AtomicBool::new(false));
-        let (doorbell, engine) = match kind {
-            QueueKind::Compute => (Bell::Plain(SharedPage::new()?), None),
-            QueueKind::Sdma | QueueKind::SdmaXgmi => {
-                let doorbell = Arc::new(Doorbell::new()?);
-                let e = sdma::Engine {
-                    devs: svm.inner().devs.clone(),
-                    events: events.clone(),
-                    gpu,
-                    node,
-                    ring,
-                    ring_bytes,
-                    ptrs: ptrs.clone(),
-                    doorbell: doorbell.clone(),
-                    stop: stop.clone(),
-                };
-                let t = std::thread::Builder::new()
-                    .name(format!("usvm-sdmaq{gpu}"))
-                    .spawn(move || e.run())
-                    .map_err(|e| crate::Error::Sys {
-                    call: "spawn",
-                    errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
-                })?;
-                (Bell::Watched(doorbell), Some(t))
-            }
-        };
+        let status = Arc::new(Status::new(report));
+        let (doorbell, engine) =
+            start(svm, events, (gpu, node, kind), (ring, ring_bytes), (&ptrs, &stop, &status))?;
         svm.inner().lock_state().queues += 1;
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let res = QueueResource {
@@ -138,8 +157,14 @@ impl Queues {
             write_ptr: ptrs.addr() + WPTR_WORD * 8,
             read_ptr: ptrs.addr() + RPTR_WORD * 8,
         };
-        self.live.lock().insert(id, Live { ptrs, doorbell, stop, engine });
+        self.live.lock().insert(id, Live { ptrs, doorbell, stop, status, engine });
         Ok(res)
+    }
+
+    /// Why queue `id` halted (`None` while it runs).
+    pub fn error(&self, id: u64) -> KfdResult<Option<QueueError>> {
+        let live = self.live.lock();
+        Ok(live.get(&id).ok_or(KfdError::InvalidHandle("queue"))?.status.error())
     }
 
     /// `hsaKmtDestroyQueue`: stops the queue (a packet under way finishes first) and frees it;
@@ -168,7 +193,7 @@ impl Queues {
             let live = self.live.lock();
             let q = live.get(&id).ok_or(KfdError::InvalidHandle("queue"))?;
             let Bell::Watched(d) = &q.doorbell else {
-                return Err(KfdError::NotSupported("compute queues execute nothing"));
+                return Err(KfdError::NotSupported("AQL queues execute nothing"));
             };
             (q.ptrs.clone(), d.clone())
         };

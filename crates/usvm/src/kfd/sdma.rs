@@ -13,7 +13,8 @@
 //!     *rptr = offset after the packet, once its effects are visible
 //! ```
 
-use super::events::{Events, MemoryFault};
+use super::events::Events;
+use super::halt::{self, QueueError, Status};
 use crate::error::Error;
 use crate::gpu::{Access, Devices};
 use crate::sys::doorbell::{Doorbell, SharedPage};
@@ -240,8 +241,8 @@ fn decode_poll(h: u32, dw: &[u32]) -> Result<(Packet, usize), Decode> {
     Ok((p, 6))
 }
 
-/// Whether a poll's condition holds.
-fn poll_holds(func: u8, v: u32, reference: u32) -> bool {
+/// Whether a poll's condition holds (SDMA POLL_REGMEM and PM4 WAIT_REG_MEM alike).
+pub(crate) fn poll_holds(func: u8, v: u32, reference: u32) -> bool {
     match func {
         0 => true,
         1 => v < reference,
@@ -265,6 +266,7 @@ pub(crate) struct Engine {
     pub(crate) ptrs: Arc<SharedPage>,
     pub(crate) doorbell: Arc<Doorbell>,
     pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) status: Arc<Status>,
 }
 
 /// Why the engine stopped executing a queue.
@@ -273,7 +275,7 @@ enum Stop {
     /// Destroyed.
     Destroyed,
     /// A fatal GPU fault or an illegal packet: the queue executes nothing more.
-    Halted,
+    Halted(QueueError),
 }
 
 impl Engine {
@@ -286,7 +288,8 @@ impl Engine {
             match self.drain() {
                 Ok(()) => {}
                 Err(Stop::Destroyed) => return,
-                Err(Stop::Halted) => {
+                Err(Stop::Halted(e)) => {
+                    self.status.halt(&self.devs, &self.events, (self.gpu, self.node), "SDMA", e);
                     // A halted queue only waits to be destroyed.
                     while self.doorbell.wait(None).unwrap_or(false) {}
                     return;
@@ -322,8 +325,7 @@ impl Engine {
             buf.resize(n, 0);
             let mut bytes = vec![0u8; n * 4];
             if let Err(e) = self.devs.access(self.gpu, self.ring + pos as usize, Access::Read(&mut bytes)) {
-                self.fault(&e);
-                return Err(Stop::Halted);
+                return Err(self.failed(&e));
             }
             for (i, w) in buf.iter_mut().enumerate() {
                 *w = u32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
@@ -336,21 +338,14 @@ impl Engine {
                     // was read): read again from here.
                     Err(Decode::Incomplete) if at > 0 => break,
                     Err(Decode::Incomplete) if n == RING_READ_DWORDS => {
-                        tracing::warn!(
-                            gpu = self.gpu,
-                            "SDMA packet larger than the engine reads: queue halted"
-                        );
-                        return Err(Stop::Halted);
+                        let why = "larger than the engine reads at once".to_string();
+                        return Err(Stop::Halted(QueueError::Packet { header: buf[at], why }));
                     }
                     // The application has not published the whole packet yet.
                     Err(Decode::Incomplete) => return Ok(()),
                     Err(Decode::Illegal(h)) => {
-                        tracing::warn!(
-                            gpu = self.gpu,
-                            header = format_args!("{h:#x}"),
-                            "illegal SDMA packet: queue halted"
-                        );
-                        return Err(Stop::Halted);
+                        let why = "illegal SDMA opcode".to_string();
+                        return Err(Stop::Halted(QueueError::Packet { header: h, why }));
                     }
                 };
                 let (p, len) = merge_copies(p, len, &buf[at..]);
@@ -384,8 +379,8 @@ impl Engine {
             }
             p @ Packet::Poll { register, .. } => {
                 if *register {
-                    tracing::warn!(gpu = g, "SDMA register polls are not emulated: queue halted");
-                    return Err(Stop::Halted);
+                    let why = "register polls are not emulated".to_string();
+                    return Err(Stop::Halted(QueueError::Packet { header: op::POLL_REGMEM.into(), why }));
                 }
                 return self.poll(p);
             }
@@ -395,10 +390,7 @@ impl Engine {
                 self.devs.access(g, *a as usize, Access::Write(&crate::sys::boottime_ns().to_le_bytes()))
             }
         };
-        r.map_err(|e| {
-            self.fault(&e);
-            Stop::Halted
-        })
+        r.map_err(|e| self.failed(&e))
     }
 
     fn fill(&self, dst: u64, data: u32, dword: bool, bytes: u64) -> crate::Result<()> {
@@ -427,8 +419,7 @@ impl Engine {
         loop {
             let mut v = [0u8; 4];
             if let Err(e) = self.devs.access(self.gpu, addr as usize, Access::Read(&mut v)) {
-                self.fault(&e);
-                return Err(Stop::Halted);
+                return Err(self.failed(&e));
             }
             if poll_holds(func, u32::from_le_bytes(v) & mask, reference) {
                 return Ok(());
@@ -446,38 +437,10 @@ impl Engine {
         }
     }
 
-    /// A failed access: fatal GPU faults go to the memory-exception events.
-    fn fault(&self, e: &Error) {
-        match e {
-            Error::GpuVmFault { addr, write, .. } => {
-                let page = addr & !(crate::sys::PAGE_SIZE as u64 - 1);
-                let pte = self.devs.gpus[self.gpu].pt.get(crate::addr::PageNo::of_addr(page as usize));
-                // A store the mapping refuses: a read-only GPU entry, or (system pages, whose
-                // entries stay writable when the application mprotects them) a mapping of
-                // the process that is present but not writable.
-                let vma_read_only = || {
-                    crate::sys::vma::lookup(page as usize, false)
-                        .ok()
-                        .flatten()
-                        .is_some_and(|v| v.read && !v.write)
-                };
-                let read_only = *write && pte.valid() && (!pte.writable() || vma_read_only());
-                tracing::warn!(
-                    gpu = self.gpu,
-                    addr = format_args!("{addr:#x}"),
-                    write,
-                    "SDMA queue faulted: halted"
-                );
-                self.events.signal_memory_fault(MemoryFault {
-                    node: self.node,
-                    addr: page,
-                    not_present: !read_only,
-                    read_only,
-                    no_execute: false,
-                });
-            }
-            e => tracing::warn!(gpu = self.gpu, error = %e, "SDMA queue failed: halted"),
-        }
+    /// A failed access: fatal GPU faults go to the memory-exception events; the queue
+    /// halts.
+    fn failed(&self, e: &Error) -> Stop {
+        Stop::Halted(halt::access_failed(e))
     }
 }
 

@@ -4,7 +4,9 @@
 use crate::util::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use usvm::kfd::{EventDescriptor, EventType, Kfd, KfdConfig, KfdError, MemFlags, QueueKind, QueueResource};
+use usvm::kfd::{
+    EventDescriptor, EventType, Kfd, KfdConfig, KfdError, MemFlags, QueueError, QueueKind, QueueResource,
+};
 use usvm::{RawAttr, uapi};
 
 fn kfd(gpus: usize, xnack: bool) -> Arc<Kfd> {
@@ -256,17 +258,19 @@ fn a_trap_signals_the_event_and_a_fault_halts_the_queue() {
     let f = k.events().fault(mem).unwrap().unwrap();
     assert_eq!((f.addr, f.node), (ro.addr as u64, 1));
     assert_eq!(load64(ro.addr), 7, "the write never landed");
+    let e = k.queues().error(q.res.id).unwrap();
+    assert!(matches!(e, Some(QueueError::Fault { write: true, .. })), "{e:?}");
     std::thread::sleep(Duration::from_millis(20));
     assert_ne!(load64(q.res.read_ptr), q.wptr, "the faulting packet is not consumed");
 }
 
 #[test]
-fn a_compute_queues_doorbell_takes_stores_and_the_queue_counts_for_xnack() {
+fn an_aql_queues_doorbell_takes_stores_and_the_queue_counts_for_xnack() {
     let k = kfd(1, false);
     let flags = MemFlags::HOST_ACCESS | MemFlags::EXECUTE_ACCESS;
     let ring = k.alloc_memory(1, RING as u64, flags).unwrap();
-    let res = k.create_queue(1, QueueKind::Compute, ring, RING as u64).unwrap();
-    // Compute queues execute nothing, but the application's stores must land at once (a
+    let res = k.create_queue(1, QueueKind::ComputeAql, ring, RING as u64).unwrap();
+    // AQL queues execute nothing, but the application's stores must land at once (a
     // watched doorbell nobody served blocked the store for ever).
     let t = std::thread::spawn(move || {
         store64(res.write_ptr, 12);
@@ -279,7 +283,7 @@ fn a_compute_queues_doorbell_takes_stores_and_the_queue_counts_for_xnack() {
     }
     t.join().unwrap();
     assert_eq!(load64(res.doorbell), 12);
-    assert_eq!(k.set_xnack(true).unwrap_err().errno(), libc::EBUSY, "a compute queue counts");
+    assert_eq!(k.set_xnack(true).unwrap_err().errno(), libc::EBUSY, "an AQL queue counts");
     k.destroy_queue(res.id).unwrap();
     k.set_xnack(true).unwrap();
     k.free_memory(ring).unwrap();
