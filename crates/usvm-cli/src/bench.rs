@@ -49,6 +49,11 @@ const BENCHES: &[(&str, BenchFn)] = &[
     ("sdma_copy", sdma_copy),
     ("isa_copy", isa_copy),
     ("c_get_attr", c_get_attr),
+    ("adaptive_pingpong", adaptive_pingpong),
+    ("adaptive_pingpong_pages", adaptive_pingpong_pages),
+    ("adaptive_stream_cpu", adaptive_stream_cpu),
+    ("adaptive_stream_gpu", adaptive_stream_gpu),
+    ("adaptive_oversub_hotset", adaptive_oversub_hotset),
 ];
 
 /// Runs the benchmarks and prints them.
@@ -309,4 +314,47 @@ fn c_get_attr(quick: bool) -> Result<BenchLine> {
         v[v.len() / 2]
     };
     Ok(BenchLine::new("c_get_attr", "ns/call", median(c_ns), median(rust_ns)))
+}
+
+fn pingpong_size(quick: bool) -> (usize, usize) {
+    // 1 MiB of shared counters: the kernel's policy pays a fixed ~2.5 ms per turn (two
+    // faults and migrations), the adaptive one a system call per GPU access to the pinned
+    // pages, so the ratio falls with the size (DESIGN.md, "Placement policy").
+    if quick { (1 << 20, 100) } else { (1 << 20, 300) }
+}
+
+/// CPU/GPU ping-pong: throughput under the adaptive policy over the kernel's (goal >= 3).
+fn adaptive_pingpong(quick: bool) -> Result<BenchLine> {
+    let (bytes, turns) = pingpong_size(quick);
+    Ok(BenchLine::of("adaptive_pingpong", "Mops/s", usvm::bench::policy::pingpong(bytes, turns)?.0))
+}
+
+/// The same ping-pong: pages migrated under the adaptive policy over the kernel's (goal
+/// <= 0.1).
+fn adaptive_pingpong_pages(quick: bool) -> Result<BenchLine> {
+    let (bytes, turns) = pingpong_size(quick);
+    Ok(BenchLine::of("adaptive_pingpong_pages", "pages", usvm::bench::policy::pingpong(bytes, turns)?.1))
+}
+
+fn stream_size(quick: bool) -> (usize, usize) {
+    if quick { (16 << 20, 3) } else { (64 << 20, 5) }
+}
+
+/// CPU stream at granularity 0 through VRAM-resident data, fault-driven under the adaptive
+/// policy, over prefetch + stream (goal >= 0.9).
+fn adaptive_stream_cpu(quick: bool) -> Result<BenchLine> {
+    let (bytes, reps) = stream_size(quick);
+    Ok(BenchLine::of("adaptive_stream_cpu", "GB/s", usvm::bench::policy::stream(true, bytes, reps)?))
+}
+
+/// The GPU's stream through RAM-resident data, as `adaptive_stream_cpu` (goal >= 0.9).
+fn adaptive_stream_gpu(quick: bool) -> Result<BenchLine> {
+    let (bytes, reps) = stream_size(quick);
+    Ok(BenchLine::of("adaptive_stream_gpu", "GB/s", usvm::bench::policy::stream(false, bytes, reps)?))
+}
+
+/// Random accesses with a hot set over 1.5x the VRAM: adaptive over kernel (goal >= 1.5).
+fn adaptive_oversub_hotset(quick: bool) -> Result<BenchLine> {
+    let (vram, accesses) = if quick { (24 << 20, 4000) } else { (96 << 20, 16000) };
+    Ok(BenchLine::of("adaptive_oversub_hotset", "GB/s", usvm::bench::policy::oversub_hotset(vram, accesses)?))
 }

@@ -4,6 +4,9 @@
 //! - `usvm run WORKLOAD`: a built-in workload, ending with a summary; `--events`,
 //!   `--trace FILE`, `--plot DIR`, `--smi`, `--json`, `--explain` (why data moved: the
 //!   patterns found, each with one change), `--fix` (follow that change).
+//! - `usvm run WORKLOAD --record FILE` / `usvm replay FILE --policy kernel,adaptive --vram
+//!   64M,128M`: record what a workload does to memory, replay it under other policies and
+//!   VRAM sizes, with the time each would take on named machines.
 //! - `usvm explain TRACE ADDR`: why the data at ADDR is where it is, from a saved trace: the
 //!   chain of moves of its page with their causes.
 //! - `usvm smi`: the per-GPU snapshot of a fresh instance.
@@ -24,6 +27,7 @@ mod os;
 mod plot;
 mod progress;
 mod record;
+mod replay;
 mod run;
 mod smi;
 mod summary;
@@ -53,6 +57,10 @@ enum Cmd {
     /// Why is the data at ADDR where it is: the moves of its page in a trace written by
     /// `usvm run ... --trace FILE`, oldest first, each with its cause, then where it is now.
     Explain(explain::ExplainArgs),
+    /// Replays a trace written by `usvm run WORKLOAD --record FILE` on real memory under
+    /// every combination of --policy and --vram: one table row each (faults, bytes each
+    /// way, evictions, wall time, throughput, modeled time on named machines, findings).
+    Replay(replay::ReplayArgs),
     /// Prints the per-GPU snapshot (VRAM, BOs, pages, queues) of a fresh instance.
     Smi {
         #[command(flatten)]
@@ -98,6 +106,7 @@ fn main() -> ExitCode {
         Cmd::Demo => demo::run(),
         Cmd::Run(a) => run::run(&a),
         Cmd::Explain(a) => explain::run(&a),
+        Cmd::Replay(a) => replay::run(&a),
         Cmd::Smi { machine, json } => machine.build().map(|svm| smi::print(&svm, "idle", json)),
         Cmd::Doctor(a) => doctor::run(&a),
         Cmd::Bench { quick, json, filter, history_cost: false } => bench::run(quick, json, filter.as_deref()),

@@ -234,6 +234,29 @@ pub fn residency(rec: &Record) -> anyhow::Result<String> {
     })
 }
 
+/// A line chart of `series` (a label and its points, x ascending), both axes from 0 and 5%
+/// past the largest value: a coloured line with a dot on each point per series, and a
+/// legend of the labels.
+pub fn curve(
+    title: &str,
+    xdesc: &str,
+    ydesc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> anyhow::Result<String> {
+    let pts = || series.iter().flat_map(|s| s.1.iter());
+    let xmax = (pts().map(|p| p.0).fold(0.0, f64::max) * 1.05).max(1e-3);
+    let ymax = (pts().map(|p| p.1).fold(0.0, f64::max) * 1.05).max(1e-3);
+    svg(title, |area, key| {
+        let mut c = chart(area, 0.0..xmax, 0.0..ymax, xdesc, ydesc)?;
+        for (i, (_, p)) in series.iter().enumerate() {
+            line(&mut c, p.clone(), color(i))?;
+            c.draw_series(p.iter().map(|&q| Circle::new(q, 3, color(i).filled())))?;
+        }
+        let names: Vec<_> = series.iter().enumerate().map(|(i, s)| (color(i), s.0.clone())).collect();
+        legend(key, &names)
+    })
+}
+
 /// Writes the three plots into `dir` (created when missing); returns their paths.
 pub fn write_all(rec: &Record, vram_bytes: u64, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
@@ -445,6 +468,32 @@ mod tests {
                 assert!(!t.contains('.') || !t.ends_with('0'), "tick {t:?}");
             }
         }
+    }
+
+    /// A curve has a line per series through each of its points, with its legend, the
+    /// axes' titles, and the larger value higher up.
+    #[test]
+    fn curve_has_a_line_per_series() {
+        let s = vec![
+            ("kernel".to_string(), vec![(4.0, 1.0), (8.0, 2.0), (16.0, 4.0)]),
+            ("adaptive".to_string(), vec![(4.0, 2.0), (8.0, 3.0), (16.0, 4.5)]),
+        ];
+        let text = curve("Oversubscription", "VRAM (MiB)", "GB/s", &s).unwrap();
+        let doc = roxmltree::Document::parse(&text).unwrap();
+        let t = texts(&doc);
+        for want in ["Oversubscription", "VRAM (MiB)", "GB/s", "kernel", "adaptive", "0"] {
+            assert!(t.iter().any(|x| x == want), "no text {want:?} in {t:?}");
+        }
+        let lines = series(&doc);
+        assert_eq!(lines.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), ["#1f77b4", "#ff7f0e"]);
+        for (_, pts) in &lines {
+            assert_eq!(pts.len(), 3);
+            assert!(pts.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 > w[1].1), "{pts:?}");
+        }
+        assert!(lines[1].1[0].1 < lines[0].1[0].1, "adaptive's first point is higher");
+        assert_eq!(doc.descendants().filter(|n| n.has_tag_name("circle")).count(), 6);
+        // Nothing to plot still makes a document.
+        roxmltree::Document::parse(&curve("t", "x", "y", &[]).unwrap()).unwrap();
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Chrome trace (`--trace`), SVG plots (`--plot`), SMI snapshots (`--smi`) and why data
 //! moved (`--explain`: `Svm::diagnose`'s findings with their advice).
 
-use crate::record::{Live, Recorder};
+use crate::record::{Live, Record, Recorder};
+use crate::replay::{Capture, format};
 use crate::summary::{self, BufferSpan, Settings, Summary};
 use crate::why::FindingRec;
 use crate::workload::{Ctx, HalfWay, Workload};
@@ -11,7 +12,7 @@ use crate::{plot, progress, smi, trace};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::sync::Arc;
-use usvm::Svm;
+use usvm::{Policy, Svm};
 
 /// The settings of the emulated machine, shared by `run` and `smi`.
 #[derive(clap::Args, Debug, Clone)]
@@ -31,8 +32,13 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// Builds the instance.
+    /// Builds the instance (under the kernel's policy).
     pub fn build(&self) -> Result<Svm> {
+        self.build_with(Policy::Kernel)
+    }
+
+    /// Builds the instance under `policy`.
+    pub fn build_with(&self, policy: Policy) -> Result<Svm> {
         if self.gpus == 0 || self.gpus > 16 {
             bail!("--gpus must be between 1 and 16, not {}", self.gpus);
         }
@@ -41,6 +47,7 @@ impl Machine {
             .vram_bytes(self.vram)
             .xnack(self.xnack)
             .default_granularity(self.granularity)
+            .policy(policy)
             .build()
             .context("cannot build the emulated GPUs")
     }
@@ -92,6 +99,13 @@ pub struct RunArgs {
     /// for the part that fits, system memory for the rest; finegrain: GRANULARITY 9).
     #[arg(long)]
     pub fix: bool,
+    /// The placement policy: kernel (exactly the kernel's behaviour) or adaptive.
+    #[arg(long, default_value = "kernel", value_parser = crate::replay::parse_policy)]
+    pub policy: Policy,
+    /// Record what the workload does (every allocation, SET_ATTR, CPU and GPU access range
+    /// in order per thread, kernel launches, timestamps) into FILE, for `usvm replay FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
 }
 
 /// Parses a size: a number with an optional K, M, G or T suffix (powers of 1024), with
@@ -124,9 +138,8 @@ fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
     }
 }
 
-/// Runs a workload and reports; fails (non-zero exit) when any word mismatched.
-pub fn run(a: &RunArgs) -> Result<()> {
-    let svm = Arc::new(a.machine.build()?);
+/// The working-set size and iterations of a run, after checking the options.
+fn checked(a: &RunArgs) -> Result<(u64, u64)> {
     let size = a.size.unwrap_or_else(|| a.workload.default_size(a.machine.vram, a.machine.gpus));
     if !size.is_multiple_of(4096) {
         bail!("--size must be a multiple of 4 KiB, not {size}");
@@ -145,20 +158,59 @@ pub fn run(a: &RunArgs) -> Result<()> {
             a.workload.name()
         );
     }
+    if a.record.is_some() && a.workload == Workload::Stress {
+        bail!(
+            "--record does not apply to stress: its threads race against the clock (--seconds) and it \
+             maps and drops memory behind usvm's back, so no replay could follow it; record another workload"
+        );
+    }
+    Ok((size, iterations))
+}
+
+/// The recorder of `--record` (off without it).
+fn capture(a: &RunArgs, svm: &Svm, size: u64, iterations: u64) -> Result<Capture> {
+    let Some(path) = &a.record else { return Ok(Capture::off()) };
+    let m = &a.machine;
+    let header = format::Header {
+        workload: a.workload.name().into(),
+        gpus: m.gpus as u32,
+        vram: m.vram,
+        xnack: m.xnack,
+        granularity: m.granularity,
+        policy: a.policy.name().into(),
+        size,
+        iterations,
+        seed: a.seed,
+        fix: a.fix,
+    };
+    Capture::to_file(path, &header, svm.gpu_ids())
+}
+
+/// The event recorder of a run: sampling for `--trace` and `--plot`, live events with
+/// `--events` (printed around the progress bar).
+fn recorder(a: &RunArgs, svm: &Arc<Svm>, bar: &indicatif::ProgressBar) -> Result<Recorder> {
     let live = match (a.events, a.json) {
         (false, _) => Live::Off,
         (true, false) => Live::Stdout,
         (true, true) => Live::Stderr,
     };
-    let bar = progress::bar(a.workload.name());
     let printer = bar.clone();
-    let rec = Recorder::start(
+    Ok(Recorder::start(
         svm.clone(),
         a.trace.is_some() || a.plot.is_some(),
         a.plot.is_some(),
         live,
         move |to, line| progress::print_line(&printer, to == Live::Stderr, &line),
-    )?;
+    )?)
+}
+
+/// Runs a workload and reports; fails (non-zero exit) when any word mismatched.
+pub fn run(a: &RunArgs) -> Result<()> {
+    let svm = Arc::new(a.machine.build_with(a.policy)?);
+    let (size, iterations) = checked(a)?;
+    let cap = capture(a, &svm, size, iterations)?;
+    let bar = progress::bar(a.workload.name());
+    let rec = recorder(a, &svm, &bar)?;
     let json = a.json;
     let on_half: Option<HalfWay> =
         if a.smi { Some(Box::new(move |svm: &Svm| smi::print(svm, "half way", json))) } else { None };
@@ -166,6 +218,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         Ctx::new(svm.clone(), size as usize, iterations, a.seed, rec.kernel_log(), bar.clone(), on_half);
     ctx.seconds = a.seconds;
     ctx.fix = a.fix;
+    ctx.capture = cap.clone();
     let result = a.workload.run(&mut ctx);
     bar.finish_and_clear();
     let mut record = rec.finish();
@@ -179,6 +232,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let end_smi = a.smi.then(|| smi::text(&svm, "at the end", a.json));
     drop(ctx);
     let outcome = result.with_context(|| format!("the {} workload failed", a.workload.name()))?;
+    let written = cap.finish()?;
     let settings = Settings {
         gpus: a.machine.gpus,
         vram: a.machine.vram,
@@ -193,30 +247,45 @@ pub fn run(a: &RunArgs) -> Result<()> {
     if a.explain {
         s.findings = Some(record.findings.iter().map(FindingRec::of).collect());
     }
-    if let Some(path) = &a.trace {
-        trace::write(&record, path)?;
-    }
-    let plots = match &a.plot {
-        Some(dir) => plot::write_all(&record, a.machine.vram, dir)?,
-        None => Vec::new(),
-    };
-    if a.json {
-        progress::out(&format!("{}\n", serde_json::to_string(&s)?));
-    } else {
-        let mut text = summary::render(&s);
-        if let Some(path) = &a.trace {
-            text += &format!("trace: {}\n", path.display());
-        }
-        for p in &plots {
-            text += &format!("plot: {}\n", p.display());
-        }
-        progress::out(&text);
-    }
+    report(a, &s, &record, written)?;
     if let Some(t) = end_smi {
         progress::out(&t);
     }
     if s.outcome.mismatches > 0 {
         bail!("{} word(s) did not hold the expected value", s.outcome.mismatches);
     }
+    Ok(())
+}
+
+/// Writes the trace and plots, and prints the summary (and where the files went).
+fn report(a: &RunArgs, s: &Summary, record: &Record, written: Option<crate::replay::Written>) -> Result<()> {
+    if let Some(path) = &a.trace {
+        trace::write(record, path)?;
+    }
+    let plots = match &a.plot {
+        Some(dir) => plot::write_all(record, a.machine.vram, dir)?,
+        None => Vec::new(),
+    };
+    if a.json {
+        progress::out(&format!("{}\n", serde_json::to_string(s)?));
+        return Ok(());
+    }
+    let mut text = summary::render(s);
+    if let Some(path) = &a.trace {
+        text += &format!("trace: {}\n", path.display());
+    }
+    for p in &plots {
+        text += &format!("plot: {}\n", p.display());
+    }
+    if let Some(w) = written {
+        text += &format!(
+            "record: {} ({} records, {}; replay it with `usvm replay {}`)\n",
+            w.path.display(),
+            w.records,
+            crate::units::bytes(w.bytes),
+            w.path.display()
+        );
+    }
+    progress::out(&text);
     Ok(())
 }

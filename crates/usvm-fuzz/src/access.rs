@@ -15,7 +15,7 @@ use crate::mem::{self, MIB, Mapping, PAGE, errno};
 use arbitrary::Unstructured;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use usvm::{Attr, GpuId, Location, Queue, Svm, SvmFlags};
+use usvm::{Attr, GpuId, Location, Policy, Queue, Svm, SvmFlags};
 
 /// Pages of the region (4 MiB: two maximum-size ranges, more than one GPU's VRAM).
 const RP: usize = 1024;
@@ -30,7 +30,17 @@ const GPUS: usize = 2;
 /// A device access or kernel taking longer than this is a divergence.
 const SLOW: Duration = Duration::from_millis(1500);
 
-static INSTANCE: Mutex<Option<Svm>> = Mutex::new(None);
+/// One shared instance per placement policy (the mode byte's bit 2 picks the adaptive one).
+static INSTANCE: Mutex<[Option<Svm>; 2]> = Mutex::new([None, None]);
+
+/// The instance an input runs on: `mode` bit 2 set, the one with the adaptive policy.
+fn instance(all: &mut [Option<Svm>; 2], mode: u8) -> &Svm {
+    let adaptive = mode & 4 != 0;
+    let policy = if adaptive { Policy::Adaptive } else { Policy::Kernel };
+    all[usize::from(adaptive)].get_or_insert_with(|| {
+        Svm::builder().gpus(GPUS).vram_bytes(VRAM).policy(policy).build().expect("an instance")
+    })
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -580,14 +590,13 @@ fn decode(data: &[u8], gpus: &[GpuId]) -> (u8, Vec<Op>) {
     (mode, ops)
 }
 
-/// Runs one input: a byte string decoded into XNACK mode and a sequence of operations.
-/// Panics on the first divergence from the model, naming the operation.
+/// Runs one input: a byte string decoded into a mode (XNACK, huge pages, placement
+/// policy) and a sequence of operations. Panics on the first divergence from the model,
+/// naming the operation.
 pub fn access_case(data: &[u8]) {
     let mut guard = INSTANCE.lock().unwrap_or_else(|e| e.into_inner());
-    let svm =
-        guard.get_or_insert_with(|| Svm::builder().gpus(GPUS).vram_bytes(VRAM).build().expect("an instance"));
-    let (mode, ops) = decode(data, &svm.gpu_ids());
-    execute(svm, mode, &ops);
+    let (mode, ops) = decode(data, &instance(&mut guard, 0).gpu_ids());
+    execute(instance(&mut guard, mode), mode, &ops);
 }
 
 /// Shrinks a failing input operation by operation (the fuzzers' byte-level minimisation
@@ -595,9 +604,8 @@ pub fn access_case(data: &[u8]) {
 #[doc(hidden)]
 pub fn access_minimize(data: &[u8]) {
     let mut guard = INSTANCE.lock().unwrap_or_else(|e| e.into_inner());
-    let svm =
-        guard.get_or_insert_with(|| Svm::builder().gpus(GPUS).vram_bytes(VRAM).build().expect("an instance"));
-    let (mode, mut ops) = decode(data, &svm.gpu_ids());
+    let (mode, mut ops) = decode(data, &instance(&mut guard, 0).gpu_ids());
+    let svm = instance(&mut guard, mode);
     let fails = |ops: &[Op]| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(svm, mode, ops))).is_err()
     };

@@ -50,6 +50,14 @@ impl PageNo {
         PageNo(self.0.saturating_sub(n))
     }
 
+    /// `self - n`, or `None` below page 0.
+    pub const fn checked_sub(self, n: u64) -> Option<PageNo> {
+        match self.0.checked_sub(n) {
+            Some(v) => Some(PageNo(v)),
+            None => None,
+        }
+    }
+
     /// The page `self` rounded down to a multiple of `n` pages (`n` a power of two).
     pub const fn align_down(self, n: u64) -> PageNo {
         PageNo(self.0 & !(n - 1))
@@ -135,6 +143,11 @@ impl Pages {
     /// The bytes the pages cover.
     pub fn bytes(self) -> usize {
         (self.len() as usize) << PAGE_SHIFT
+    }
+
+    /// Whether page `p` is in the interval.
+    pub fn contains(self, p: PageNo) -> bool {
+        self.first <= p && p <= self.last
     }
 
     /// The pages both intervals hold, if any.

@@ -2,6 +2,8 @@
 //! measured value together with its floor, measured in the same call, so that callers
 //! print ratios rather than absolute times (these machines are noisy).
 
+pub mod policy;
+
 use crate::error::Result;
 use crate::gpu::sdma::{CopyEngine, CopyOp};
 use crate::gpu::vram::{Clear, VramManager};

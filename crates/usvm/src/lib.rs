@@ -51,6 +51,7 @@ pub use gpu::fence::Fence;
 pub use gpu::isa::{DispatchStats, IsaError, Launch, shaders};
 pub use gpu::queue::{KernelCtx, Queue};
 pub use history::{Cause, Finding, FindingKind, Move};
+pub use policy::{AdaptiveTunables, Policy};
 pub use svm::{
     ALLOC_ALIGN, DEFAULT_GPUS, DEFAULT_GRANULARITY, DEFAULT_VRAM_BYTES, GpuSnapshot, InjectUffd, MAX_GPUS,
     RangeInfo, Svm, SvmBuilder,

@@ -14,6 +14,7 @@ use crate::gpu::{Access, Devices, GpuFaultHandler};
 use crate::instance::{GpuInfo, SvmInner, SvmState, check_interval};
 use crate::migrate::Engine;
 use crate::policy;
+use crate::policy::{AdaptiveTunables, Policy};
 use crate::range::GpuMask;
 use crate::sys::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::uapi::{self, RawAttr};
@@ -50,6 +51,8 @@ pub struct SvmBuilder {
     xgmi_hive: bool,
     system_memory_limit: Option<u64>,
     history: Option<bool>,
+    policy: Policy,
+    tunables: AdaptiveTunables,
 }
 
 impl Default for SvmBuilder {
@@ -63,6 +66,8 @@ impl Default for SvmBuilder {
             xgmi_hive: false,
             system_memory_limit: None,
             history: None,
+            policy: Policy::Kernel,
+            tunables: AdaptiveTunables::default(),
         }
     }
 }
@@ -124,6 +129,18 @@ impl SvmBuilder {
         self
     }
 
+    /// The placement policy (default [`Policy::Kernel`]: exactly the kernel's behaviour).
+    pub fn policy(mut self, p: Policy) -> Self {
+        self.policy = p;
+        self
+    }
+
+    /// The tunables of [`Policy::Adaptive`] (default [`AdaptiveTunables::default`]).
+    pub fn adaptive_tunables(mut self, t: AdaptiveTunables) -> Self {
+        self.tunables = t;
+        self
+    }
+
     /// Creates the instance.
     pub fn build(self) -> Result<Svm> {
         if self.gpus == 0 || self.gpus > MAX_GPUS {
@@ -165,7 +182,15 @@ impl SvmBuilder {
             kfd_bos: Mutex::new(Default::default()),
             history: Default::default(),
             record_history: self.history.unwrap_or_else(crate::history::record_by_default),
+            policy: self.policy,
+            rules: crate::policy::rules(self.policy, self.tunables),
+            thrash: Mutex::new(Default::default()),
         });
+        if inner.rules.frequency_eviction() {
+            for d in &inner.devs.gpus {
+                d.vram.count_accesses();
+            }
+        }
         crate::instance::track_for_fork(&inner);
         let handler: Arc<dyn GpuFaultHandler> = inner.clone();
         inner.devs.set_fault_handler(Arc::downgrade(&handler));
@@ -355,6 +380,11 @@ impl Svm {
             uapi::KFD_IOCTL_SVM_OP_GET_ATTR => self.inner.get_attr(Pages::new(first, last), attrs),
             op => Err(Error::UnknownOp(op)),
         }
+    }
+
+    /// The placement policy the instance follows.
+    pub fn policy(&self) -> Policy {
+        self.inner.policy
     }
 
     /// Whether GPU retry faults (XNACK) are on.

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use usvm::{Attr, GpuId, Location};
 
 fn prefetch(ctx: &Ctx, addr: usize, len: usize, to: Location) -> Result<()> {
-    ctx.svm.set_attr(addr, len, &[Attr::PrefetchLoc(to)]).context("SET_ATTR PREFETCH_LOC")?;
+    ctx.set_attr(addr, len, &[Attr::PrefetchLoc(to)]).context("SET_ATTR PREFETCH_LOC")?;
     Ok(())
 }
 

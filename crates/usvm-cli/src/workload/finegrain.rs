@@ -19,7 +19,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     ctx.steps(ctx.iterations);
     for it in 0..ctx.iterations {
         let (a, n) = (buf.addr(), buf.len());
-        ctx.svm.set_attr(a, n, &[Attr::PrefetchLoc(Location::Gpu(g))]).context("SET_ATTR PREFETCH_LOC")?;
+        ctx.set_attr(a, n, &[Attr::PrefetchLoc(Location::Gpu(g))]).context("SET_ATTR PREFETCH_LOC")?;
         wait_all(vec![q.launch("update", move |k| gpu_update(k, a, a, n, |_, w| w + 1))])?;
         out.mismatches += cpu_verify(&buf, 0, n, |i| init(i) + it + 1);
         out.bytes_verified += n as u64;

@@ -4,7 +4,8 @@
 //! Each workload gets a [`Ctx`] (the instance, the settings, queues that record their
 //! kernels for the trace, a progress bar) and returns an [`Outcome`]: operations done,
 //! bytes verified and mismatches. Device kernels touch memory only through
-//! [`KernelCtx`] loads and stores, so with XNACK on every first touch is a GPU fault.
+//! [`K`] loads and stores (the library's `KernelCtx`, recorded with `--record`), so with
+//! XNACK on every first touch is a GPU fault.
 
 mod early_prefetch;
 mod finegrain;
@@ -12,16 +13,20 @@ mod handoff;
 mod oversub;
 mod pingpong;
 mod random;
+mod seam;
 mod stencil;
 mod stream;
 mod stress;
 
+pub use seam::{Buf, K, Launched};
+
 use crate::record::{KernelLog, KernelSpan};
+use crate::replay::Capture;
 use crate::summary::Outcome;
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 use std::sync::Arc;
-use usvm::{Attr, Fence, GpuId, KernelCtx, Location, Queue, Svm, SvmBuffer};
+use usvm::{Attr, GpuId, Location, Queue, Svm};
 
 /// Bytes a kernel or the CPU moves per load or store call.
 pub const CHUNK: usize = 1 << 20;
@@ -150,16 +155,18 @@ pub struct Ctx {
     pub seconds: u64,
     /// Follow the advice of the workload's finding (`--fix`).
     pub fix: bool,
+    /// Where `--record` writes what the workload does (off without it).
+    pub capture: Capture,
     log: KernelLog,
     progress: ProgressBar,
     on_half: Option<HalfWay>,
     /// Every buffer of the run, kept alive until the summary has seen the final ranges.
-    buffers: Vec<Arc<SvmBuffer>>,
+    buffers: Vec<Buf>,
     /// Other memory kept alive as long (regions the workload mapped itself).
     kept: Vec<Box<dyn std::any::Any>>,
 }
 
-/// A queue of one GPU that records its kernels' spans.
+/// A queue of one GPU that records its kernels' spans (and, with `--record`, the kernels).
 pub struct Q {
     queue: Queue,
     /// The GPU.
@@ -167,21 +174,29 @@ pub struct Q {
     /// The queue's number on its GPU.
     pub no: usize,
     log: KernelLog,
+    /// The queue's number in the recording.
+    id: u32,
+    cap: Capture,
 }
 
 impl Q {
     /// Submits a kernel named `name`; its span goes to the record.
-    pub fn launch<F>(&self, name: &'static str, kernel: F) -> Fence
+    pub fn launch<F>(&self, name: &'static str, kernel: F) -> Launched
     where
-        F: FnOnce(&mut KernelCtx) -> usvm::Result<()> + Send + 'static,
+        F: for<'a> FnOnce(&mut K<'a>) -> usvm::Result<()> + Send + 'static,
     {
-        let (log, gpu, queue) = (self.log.clone(), self.gpu, self.no);
-        self.queue.submit(move |k| {
+        let (log, gpu, queue, cap) = (self.log.clone(), self.gpu, self.no, self.cap.clone());
+        let id = cap.launch(self.id);
+        let c = cap.clone();
+        let fence = self.queue.submit(move |k| {
             let start_ns = usvm::clock_ns();
-            let r = kernel(k);
-            log.push(KernelSpan { gpu, queue, name, start_ns, end_ns: usvm::clock_ns() });
+            let r = kernel(&mut K::new(k, &c, id));
+            let end_ns = usvm::clock_ns();
+            log.push(KernelSpan { gpu, queue, name, start_ns, end_ns });
+            c.kernel_end(id, start_ns);
             r
-        })
+        });
+        Launched::new(fence, id, cap)
     }
 }
 
@@ -205,6 +220,7 @@ impl Ctx {
             seed,
             seconds: 10,
             fix: false,
+            capture: Capture::off(),
             log,
             progress,
             on_half,
@@ -215,21 +231,16 @@ impl Ctx {
 
     /// One queue per GPU, in GPU order.
     pub fn queues(&self) -> Result<Vec<Q>> {
-        self.gpus
-            .iter()
-            .map(|&g| {
-                let queue =
-                    self.svm.create_queue(g).with_context(|| format!("creating a queue on GPU {g}"))?;
-                Ok(Q { queue, gpu: g, no: 0, log: self.log.clone() })
-            })
-            .collect()
+        (0..self.gpus.len()).map(|i| self.queue(i)).collect()
     }
 
     /// A queue on the GPU with index `i`.
     pub fn queue(&self, i: usize) -> Result<Q> {
         let g = *self.gpus.get(i).with_context(|| format!("no GPU {i}"))?;
+        let t = self.capture.now();
         let queue = self.svm.create_queue(g).with_context(|| format!("creating a queue on GPU {g}"))?;
-        Ok(Q { queue, gpu: g, no: 0, log: self.log.clone() })
+        let id = self.capture.queue(g, t);
+        Ok(Q { queue, gpu: g, no: 0, log: self.log.clone(), id, cap: self.capture.clone() })
     }
 
     /// Sets the progress bar's length (the number of steps the workload will report).
@@ -252,15 +263,25 @@ impl Ctx {
 
     /// Allocates a buffer of `len` bytes and gives it `attrs`. It lives until the run's
     /// summary is done (so that the summary sees its ranges).
-    pub fn buffer(&mut self, len: usize, attrs: &[Attr]) -> Result<Arc<SvmBuffer>> {
+    pub fn buffer(&mut self, len: usize, attrs: &[Attr]) -> Result<Buf> {
+        let t = self.capture.now();
         let b =
             self.svm.alloc(len).with_context(|| format!("allocating {}", crate::units::bytes(len as u64)))?;
+        let id = self.capture.alloc(b.addr(), b.len(), t);
+        let b = Buf::new(b, id, self.capture.clone());
         if !attrs.is_empty() {
-            self.svm.set_attr(b.addr(), b.len(), attrs).context("SET_ATTR on a new buffer")?;
+            self.set_attr(b.addr(), b.len(), attrs).context("SET_ATTR on a new buffer")?;
         }
-        let b = Arc::new(b);
         self.buffers.push(b.clone());
         Ok(b)
+    }
+
+    /// SET_ATTR on `[addr, addr + len)` (recorded with `--record`).
+    pub fn set_attr(&self, addr: usize, len: usize, attrs: &[Attr]) -> usvm::Result<()> {
+        let t = self.capture.now();
+        let r = self.svm.set_attr(addr, len, attrs);
+        self.capture.set_attr(addr, len, attrs, t);
+        r
     }
 
     /// The initial value of word `i` of a workload's buffer, for this run's seed.
@@ -271,7 +292,7 @@ impl Ctx {
 
     /// A buffer of the working-set size with `attrs`, every word written by the CPU with
     /// its [`Ctx::initial`] value.
-    pub fn filled_buffer(&mut self, attrs: &[Attr]) -> Result<Arc<SvmBuffer>> {
+    pub fn filled_buffer(&mut self, attrs: &[Attr]) -> Result<Buf> {
         let buf = self.buffer(self.size, attrs)?;
         cpu_write(&buf, 0, buf.len(), self.initial());
         Ok(buf)
@@ -280,10 +301,10 @@ impl Ctx {
     /// Splits `buf` into one part per GPU (whole 2 MiB blocks) and gives each part ACCESS
     /// for its GPU only, as an application that partitions its data does (a range that
     /// several GPUs map outside a hive cannot be prefetched to one of them).
-    pub fn partition(&self, buf: &SvmBuffer) -> Result<Vec<(usize, usize)>> {
+    pub fn partition(&self, buf: &Buf) -> Result<Vec<(usize, usize)>> {
         let parts = split(buf.len(), self.gpus.len());
         for (&(off, len), &g) in parts.iter().zip(&self.gpus) {
-            self.svm.set_attr(buf.addr() + off, len, &[Attr::Access(g)]).context("SET_ATTR ACCESS")?;
+            self.set_attr(buf.addr() + off, len, &[Attr::Access(g)]).context("SET_ATTR ACCESS")?;
         }
         Ok(parts)
     }
@@ -307,8 +328,7 @@ impl Ctx {
     /// nothing with XNACK on (GPU faults bring the data), a prefetch with XNACK off.
     pub fn before_kernel(&self, addr: usize, len: usize, g: GpuId) -> Result<()> {
         if !self.xnack {
-            self.svm
-                .set_attr(addr, len, &[Attr::PrefetchLoc(Location::Gpu(g))])
+            self.set_attr(addr, len, &[Attr::PrefetchLoc(Location::Gpu(g))])
                 .context("prefetch to the GPU")?;
         }
         Ok(())
@@ -360,7 +380,7 @@ pub fn fill_words(out: &mut [u8], first: usize, f: impl Fn(usize) -> u64) {
 }
 
 /// CPU: writes the words `f(i)` of `[off, off + len)` of `buf`, a chunk at a time.
-pub fn cpu_write(buf: &SvmBuffer, off: usize, len: usize, f: impl Fn(usize) -> u64) {
+pub fn cpu_write(buf: &Buf, off: usize, len: usize, f: impl Fn(usize) -> u64) {
     let mut chunk = vec![0u8; CHUNK.min(len)];
     let mut at = off;
     while at < off + len {
@@ -373,7 +393,7 @@ pub fn cpu_write(buf: &SvmBuffer, off: usize, len: usize, f: impl Fn(usize) -> u
 
 /// CPU: compares the words of `[off, off + len)` of `buf` with `f(i)`; returns the
 /// mismatching words (the first few are printed).
-pub fn cpu_verify(buf: &SvmBuffer, off: usize, len: usize, f: impl Fn(usize) -> u64) -> u64 {
+pub fn cpu_verify(buf: &Buf, off: usize, len: usize, f: impl Fn(usize) -> u64) -> u64 {
     let mut chunk = vec![0u8; CHUNK.min(len)];
     let mut bad = 0;
     let mut at = off;
@@ -395,7 +415,7 @@ pub fn cpu_verify(buf: &SvmBuffer, off: usize, len: usize, f: impl Fn(usize) -> 
 }
 
 /// CPU: applies `f(i, w)` to each word `w` of `[off, off + len)` of `buf`.
-pub fn cpu_update(buf: &SvmBuffer, off: usize, len: usize, f: impl Fn(usize, u64) -> u64) {
+pub fn cpu_update(buf: &Buf, off: usize, len: usize, f: impl Fn(usize, u64) -> u64) {
     let mut chunk = vec![0u8; CHUNK.min(len)];
     let mut at = off;
     while at < off + len {
@@ -413,7 +433,7 @@ pub fn cpu_update(buf: &SvmBuffer, off: usize, len: usize, f: impl Fn(usize, u64
 /// GPU: applies `f(i, w)` to each word of `[addr, addr + len)` (word `i` counted from
 /// `base`), a chunk at a time, through the kernel's loads and stores.
 pub fn gpu_update(
-    k: &mut KernelCtx,
+    k: &mut K,
     base: usize,
     addr: usize,
     len: usize,
@@ -435,7 +455,7 @@ pub fn gpu_update(
 }
 
 /// Waits for every fence; the first error wins.
-pub fn wait_all(fences: Vec<Fence>) -> Result<()> {
+pub fn wait_all(fences: Vec<Launched>) -> Result<()> {
     let mut first = None;
     for f in fences {
         if let Err(e) = f.wait() {

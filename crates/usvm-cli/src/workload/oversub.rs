@@ -21,9 +21,9 @@ fn place(ctx: &Ctx, addr: usize, parts: &[(usize, usize)]) -> Result<()> {
     for (&(off, len), (&g, snap)) in parts.iter().zip(ctx.gpus.iter().zip(ctx.svm.smi())) {
         let hot = (snap.vram_bytes as usize / TILE * TILE).min(len);
         let pref = |l| [Attr::PreferredLoc(l)];
-        ctx.svm.set_attr(addr + off, hot, &pref(Location::Gpu(g))).context("SET_ATTR PREFERRED_LOC")?;
+        ctx.set_attr(addr + off, hot, &pref(Location::Gpu(g))).context("SET_ATTR PREFERRED_LOC")?;
         if hot < len {
-            ctx.svm.set_attr(addr + off + hot, len - hot, &pref(Location::Sysmem)).context("SET_ATTR")?;
+            ctx.set_attr(addr + off + hot, len - hot, &pref(Location::Sysmem)).context("SET_ATTR")?;
         }
     }
     Ok(())

@@ -5,11 +5,12 @@
 //! iteration, updates its slab and publishes its own new boundary rows. At the end the
 //! CPU compares the grid with the same computation done on plain memory.
 
+use super::K;
 use super::{Ctx, wait_all};
 use crate::summary::Outcome;
 use crate::units::bytes;
 use anyhow::{Result, bail};
-use usvm::{Attr, KernelCtx, Location};
+use usvm::{Attr, Location};
 
 /// Cells per row (one 4 KiB page per row).
 const COLS: usize = 1024;
@@ -47,7 +48,7 @@ fn from_bytes(b: &[u8]) -> Vec<u32> {
     b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()
 }
 
-fn gpu_read_cells(k: &mut KernelCtx, addr: usize, cells: usize) -> usvm::Result<Vec<u32>> {
+fn gpu_read_cells(k: &mut K, addr: usize, cells: usize) -> usvm::Result<Vec<u32>> {
     let mut b = vec![0u8; cells * 4];
     for (i, c) in b.chunks_mut(super::CHUNK).enumerate() {
         k.read(addr + i * super::CHUNK, c)?;
@@ -55,7 +56,7 @@ fn gpu_read_cells(k: &mut KernelCtx, addr: usize, cells: usize) -> usvm::Result<
     Ok(from_bytes(&b))
 }
 
-fn gpu_write_cells(k: &mut KernelCtx, addr: usize, cells: &[u32]) -> usvm::Result<()> {
+fn gpu_write_cells(k: &mut K, addr: usize, cells: &[u32]) -> usvm::Result<()> {
     let b = to_bytes(cells);
     for (i, c) in b.chunks(super::CHUNK).enumerate() {
         k.write(addr + i * super::CHUNK, c)?;
@@ -80,7 +81,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     for grid in &grids {
         for (g, &gpu) in ctx.gpus.iter().enumerate() {
             let (a, b) = (first[g] * ROW_BYTES, first[g + 1] * ROW_BYTES);
-            ctx.svm.set_attr(
+            ctx.set_attr(
                 grid.addr() + a,
                 b - a,
                 &[Attr::PreferredLoc(Location::Gpu(gpu)), Attr::Access(gpu)],

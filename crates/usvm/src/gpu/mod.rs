@@ -503,6 +503,7 @@ impl Devices {
                     }
                 }
                 Target::Vram { gpu: owner, page } => {
+                    self.gpus[owner].vram.note_access(page);
                     let host = self.vram_addr(owner, page) + in_page;
                     let piece = &mut b[off..off + n];
                     // SAFETY: a VRAM page translated under the page table's read guard, so its

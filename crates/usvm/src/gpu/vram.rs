@@ -26,7 +26,7 @@ use std::collections::HashMap;
 
 use super::buddy::Buddy;
 pub use super::buddy::Run;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 /// Whether a new BO must read as zero.
@@ -52,7 +52,16 @@ struct Pool {
     clock: AtomicU64,
     /// Fault injection: allocations left until one fails (0: none armed).
     fail_in: AtomicU64,
+    /// Device accesses per [`HEAT_CHUNK_PAGES`] of VRAM (halved whenever as many victim
+    /// choices as there are live BOs were made: an aging pass per rotation of the VRAM),
+    /// when the placement rules choose victims by use ([`VramManager::count_accesses`]).
+    heat: std::sync::OnceLock<Box<[AtomicU32]>>,
+    /// Victim choices since the last aging pass.
+    choices: AtomicU64,
 }
+
+/// VRAM pages per access counter of the frequency-aware victim choice (256 KiB).
+pub const HEAT_CHUNK_PAGES: u64 = 64;
 
 impl Drop for Pool {
     fn drop(&mut self) {
@@ -221,6 +230,8 @@ impl VramManager {
             next_id: AtomicU64::new(1),
             clock: AtomicU64::new(1),
             fail_in: AtomicU64::new(0),
+            heat: std::sync::OnceLock::new(),
+            choices: AtomicU64::new(0),
         };
         Ok(VramManager { pool: Arc::new(PoolRef(Arc::new(pool))) })
     }
@@ -297,8 +308,55 @@ impl VramManager {
         Ok(Bo { inner })
     }
 
-    /// The least recently used live BOs, not already being evicted, whose pages cover
-    /// the shortage `npages - free`; they are marked as being evicted.
+    /// From now on, counts the device accesses to each [`HEAT_CHUNK_PAGES`] of VRAM, and
+    /// [`Self::choose_victims`] takes the least used BOs first (the adaptive policy).
+    pub fn count_accesses(&self) {
+        let chunks = self.p().npages.div_ceil(HEAT_CHUNK_PAGES) as usize;
+        let _ = self.p().heat.set((0..chunks).map(|_| AtomicU32::new(0)).collect());
+    }
+
+    /// A device access to VRAM page `page` (counted when [`Self::count_accesses`] is on).
+    #[inline]
+    pub fn note_access(&self, page: u64) {
+        if let Some(h) = self.p().heat.get()
+            && let Some(c) = h.get((page / HEAT_CHUNK_PAGES) as usize)
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Accesses per 1,000 pages of `b`, recent ones weighing most (0 when not counted).
+    fn heat_of(&self, b: &Bo) -> u64 {
+        let Some(h) = self.p().heat.get() else { return 0 };
+        let mut sum = 0u64;
+        for r in b.runs() {
+            for c in r.page / HEAT_CHUNK_PAGES..=(r.page + r.npages - 1) / HEAT_CHUNK_PAGES {
+                sum += u64::from(h.get(c as usize).map_or(0, |a| a.load(Ordering::Relaxed)));
+            }
+        }
+        sum * 1000 / b.npages().max(1)
+    }
+
+    /// After a victim choice among `live` BOs: once as many choices as BOs were made,
+    /// halves every access count (what counts is recent use, over a rotation of the VRAM:
+    /// halving at every choice would let a BO just faulted in, with the one access that
+    /// brought it, outweigh one used all along).
+    fn age_heat(&self, live: usize) {
+        if self.p().choices.fetch_add(1, Ordering::Relaxed) + 1 < live as u64 {
+            return;
+        }
+        self.p().choices.store(0, Ordering::Relaxed);
+        if let Some(h) = self.p().heat.get() {
+            for c in h.iter() {
+                let v = c.load(Ordering::Relaxed);
+                c.store(v / 2, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The live BOs, not already being evicted, whose pages cover the shortage
+    /// `npages - free`, least recently used first (or, with [`Self::count_accesses`] on,
+    /// least used first, then least recently used); they are marked as being evicted.
     pub fn choose_victims(&self, npages: u64) -> Vec<Bo> {
         let pool = self.p();
         let free = pool.buddy.lock().free_pages;
@@ -309,7 +367,8 @@ impl VramManager {
             pool.live.lock().values().filter_map(Weak::upgrade).map(|inner| Bo { inner }).collect();
         let mut live: Vec<Bo> =
             all.into_iter().filter(|b| !b.evicting() && !b.inner.pinned.load(Ordering::Acquire)).collect();
-        live.sort_by_key(|b| b.inner.last_use.load(Ordering::Relaxed));
+        live.sort_by_cached_key(|b| (self.heat_of(b), b.inner.last_use.load(Ordering::Relaxed)));
+        self.age_heat(live.len());
         let mut out = Vec::new();
         for b in live {
             if need == 0 {

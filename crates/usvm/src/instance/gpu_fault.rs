@@ -10,7 +10,8 @@ use crate::gpu::GpuFaultHandler;
 use crate::history::Cause;
 use crate::map;
 use crate::migrate;
-use crate::policy::{self, RestoreLocation};
+use crate::policy::{self, Mitigation, RestoreLocation};
+use crate::range::tree::RangeTree;
 use crate::range::{GpuMask, PageNo, SvmRange};
 use crate::sys::{self, vma};
 use std::time::Duration;
@@ -69,6 +70,12 @@ impl SvmInner {
 
     /// `svm_range_restore_pages`: a GPU retry fault under XNACK on (section 5).
     pub(super) fn restore_pages(&self, gpu: usize, addr: usize, write: bool) -> Result<()> {
+        self.serve_gpu_fault(gpu, addr, write, true)
+    }
+
+    /// [`Self::restore_pages`]; `mitigate`: the placement rules may pin or throttle (a
+    /// throttled fault naps without the lock, then comes back here with `mitigate` off).
+    fn serve_gpu_fault(&self, gpu: usize, addr: usize, write: bool, mitigate: bool) -> Result<()> {
         let entry_ns = sys::boottime_ns();
         let page = PageNo::of_addr(addr);
         let mut st = self.lock_state();
@@ -82,18 +89,32 @@ impl SvmInner {
         // From here on every outcome counts as a processed fault (section 5.4 step 6).
         self.events.count(gpu, Counter::Faults, 1);
         let r = st.tree.get(key).expect("range just found");
-        let Some(best) = self.fault_target(r, gpu, addr, write)? else {
+        let Some((best, vma)) = self.fault_target(r, gpu, addr, write)? else {
             return Ok(()); // a duplicate, or a racing munmap: the access retries
+        };
+        let has_preferred = r.attrs.preferred_loc != Location::Undefined;
+        let mitigation = match mitigate {
+            true => self.rules.gpu_fault(&mut self.thrash.lock(), page, entry_ns, has_preferred),
+            false => Mitigation::None,
+        };
+        let plan = match mitigation {
+            Mitigation::None => Some(best),
+            Mitigation::Pin => self.pinned(r, page, gpu),
+            Mitigation::Throttle(nap) => {
+                drop(st);
+                std::thread::sleep(nap);
+                return self.serve_gpu_fault(gpu, addr, write, false);
+            }
         };
         let id = self.gpus[gpu].id;
         if self.events.listening() {
             let kind = EventKind::PageFaultStart { addr: page.get(), gpu: id, write };
             self.events.emit_event(crate::events::Event { ns: entry_ns, pid: self.events.pid(), kind });
         }
-        let (first, last) = policy::granule_extent(page, r.attrs.granularity, r.start, r.last);
+        let Pages { first, last } = self.fault_extent((&st.tree, r), page, vma, plan);
         // Migrate the granule where it is best, or map the data in place (section 5.4).
         let cause = Cause::GpuFault { gpu: id, addr, write };
-        let moved = self.fault_move(&mut st, key, Pages::new(first, last), best, cause);
+        let moved = plan.and_then(|best| self.fault_move(&mut st, key, Pages::new(first, last), best, cause));
         let migrated = matches!(moved, Some(Ok(())));
         let mut result = moved.unwrap_or(Ok(()));
         if result.is_ok() {
@@ -110,18 +131,24 @@ impl SvmInner {
         }
     }
 
-    /// Where a retry fault of GPU `gpu` at `addr` on range `r` puts the data (section 5.3):
-    /// `Ok(None)` when the fault is to be retried without doing anything (a duplicate of one
-    /// just handled, or the memory is going away), an error for a fatal fault (no
-    /// permission, no access).
+    /// Where a retry fault of GPU `gpu` at `addr` on range `r` puts the data (section 5.3),
+    /// with the pages of the faulting mapping: `Ok(None)` when the fault is to be retried
+    /// without doing anything (a duplicate of one just handled, or the memory is going
+    /// away), an error for a fatal fault (no permission, no access).
     fn fault_target(
         &self,
         r: &SvmRange,
         gpu: usize,
         addr: usize,
         write: bool,
-    ) -> Result<Option<RestoreLocation>> {
-        if r.validate_timestamp.is_some_and(|t| t.elapsed() < RETRY_FAULT_PENDING) {
+    ) -> Result<Option<(RestoreLocation, Pages)>> {
+        let duplicate = if self.rules.exact_duplicates() {
+            let pte = self.devs.gpus[gpu].pt.get(PageNo::of_addr(addr));
+            pte.valid() && (!write || pte.writable())
+        } else {
+            r.validate_timestamp.is_some_and(|t| t.elapsed() < RETRY_FAULT_PENDING)
+        };
+        if duplicate {
             return Ok(None);
         }
         let Ok(Some(v)) = vma::lookup(addr, false) else {
@@ -146,8 +173,50 @@ impl SvmInner {
             self.devs.same_hive(a, b)
         }) {
             RestoreLocation::NoAccess => Err(self.fatal_fault(gpu, addr, write)), // EACCES in the kernel
-            best => Ok(Some(best)),
+            best => Ok(Some((best, Pages::of_bytes(v.start, v.end)))),
         }
+    }
+
+    /// Where a fault of GPU `gpu` on `page` of a pinned block of `r` puts the data: `None`
+    /// (it stays, and is mapped where it is) when the page is in RAM or in VRAM the GPU
+    /// reaches, as ACCESS_IN_PLACE would have it; else system memory.
+    fn pinned(&self, r: &SvmRange, page: PageNo, gpu: usize) -> Option<RestoreLocation> {
+        let reachable = |a: usize| a == gpu || self.devs.same_hive(a, gpu);
+        if !r.page_in_vram(page) || self.gpu_of(r.actual_loc).is_some_and(reachable) {
+            None
+        } else {
+            Some(RestoreLocation::Sysmem)
+        }
+    }
+
+    /// The pages a fault on `page` of `r` moves to `best` (or, `None`, maps where they
+    /// are: the granule): the placement rules' extent around the granule, within the range
+    /// and the faulting mapping `vma`.
+    fn fault_extent(
+        &self,
+        (tree, r): (&RangeTree, &SvmRange),
+        page: PageNo,
+        vma: Pages,
+        best: Option<RestoreLocation>,
+    ) -> Pages {
+        let (first, last) = policy::granule_extent(page, r.attrs.granularity, r.start, r.last);
+        let Some(best) = best else {
+            return Pages::new(first, last);
+        };
+        let limit = r.pages().intersect(vma).unwrap_or(Pages::one(page));
+        let dest = match best {
+            RestoreLocation::Gpu(g) => Some(self.gpus[g].id),
+            _ => None,
+        };
+        let resident = |p: PageNo| {
+            let holder = if r.pages().contains(p) { Some(r) } else { tree.find(p) };
+            holder.is_some_and(|x| match dest {
+                Some(id) => x.actual_loc == Location::Gpu(id) && x.page_in_vram(p),
+                None => !x.page_in_vram(p),
+            })
+        };
+        let f = policy::FaultView { granule: Pages::new(first, last), limit: &|| limit, resident: &resident };
+        self.rules.fault_extent(&f)
     }
 
     /// The migration of a retry fault's granule `[first, last]` of the range at `key` to

@@ -127,6 +127,13 @@ pub(crate) struct SvmInner {
     pub(crate) history: crate::history::History,
     /// Whether moves are recorded (`SvmBuilder::history`).
     pub(crate) record_history: bool,
+    /// The placement policy.
+    pub(crate) policy: crate::policy::Policy,
+    /// Its rules (`policy/`).
+    pub(crate) rules: Box<dyn crate::policy::Placement>,
+    /// What the rules record: recent moves and pins (its own lock, taken after `state`
+    /// when both are held, so that a throttled fault can consult it without `state`).
+    pub(crate) thrash: Mutex<crate::policy::Thrashing>,
 }
 
 impl SvmInner {
@@ -221,17 +228,22 @@ impl SvmInner {
             return Ok(());
         }
         let r = st.tree.find(page).expect("checked above");
-        let (key, g) = (r.start, r.attrs.granularity);
-        let (first, last) = policy::granule_extent(page, g, r.start, r.last);
+        let (first, last) = policy::granule_extent(page, r.attrs.granularity, r.start, r.last);
+        // The placement rules may grow the granule (density prefetch), within the range and
+        // the faulting mapping.
+        let limit = || {
+            let vma = sys::vma::lookup(addr, false).ok().flatten();
+            vma.and_then(|v| r.pages().intersect(Pages::of_bytes(v.start, v.end))).unwrap_or(Pages::one(page))
+        };
+        let resident = |p: PageNo| {
+            let holder = if r.pages().contains(p) { Some(r) } else { st.tree.find(p) };
+            holder.is_some_and(|x| !x.page_in_vram(p))
+        };
+        let f = policy::FaultView { granule: Pages::new(first, last), limit: &limit, resident: &resident };
+        let (key, pages) = (r.start, self.rules.fault_extent(&f));
         // The migration wakes the threads waiting in the granule once it is done.
-        self.move_to_ram(
-            st,
-            key,
-            Pages::new(first, last),
-            MigrateTrigger::PagefaultCpu,
-            Cause::CpuFault { addr, write },
-        )
-        .map(|_| ())
+        self.move_to_ram(st, key, pages, MigrateTrigger::PagefaultCpu, Cause::CpuFault { addr, write })
+            .map(|_| ())
     }
 
     /// Where each of `n` pages from `page` lives.

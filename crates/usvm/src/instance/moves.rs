@@ -17,7 +17,7 @@ use crate::sys::PAGE_SHIFT;
 impl SvmInner {
     /// What a migration works with, under the XNACK mode `xnack`.
     pub(crate) fn ctx(&self, xnack: bool) -> Ctx<'_> {
-        Ctx { engine: &self.engine, devs: &self.devs, events: &self.events, xnack }
+        Ctx { engine: &self.engine, devs: &self.devs, events: &self.events, xnack, populated_only: false }
     }
 
     /// RAM -> VRAM of `[first, last]` of the range starting at `key`, to GPU `g`, because of
@@ -40,7 +40,8 @@ impl SvmInner {
         let at_ns = clock_ns();
         let id = if self.record_history { self.history.reserve_id() } else { 0 };
         let for_gpu = self.gpus[g].id;
-        let cx = self.ctx(st.xnack);
+        let mut cx = self.ctx(st.xnack);
+        cx.populated_only = !self.rules.migrates_unpopulated(trigger);
         let res = migrate::to_vram(&cx, &mut r, pages, g, trigger, &mut |victims| {
             let cause = Cause::Eviction { for_gpu, for_addr: first.addr() };
             self.evict_holders(st, victims, (cause, id))
@@ -49,6 +50,7 @@ impl SvmInner {
         st.tree.insert(r);
         if let Ok(n) = res {
             let to = Location::Gpu(for_gpu);
+            self.observe(pages, n, to, trigger);
             self.record(
                 Move { start: 0, npages: n as usize, from, to, trigger, cause, at_ns, id, linked: None },
                 first,
@@ -85,6 +87,7 @@ impl SvmInner {
         let range = (r.start.addr(), (r.npages() << PAGE_SHIFT) as usize);
         st.tree.insert(r);
         if let Ok(n) = res {
+            self.observe(pages, n, Location::Sysmem, trigger);
             let linked = (link != 0).then_some(link);
             let m = Move {
                 start: 0,
@@ -100,6 +103,15 @@ impl SvmInner {
             self.record(m, first, range);
         }
         res
+    }
+
+    /// Tells the placement rules that `n` pages of `pages` moved because of a fault (the
+    /// moves thrashing detection counts; prefetches and evictions are not back-and-forth
+    /// of the application's accesses).
+    fn observe(&self, pages: Pages, n: u64, to: Location, trigger: MigrateTrigger) {
+        if n > 0 && matches!(trigger, MigrateTrigger::PagefaultCpu | MigrateTrigger::PagefaultGpu) {
+            self.rules.observe_move(&mut self.thrash.lock(), pages, to.to_raw(), clock_ns());
+        }
     }
 
     /// Records a move of `m.npages` pages from page `first` (nothing when none moved or the

@@ -23,35 +23,30 @@
 //! application wants (waves spinning on a flag it writes later): an application ringing
 //! again meanwhile must not wait for the dispatch.
 
-use super::events::Events;
-use super::halt::{self, QueueError, Status};
+use super::halt::{self, QueueError};
 use super::pm4::{self, Decode, Packet, ReleaseData, reg};
+use super::queue::EngineCtx;
 use super::sdma::{RPTR_WORD, WPTR_WORD, poll_holds};
 use crate::error::Error;
+use crate::gpu::Access;
 use crate::gpu::isa::{self, IsaError, Launch};
-use crate::gpu::{Access, Devices};
-use crate::sys::doorbell::{Doorbell, SharedPage};
 use parking_lot::{Condvar, Mutex};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Longest pause between two polls of a WAIT_REG_MEM (the pause starts at the packet's
 /// interval and doubles up to this).
 pub const WAIT_POLL_MAX: Duration = Duration::from_millis(1);
 
-/// Everything a compute engine works with.
-pub(crate) struct Engine {
-    pub(crate) devs: Arc<Devices>,
-    pub(crate) events: Arc<Events>,
-    pub(crate) gpu: usize,
-    pub(crate) node: u32,
-    pub(crate) ring: usize,
-    pub(crate) ring_bytes: u64,
-    pub(crate) ptrs: Arc<SharedPage>,
-    pub(crate) doorbell: Arc<Doorbell>,
-    pub(crate) stop: Arc<AtomicBool>,
-    pub(crate) status: Arc<Status>,
+/// A compute engine (command processor): what every queue engine works with
+/// ([`EngineCtx`]).
+pub(crate) struct Engine(pub(crate) EngineCtx);
+
+impl std::ops::Deref for Engine {
+    type Target = EngineCtx;
+    fn deref(&self) -> &EngineCtx {
+        &self.0
+    }
 }
 
 /// The rings the doorbell thread has served, and whether the doorbell is shut.

@@ -11,6 +11,7 @@ use super::events::Events;
 use super::halt::{ErrorReport, QueueError, Status};
 use super::sdma::{self, RPTR_WORD, WPTR_WORD};
 use super::{KfdError, KfdResult};
+use crate::gpu::Devices;
 use crate::svm::Svm;
 use crate::sys::doorbell::{Doorbell, SharedPage};
 use parking_lot::Mutex;
@@ -62,6 +63,21 @@ impl Bell {
     }
 }
 
+/// What every queue engine thread (SDMA, compute) works with: the GPU and its node, the
+/// ring and its pointers, the doorbell, the stop flag and the halt status.
+pub(crate) struct EngineCtx {
+    pub(crate) devs: Arc<Devices>,
+    pub(crate) events: Arc<Events>,
+    pub(crate) gpu: usize,
+    pub(crate) node: u32,
+    pub(crate) ring: usize,
+    pub(crate) ring_bytes: u64,
+    pub(crate) ptrs: Arc<SharedPage>,
+    pub(crate) doorbell: Arc<Doorbell>,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) status: Arc<Status>,
+}
+
 /// The doorbell and engine thread of a new queue of `kind`: an SDMA or a compute engine
 /// serving a watched doorbell, or, for AQL queues, a plain doorbell page and no engine.
 fn start(
@@ -78,10 +94,22 @@ fn start(
     let (devs, events, doorbell) = (svm.inner().devs.clone(), events.clone(), bell.clone());
     let (ptrs, stop, status) = (ptrs.clone(), stop.clone(), status.clone());
     let t = if kind == QueueKind::Compute {
-        let e = cp::Engine { devs, events, gpu, node, ring, ring_bytes, ptrs, doorbell, stop, status };
+        let e =
+            cp::Engine(EngineCtx { devs, events, gpu, node, ring, ring_bytes, ptrs, doorbell, stop, status });
         spawn(format!("usvm-cpq{gpu}"), move || e.run())?
     } else {
-        let e = sdma::Engine { devs, events, gpu, node, ring, ring_bytes, ptrs, doorbell, stop, status };
+        let e = sdma::Engine(EngineCtx {
+            devs,
+            events,
+            gpu,
+            node,
+            ring,
+            ring_bytes,
+            ptrs,
+            doorbell,
+            stop,
+            status,
+        });
         spawn(format!("usvm-sdmaq{gpu}"), move || e.run())?
     };
     Ok((Bell::Watched(bell), Some(t)))

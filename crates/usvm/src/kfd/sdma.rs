@@ -13,13 +13,11 @@
 //!     *rptr = offset after the packet, once its effects are visible
 //! ```
 
-use super::events::Events;
-use super::halt::{self, QueueError, Status};
+use super::halt::{self, QueueError};
+use super::queue::EngineCtx;
 use crate::error::Error;
-use crate::gpu::{Access, Devices};
-use crate::sys::doorbell::{Doorbell, SharedPage};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::gpu::Access;
+use std::sync::atomic::Ordering;
 
 /// Word of the queue's pointer page holding the read pointer.
 pub const RPTR_WORD: usize = 0;
@@ -255,18 +253,14 @@ pub(crate) fn poll_holds(func: u8, v: u32, reference: u32) -> bool {
     }
 }
 
-/// Everything an engine thread works with.
-pub(crate) struct Engine {
-    pub(crate) devs: Arc<Devices>,
-    pub(crate) events: Arc<Events>,
-    pub(crate) gpu: usize,
-    pub(crate) node: u32,
-    pub(crate) ring: usize,
-    pub(crate) ring_bytes: u64,
-    pub(crate) ptrs: Arc<SharedPage>,
-    pub(crate) doorbell: Arc<Doorbell>,
-    pub(crate) stop: Arc<AtomicBool>,
-    pub(crate) status: Arc<Status>,
+/// An SDMA engine thread: what every queue engine works with ([`EngineCtx`]).
+pub(crate) struct Engine(pub(crate) EngineCtx);
+
+impl std::ops::Deref for Engine {
+    type Target = EngineCtx;
+    fn deref(&self) -> &EngineCtx {
+        &self.0
+    }
 }
 
 /// Why the engine stopped executing a queue.

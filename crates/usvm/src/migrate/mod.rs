@@ -78,6 +78,10 @@ pub(crate) struct Ctx<'a> {
     pub(crate) events: &'a EventHub,
     /// XNACK on (unmap from the GPUs) or off (evict the queues).
     pub(crate) xnack: bool,
+    /// Migrations to VRAM take only pages that hold data (the placement rules leave
+    /// never-populated pages to be populated where they are first touched); off, holes
+    /// become zeroed VRAM, as the kernel's migrations make them.
+    pub(crate) populated_only: bool,
 }
 
 impl Ctx<'_> {

@@ -52,18 +52,9 @@ pub fn to_vram(
 ) -> Result<u64> {
     let Pages { first, last } = pages;
     let xnack = cx.xnack;
-    // VRAM -> VRAM: empty the old GPU first (section 4.7).
-    let mut tries = 0;
-    while let Some(cur) = cx.gpu_of(r.actual_loc) {
-        if cur == g {
-            break;
-        }
-        if tries == VRAM_TO_VRAM_TRIES {
-            return Err(Error::Deadlock);
-        }
-        let (s, l) = (r.start, r.last);
-        to_ram(cx, r, Pages::new(s, l), trigger)?;
-        tries += 1;
+    empty_other_gpu(cx, r, g, trigger)?;
+    if cx.populated_only && !pages.iter().zip(populated(pages)?).any(|(p, has)| has && !r.page_in_vram(p)) {
+        return Ok(0); // nothing holds data: nothing to move, no VRAM to take
     }
     // Watched before any VRAM is taken: memory another instance watches is refused
     // (EADDRINUSE) with nothing to undo (a BO taken first stayed with the range).
@@ -110,13 +101,33 @@ pub fn to_vram(
     result.map(|()| moved)
 }
 
+/// VRAM -> VRAM: a range on another GPU than `g` first goes back to RAM (section 4.7),
+/// `VRAM_TO_VRAM_TRIES` attempts, then EDEADLK.
+fn empty_other_gpu(cx: &Ctx, r: &mut SvmRange, g: usize, trigger: MigrateTrigger) -> Result<()> {
+    let mut tries = 0;
+    while let Some(cur) = cx.gpu_of(r.actual_loc) {
+        if cur == g {
+            break;
+        }
+        if tries == VRAM_TO_VRAM_TRIES {
+            return Err(Error::Deadlock);
+        }
+        to_ram(cx, r, r.pages(), trigger)?;
+        tries += 1;
+    }
+    Ok(())
+}
+
 /// The three phases for one anonymous VMA piece `[ps, pl]` of `r`, RAM -> VRAM of GPU `g`,
 /// one staging batch ([`ToVramBatch`]) at a time.
 fn piece_to_vram(cx: &Ctx, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) -> Result<u64> {
     let dev = &cx.devs.gpus[g];
     let backing = r.vram.clone().expect("BO allocated");
     let mut moved = 0;
-    for (rs, rl) in runs(ps, pl, |p| !r.page_in_vram(p)) {
+    // Without `populated_only` every page counts as holding data (holes become zeroed VRAM).
+    let has = if cx.populated_only { populated(Pages::new(ps, pl))? } else { Vec::new() };
+    let holds = |p: PageNo| has.get((p - ps) as usize).is_none_or(|&h| h);
+    for (rs, rl) in runs(ps, pl, |p| !r.page_in_vram(p) && holds(p)) {
         let mut bs = rs;
         while bs <= rl {
             let bl = rl.min(bs + STAGING_PAGES - 1);
@@ -130,6 +141,12 @@ fn piece_to_vram(cx: &Ctx, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) -
         }
     }
     Ok(moved)
+}
+
+/// For each page of `pages`: whether the application's memory holds data there (present
+/// or swapped out; a never-populated page, or one dropped with MADV_DONTNEED, does not).
+fn populated(pages: Pages) -> Result<Vec<bool>> {
+    sys::pagemap::has_memory(pages.first.addr(), pages.len() as usize)
 }
 
 #[cfg(test)]
@@ -158,7 +175,13 @@ mod tests {
         }
 
         fn cx(&self) -> Ctx<'_> {
-            Ctx { engine: &self.engine, devs: &self.devs, events: &self.events, xnack: false }
+            Ctx {
+                engine: &self.engine,
+                devs: &self.devs,
+                events: &self.events,
+                xnack: false,
+                populated_only: false,
+            }
         }
     }
 

@@ -170,6 +170,11 @@ fn resume_never_undoes_an_eviction_of_usvm() {
     let mut b = [1u8; 8];
     svm.gpu_read(g1, buf.addr(), &mut b).unwrap();
     assert_eq!(b, [0; 8]);
+    // The eviction was of every GPU, and the worker restores them in turn: an access of the
+    // second GPU (which has no access to the range: EFAULT) waits for its restore too, so
+    // that every restore is in the stream before it is counted.
+    let g2 = svm.gpu_ids()[1];
+    assert_eq!(svm.gpu_read(g2, buf.addr(), &mut b).unwrap_err().errno(), libc::EFAULT);
     let kinds: Vec<String> = drain(&ev).iter().map(|e| e.to_string()[..1].to_string()).collect();
     assert_eq!(
         kinds.iter().filter(|k| *k == "9").count(),

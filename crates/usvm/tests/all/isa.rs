@@ -5,26 +5,8 @@
 
 use crate::util::*;
 use std::time::{Duration, Instant};
-use usvm::shaders::{COPY_DWORD, READ_MEMORY, kfdtest_launch};
+use usvm::shaders::{self, COPY_DWORD, READ_MEMORY, kfdtest_launch};
 use usvm::{Attr, Error, GpuId, Location, Svm, SvmBuffer};
-
-/// A wave per workgroup counting in memory, `counter[group] += 1`, until `*flag == 0x5678`;
-/// s[0:1] = the counters, s[2:3] = the flag (llvm-mc 14, gfx90a).
-const COUNT: [u32; 16] = [
-    0x8e058204, // s_lshl_b32 s5, s4, 2
-    0x7e020205, // v_mov_b32_e32 v1, s5
-    0x7e060201, // v_mov_b32_e32 v3, s1
-    0x32040200, // v_add_co_u32_e32 v2, vcc, s0, v1
-    0x38060680, // v_addc_co_u32_e32 v3, vcc, 0, v3, vcc
-    0x7e0c0280, // v_mov_b32_e32 v6, 0
-    0x680c0c81, // L: v_add_u32_e32 v6, 1, v6
-    0xdc700000, 0x00000602, // flat_store_dword v[2:3], v6
-    0xc0030201, 0x00000000, // s_load_dword s8, s[2:3], 0x0 glc
-    0xbf8c0070, // s_waitcnt vmcnt(0) lgkmcnt(0)
-    0xbf06ff08, 0x00005678, // s_cmp_eq_u32 s8, 0x5678
-    0xbf84fff7, // s_cbranch_scc0 L
-    0xbf810000, // s_endpgm
-];
 
 fn bytes(words: &[u32]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
@@ -102,7 +84,7 @@ fn xnack_off_an_unmapped_source_is_a_fatal_fault_and_nothing_is_stored() {
 fn suspended_queues_pause_spinning_waves() {
     let svm = svm2(false);
     let g = svm.gpu_ids()[0];
-    let c = code(&svm, g, &COUNT);
+    let c = code(&svm, g, &shaders::COUNT_UNTIL_FLAG);
     let waves = 64;
     let (counters, flag) = (data(&svm, g, 4096, false), data(&svm, g, 4096, false));
     let sum = || (0..waves).map(|k| u64::from(word(&counters, 4 * k))).sum::<u64>();
@@ -183,7 +165,7 @@ fn dropping_a_queue_stops_its_spinning_waves_promptly() {
     }
     let svm = svm2(false);
     let g = svm.gpu_ids()[0];
-    let c = code(&svm, g, &COUNT);
+    let c = code(&svm, g, &shaders::COUNT_UNTIL_FLAG);
     let (counters, flag) = (data(&svm, g, 4096, false), data(&svm, g, 4096, false));
     let q = svm.create_queue(g).unwrap();
     let f = q.submit_isa(kfdtest_launch(c.addr() as u64, counters.addr() as u64, flag.addr() as u64, 512));

@@ -10,6 +10,7 @@ mod kfd;
 mod migrate;
 mod notifier;
 mod pm4;
+mod policy;
 mod readonly;
 mod stress;
 mod util;

@@ -7,7 +7,7 @@ use crate::util::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-use usvm::{Attr, Location, Svm};
+use usvm::{Attr, Location, Policy, Svm};
 
 const BUFS: usize = 4;
 const BUF: usize = 4 * MIB;
@@ -22,7 +22,17 @@ fn words(a: usize) -> impl Iterator<Item = usize> {
 
 #[test]
 fn cpus_gpus_prefetch_and_munmap_lose_nothing() {
-    let svm = Arc::new(Svm::builder().gpus(2).vram_bytes(8 << 20).xnack(true).build().unwrap());
+    stress(Policy::Kernel);
+}
+
+#[test]
+fn cpus_gpus_prefetch_and_munmap_lose_nothing_under_the_adaptive_policy() {
+    stress(Policy::Adaptive);
+}
+
+fn stress(policy: Policy) {
+    let svm =
+        Arc::new(Svm::builder().gpus(2).vram_bytes(8 << 20).xnack(true).policy(policy).build().unwrap());
     let gpus = svm.gpu_ids();
     let bufs: Vec<Mapping> = (0..BUFS).map(|_| Mapping::anon(BUF, 2 * MIB)).collect();
     for b in &bufs {

@@ -82,6 +82,25 @@ pub const ISA_COPY: [u32; 17] = [
     0xbf810000, // s_endpgm
 ];
 
+/// A wave per workgroup counting in memory, `counter[group] += 1`, until `*flag == 0x5678`
+/// (llvm-mc 14, gfx90a): s[0:1] = the counters, s[2:3] = the flag, s4 = the workgroup id.
+/// For tests of waves that run until the host says stop (eviction, destruction).
+pub const COUNT_UNTIL_FLAG: [u32; 16] = [
+    0x8e058204, // s_lshl_b32 s5, s4, 2
+    0x7e020205, // v_mov_b32_e32 v1, s5
+    0x7e060201, // v_mov_b32_e32 v3, s1
+    0x32040200, // v_add_co_u32_e32 v2, vcc, s0, v1
+    0x38060680, // v_addc_co_u32_e32 v3, vcc, 0, v3, vcc
+    0x7e0c0280, // v_mov_b32_e32 v6, 0
+    0x680c0c81, // L: v_add_u32_e32 v6, 1, v6
+    0xdc700000, 0x00000602, // flat_store_dword v[2:3], v6
+    0xc0030201, 0x00000000, // s_load_dword s8, s[2:3], 0x0 glc
+    0xbf8c0070, // s_waitcnt vmcnt(0) lgkmcnt(0)
+    0xbf06ff08, 0x00005678, // s_cmp_eq_u32 s8, 0x5678
+    0xbf84fff7, // s_cbranch_scc0 L
+    0xbf810000, // s_endpgm
+];
+
 /// The launch of [`ISA_COPY`] at `code` copying `bytes` (a multiple of 256) from `src` to
 /// `dst`: 16 VGPRs, 4 user SGPRs and the workgroup id, the grid in work-items as kfdtest's
 /// dispatch initiator says.

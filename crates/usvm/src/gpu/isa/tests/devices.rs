@@ -2,7 +2,7 @@
 //! queue eviction pausing the waves, the stop flag.
 
 use super::super::mem::{GpuMem, Memory};
-use super::super::shaders::{COPY_DWORD, kfdtest_launch};
+use super::super::shaders::{self, COPY_DWORD, kfdtest_launch};
 use super::super::{IsaError, run_dispatch, run_on};
 use crate::addr::{PageNo, Pages};
 use crate::attr::GpuId;
@@ -64,28 +64,10 @@ fn copy_dword_through_the_page_table_and_a_fatal_fault() {
     assert!(matches!(e, IsaError::Fault(crate::Error::GpuVmFault { addr, .. }) if addr == m as u64), "{e:?}");
 }
 
-/// A wave per workgroup counting in memory: `counter[group] += 1` until `*flag == 0x5678`.
-/// s[0:1] = the counters, s[2:3] = the flag, s4 = the workgroup id.
-const COUNT: [u32; 16] = [
-    0x8e058204, // s_lshl_b32 s5, s4, 2
-    0x7e020205, // v_mov_b32_e32 v1, s5
-    0x7e060201, // v_mov_b32_e32 v3, s1
-    0x32040200, // v_add_co_u32_e32 v2, vcc, s0, v1
-    0x38060680, // v_addc_co_u32_e32 v3, vcc, 0, v3, vcc
-    0x7e0c0280, // v_mov_b32_e32 v6, 0
-    0x680c0c81, // L: v_add_u32_e32 v6, 1, v6
-    0xdc700000, 0x00000602, // flat_store_dword v[2:3], v6
-    0xc0030201, 0x00000000, // s_load_dword s8, s[2:3], 0x0 glc
-    0xbf8c0070, // s_waitcnt vmcnt(0) lgkmcnt(0)
-    0xbf06ff08, 0x00005678, // s_cmp_eq_u32 s8, 0x5678
-    0xbf84fff7, // s_cbranch_scc0 L
-    0xbf810000, // s_endpgm
-];
-
 #[test]
 fn evicted_queues_pause_the_waves_between_instructions() {
     let (d, m) = setup(3);
-    put(m, &COUNT);
+    put(m, &shaders::COUNT_UNTIL_FLAG);
     let (counters, flag) = (m + PAGE_SIZE, m + 2 * PAGE_SIZE);
     let waves = 64;
     let l = kfdtest_launch(m as u64, counters as u64, flag as u64, waves);

@@ -1,4 +1,4 @@
-//! Placement decisions as pure functions: they compute, they never act.
+//! The kernel's placement decisions as pure functions: they compute, they never act.
 //!
 //! This is the home of every placement heuristic: the kernel's (`svm_range_set_max_pages`,
 //! the best prefetch and restore locations, which GPUs map a range), the seed's (a
