@@ -38,9 +38,9 @@ pub fn copy_engine(bytes: usize, reps: usize) -> Result<Ratio> {
         sys::mmap::fill(src, bytes, 0x5a);
         sys::mmap::fill(dst, bytes, 0);
     }
-    let vram = VramManager::new(0, bytes as u64)?;
+    let vram = VramManager::new(crate::gpu::GpuIdx::new(0), bytes as u64)?;
     let bo = vram.alloc(npages, Clear::No)?;
-    let engine = CopyEngine::new(0)?;
+    let engine = CopyEngine::new(crate::gpu::GpuIdx::new(0))?;
     let mut ops = Vec::new();
     let mut at = 0u64;
     for r in bo.runs() {

@@ -9,6 +9,7 @@
 //! load (the event is not even built).
 
 use crate::attr::GpuId;
+use crate::gpu::GpuIdx;
 use parking_lot::Mutex;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -367,7 +368,7 @@ impl EventHub {
     }
 
     /// Adds `n` to a counter of GPU `idx`.
-    pub fn count(&self, idx: usize, which: Counter, n: u64) {
+    pub fn count(&self, idx: GpuIdx, which: Counter, n: u64) {
         let c = &self.counters[idx];
         let a = match which {
             Counter::Faults => &c.faults,
@@ -388,7 +389,7 @@ impl EventHub {
     }
 
     /// The counters of GPU `idx`.
-    pub fn counters(&self, idx: usize) -> Counters {
+    pub fn counters(&self, idx: GpuIdx) -> Counters {
         let c = &self.counters[idx];
         Counters {
             faults: c.faults.load(Ordering::Relaxed),
@@ -497,10 +498,10 @@ mod tests {
         drop(s);
         hub.emit(|| EventKind::QueueRestore { gpu: GpuId(0x2222), rescheduled: false });
         assert_eq!(late.recv_timeout(Duration::from_secs(1)).map(|e| e.kind.id()), Some(10));
-        hub.count(1, Counter::PageIn, 512);
-        hub.count(1, Counter::PageOut, 3);
-        hub.count(0, Counter::Faults, 1);
-        assert_eq!(hub.counters(1), Counters { faults: 0, page_in: 512, page_out: 3 });
-        assert_eq!(hub.counters(0), Counters { faults: 1, page_in: 0, page_out: 0 });
+        hub.count(GpuIdx::new(1), Counter::PageIn, 512);
+        hub.count(GpuIdx::new(1), Counter::PageOut, 3);
+        hub.count(GpuIdx::new(0), Counter::Faults, 1);
+        assert_eq!(hub.counters(GpuIdx::new(1)), Counters { faults: 0, page_in: 512, page_out: 3 });
+        assert_eq!(hub.counters(GpuIdx::new(0)), Counters { faults: 1, page_in: 0, page_out: 0 });
     }
 }

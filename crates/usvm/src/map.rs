@@ -7,6 +7,7 @@ use crate::attr::SvmFlags;
 use crate::error::Result;
 use crate::events::{EventKind, UnmapTrigger};
 use crate::gpu::Devices;
+use crate::gpu::GpuIdx;
 use crate::gpu::pagetable::{Pte, PteFlags};
 use crate::range::{GpuMask, PageNo, SvmRange};
 use crate::sys::vma;
@@ -132,7 +133,7 @@ pub fn unmap_from_gpus(devs: &Devices, r: &mut SvmRange, pages: Pages, trigger: 
 }
 
 /// Clears `[first, last]` from GPU `g`'s page table, with its UNMAP_FROM_GPU event.
-fn unmap_on(devs: &Devices, g: usize, pages: Pages, trigger: UnmapTrigger) {
+fn unmap_on(devs: &Devices, g: GpuIdx, pages: Pages, trigger: UnmapTrigger) {
     let d = &devs.gpus[g];
     devs.events.emit(|| EventKind::UnmapFromGpu {
         start: pages.first.get(),

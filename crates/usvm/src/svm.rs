@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::events::{Counters, EventHub, EventStream, EvictTrigger};
 use crate::fault::cpu::CpuFaultHandler;
 use crate::gpu::queue::Queue;
-use crate::gpu::{Access, Devices, GpuFaultHandler};
+use crate::gpu::{Access, Devices, GpuFaultHandler, GpuIdx};
 use crate::instance::{GpuInfo, SvmInner, SvmState, check_interval};
 use crate::migrate::Engine;
 use crate::policy;
@@ -522,7 +522,7 @@ impl Svm {
                     bos: u.bos,
                     vram_reserved: u.reserved_bytes,
                     mapped_pages: d.pt.mapped_pages(),
-                    queues_suspended: self.inner.devs.queues_evicted(i),
+                    queues_suspended: self.inner.devs.queues_evicted(GpuIdx::new(i)),
                 }
             })
             .collect()

@@ -319,7 +319,8 @@ mod tests {
     use crate::replay::format::{Header, Place, Rec};
 
     /// Two CPU threads: the second waits for a kernel the first launched, then reads what
-    /// the kernel wrote into the buffer it allocated itself.
+    /// the kernel wrote into the buffer it allocated itself, and prefetches the first
+    /// thread's buffer back to RAM.
     #[test]
     fn threads_replay_side_by_side_and_wait_for_each_other() {
         let h = Header {
@@ -347,7 +348,9 @@ mod tests {
             r(0, Op::KernelEnd { kernel: 0 }),
             r(1, Op::Wait { kernel: 0 }),
             r(1, Op::Cpu { span: span(1, 2 << 20), write: false }),
-            r(0, Op::SetAttr { span: span(0, 2 << 20), attrs: vec![AttrRec::PrefetchLoc(Place::Sysmem)] }),
+            // After its wait: the kernel has faulted buffer 0 in by then (thread 0 goes on
+            // without waiting, so a prefetch there could run before the kernel's faults).
+            r(1, Op::SetAttr { span: span(0, 2 << 20), attrs: vec![AttrRec::PrefetchLoc(Place::Sysmem)] }),
         ];
         let plan = Plan::of(&Trace { header: h, recs });
         assert_eq!((plan.threads(), plan.bytes_accessed), (2, 7 << 20));

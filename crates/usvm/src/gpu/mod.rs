@@ -27,6 +27,54 @@ pub mod queue;
 pub mod sdma;
 pub mod vram;
 
+/// The index of a GPU in its instance: its place in [`Devices::gpus`] and in the per-range
+/// GPU masks (not its KFD gpu id, [`crate::GpuId`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GpuIdx(usize);
+
+impl GpuIdx {
+    /// GPU number `i`.
+    pub const fn new(i: usize) -> GpuIdx {
+        GpuIdx(i)
+    }
+
+    /// The index as an integer.
+    pub const fn get(self) -> usize {
+        self.0
+    }
+
+    /// The first `n` GPUs, in order.
+    pub fn all(n: usize) -> impl DoubleEndedIterator<Item = GpuIdx> + Clone {
+        (0..n).map(GpuIdx)
+    }
+}
+
+impl std::fmt::Display for GpuIdx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<T> std::ops::Index<GpuIdx> for Vec<T> {
+    type Output = T;
+    fn index(&self, i: GpuIdx) -> &T {
+        &self[i.0]
+    }
+}
+
+impl<T> std::ops::IndexMut<GpuIdx> for Vec<T> {
+    fn index_mut(&mut self, i: GpuIdx) -> &mut T {
+        &mut self[i.0]
+    }
+}
+
+impl<T> std::ops::Index<GpuIdx> for [T] {
+    type Output = T;
+    fn index(&self, i: GpuIdx) -> &T {
+        &self[i.0]
+    }
+}
+
 use crate::addr::{PageNo, Pages};
 use crate::attr::GpuId;
 use crate::error::{Error, Result};
@@ -52,7 +100,7 @@ pub const FAULT_RETRY_SPIN: u32 = 8;
 pub trait GpuFaultHandler: Send + Sync {
     /// Handles a fault of GPU `gpu` at byte address `addr`. `Ok` means "mapped now, retry
     /// the access"; `Err` is a fatal fault returned to the accessing code.
-    fn gpu_fault(&self, gpu: usize, addr: usize, write: bool) -> Result<()>;
+    fn gpu_fault(&self, gpu: GpuIdx, addr: usize, write: bool) -> Result<()>;
 
     /// Applies the application's page-table changes (munmap, MADV_DONTNEED, mremap) whose
     /// events were read but not applied yet: a device access that starts after the
@@ -160,8 +208,8 @@ impl Devices {
         for (idx, &id) in ids.iter().enumerate() {
             gpus.push(Device {
                 id,
-                vram: vram::VramManager::new(idx, vram_bytes)?,
-                sdma: sdma::CopyEngine::new(idx)?,
+                vram: vram::VramManager::new(GpuIdx::new(idx), vram_bytes)?,
+                sdma: sdma::CopyEngine::new(GpuIdx::new(idx))?,
                 pt: PageTable::new(),
                 sched: Sched::default(),
                 user_suspends: std::sync::atomic::AtomicU32::new(0),
@@ -192,19 +240,19 @@ impl Devices {
     }
 
     /// Whether GPU `b` can map GPU `a`'s VRAM: the same GPU, or both in the XGMI hive.
-    pub fn same_hive(&self, a: usize, b: usize) -> bool {
+    pub fn same_hive(&self, a: GpuIdx, b: GpuIdx) -> bool {
         a == b || self.hive
     }
 
     /// Host address of VRAM page `page` of GPU `gpu`.
-    pub fn vram_addr(&self, gpu: usize, page: u64) -> usize {
+    pub fn vram_addr(&self, gpu: GpuIdx, page: u64) -> usize {
         self.vram_base[gpu] + page as usize * PAGE_SIZE
     }
 
     /// Evicts the queues of GPU `gpu` (reference counted): kernels pause before their next
     /// memory access, device accesses wait, and this call returns once no access of the
     /// GPU is in flight. Emits QUEUE_EVICTION.
-    pub fn evict_queues(&self, gpu: usize, trigger: EvictTrigger) {
+    pub fn evict_queues(&self, gpu: GpuIdx, trigger: EvictTrigger) {
         let d = &self.gpus[gpu];
         self.events.emit(|| EventKind::QueueEviction { gpu: d.id, trigger });
         d.sched.evict();
@@ -212,7 +260,7 @@ impl Devices {
 
     /// Restores the queues of GPU `gpu` once as many times as they were evicted; emits
     /// QUEUE_RESTORE (`R` when `rescheduled`: the queues stay evicted, a retry is coming).
-    pub fn restore_queues(&self, gpu: usize, rescheduled: bool) {
+    pub fn restore_queues(&self, gpu: GpuIdx, rescheduled: bool) {
         let d = &self.gpus[gpu];
         self.events.emit(|| EventKind::QueueRestore { gpu: d.id, rescheduled });
         if rescheduled {
@@ -239,23 +287,23 @@ impl Devices {
     }
 
     /// Whether GPU `gpu`'s queues are evicted.
-    pub fn queues_evicted(&self, gpu: usize) -> bool {
+    pub fn queues_evicted(&self, gpu: GpuIdx) -> bool {
         self.gpus[gpu].sched.is_evicted()
     }
 
     /// Marks a device access of GPU `gpu` in flight, first waiting while its queues are
     /// evicted.
-    fn enter(&self, gpu: usize) {
+    fn enter(&self, gpu: GpuIdx) {
         self.gpus[gpu].sched.enter();
     }
 
     /// Ends a device access of GPU `gpu`; wakes an eviction waiting for it.
-    fn leave(&self, gpu: usize) {
+    fn leave(&self, gpu: GpuIdx) {
         self.gpus[gpu].sched.leave();
     }
 
     /// Notes that GPU `gpu` accesses `[addr, addr + len)` now.
-    fn note_access(&self, gpu: usize, addr: usize, len: usize) {
+    fn note_access(&self, gpu: GpuIdx, addr: usize, len: usize) {
         use std::sync::atomic::Ordering::Relaxed;
         let log = &self.access_log[gpu];
         let ms = crate::events::clock_ns() / 1_000_000;
@@ -280,7 +328,7 @@ impl Devices {
     /// Whether GPU `gpu` accessed some of `[start, end)` between `clock_ns` times `a` and `b`
     /// (2 MiB blocks, milliseconds; true when the log no longer reaches back that far:
     /// nothing is claimed unseen).
-    pub fn accessed_between(&self, gpu: usize, (a, b): (u64, u64), (start, end): (usize, usize)) -> bool {
+    pub fn accessed_between(&self, gpu: GpuIdx, (a, b): (u64, u64), (start, end): (usize, usize)) -> bool {
         let (a, b) = (a / 1_000_000, b / 1_000_000);
         let (first, last) = (
             (start >> ACCESS_LOG_BLOCK_SHIFT) as u64,
@@ -295,7 +343,7 @@ impl Devices {
     }
 
     /// A device load or store of GPU `gpu` at byte address `addr` (see the module docs).
-    pub fn access(&self, gpu: usize, addr: usize, mut buf: Access<'_>) -> Result<()> {
+    pub fn access(&self, gpu: GpuIdx, addr: usize, mut buf: Access<'_>) -> Result<()> {
         let len = match &buf {
             Access::Read(b) => b.len(),
             Access::Write(b) => b.len(),
@@ -324,7 +372,7 @@ impl Devices {
 
     fn access_with(
         &self,
-        gpu: usize,
+        gpu: GpuIdx,
         addr: usize,
         buf: &mut Access<'_>,
         len: usize,
@@ -385,7 +433,7 @@ impl Devices {
     /// the bytes go straight from page to page under one page-table read lock; anything
     /// else (system pages, a missing or read-only entry) goes through [`Self::access`],
     /// which faults as any device access does. The intervals must not overlap.
-    pub fn copy(&self, gpu: usize, dst: usize, src: usize, len: usize) -> Result<()> {
+    pub fn copy(&self, gpu: GpuIdx, dst: usize, src: usize, len: usize) -> Result<()> {
         self.note_access(gpu, src, len);
         self.note_access(gpu, dst, len);
         dst.checked_add(len).ok_or(Error::BadInterval { start: dst as u64, size: len as u64 })?;
@@ -409,7 +457,7 @@ impl Devices {
 
     /// Copies `n` bytes VRAM to VRAM when every page of both sides is a valid VRAM entry
     /// (the destination writable); false, having copied nothing, otherwise.
-    fn copy_vram_chunk(&self, gpu: usize, dst: usize, src: usize, n: usize) -> bool {
+    fn copy_vram_chunk(&self, gpu: GpuIdx, dst: usize, src: usize, n: usize) -> bool {
         self.enter(gpu);
         let t = self.gpus[gpu].pt.read();
         let host = |a: usize, write: bool| {
@@ -464,7 +512,7 @@ impl Devices {
     /// many they are with the faulting byte address.
     fn copy_chunk(
         &self,
-        gpu: usize,
+        gpu: GpuIdx,
         addr: usize,
         b: &mut [u8],
         write: bool,
@@ -547,14 +595,14 @@ mod tests {
         let bo0 = d.gpus[0].vram.alloc(1, vram::Clear::Yes).unwrap();
         let bo1 = d.gpus[1].vram.alloc(1, vram::Clear::Yes).unwrap();
         d.gpus[0].pt.map(base, 4, |i| match i {
-            2 => Pte::vram(0, bo0.vram_page(0), RW),
-            3 => Pte::vram(1, bo1.vram_page(0), RW),
+            2 => Pte::vram(GpuIdx::new(0), bo0.vram_page(0), RW),
+            3 => Pte::vram(GpuIdx::new(1), bo1.vram_page(0), RW),
             _ => Pte::system(RW),
         });
         let data: Vec<u8> = (0..4 * PAGE_SIZE).map(|i| (i * 7 % 251) as u8).collect();
-        d.access(0, sys_mem + 100, Access::Write(&data[100..])).unwrap();
+        d.access(GpuIdx::new(0), sys_mem + 100, Access::Write(&data[100..])).unwrap();
         let mut back = vec![0u8; 4 * PAGE_SIZE - 200];
-        d.access(0, sys_mem + 150, Access::Read(&mut back)).unwrap();
+        d.access(GpuIdx::new(0), sys_mem + 150, Access::Read(&mut back)).unwrap();
         assert_eq!(back[..], data[150..4 * PAGE_SIZE - 50]);
         // The system pages are the process's own memory; the VRAM pages are not.
         let mut cpu = vec![0u8; 2 * PAGE_SIZE];
@@ -576,10 +624,10 @@ mod tests {
         let base = PageNo::of_addr(m);
         d.gpus[0].pt.map(base, 1, |_| Pte::system(PteFlags { writable: false, ..RW }));
         let mut b = [0u8; 8];
-        d.access(0, m, Access::Read(&mut b)).unwrap();
-        let e = d.access(0, m, Access::Write(&b)).unwrap_err();
+        d.access(GpuIdx::new(0), m, Access::Read(&mut b)).unwrap();
+        let e = d.access(GpuIdx::new(0), m, Access::Write(&b)).unwrap_err();
         assert_eq!(e.errno(), libc::EFAULT);
-        let e = d.access(0, m + PAGE_SIZE - 4, Access::Read(&mut b)).unwrap_err();
+        let e = d.access(GpuIdx::new(0), m + PAGE_SIZE - 4, Access::Read(&mut b)).unwrap_err();
         assert_eq!(e, Error::GpuVmFault { gpu: 0x1111, addr: (m + PAGE_SIZE) as u64, write: false });
         // SAFETY: memory this test mapped; nothing uses it afterwards.
         unsafe { sys::mmap::unmap(m, 2 * PAGE_SIZE).unwrap() };
@@ -590,16 +638,16 @@ mod tests {
         let d = Arc::new(devices(1));
         let m = sys::mmap::map_anon_aligned(PAGE_SIZE, PAGE_SIZE).unwrap();
         d.gpus[0].pt.map(PageNo::of_addr(m), 1, |_| Pte::system(RW));
-        d.evict_queues(0, EvictTrigger::Svm);
-        d.evict_queues(0, EvictTrigger::Svm);
+        d.evict_queues(GpuIdx::new(0), EvictTrigger::Svm);
+        d.evict_queues(GpuIdx::new(0), EvictTrigger::Svm);
         let d2 = d.clone();
-        let t = std::thread::spawn(move || d2.access(0, m, Access::Write(&[1, 2, 3])));
+        let t = std::thread::spawn(move || d2.access(GpuIdx::new(0), m, Access::Write(&[1, 2, 3])));
         std::thread::sleep(std::time::Duration::from_millis(30));
         assert!(!t.is_finished(), "access ran while evicted");
-        d.restore_queues(0, false);
+        d.restore_queues(GpuIdx::new(0), false);
         std::thread::sleep(std::time::Duration::from_millis(10));
         assert!(!t.is_finished(), "one restore of two evictions resumed the queues");
-        d.restore_queues(0, false);
+        d.restore_queues(GpuIdx::new(0), false);
         t.join().unwrap().unwrap();
         let mut b = [0u8; 3];
         // SAFETY: memory this test mapped and owns, live until its unmap.

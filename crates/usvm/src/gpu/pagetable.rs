@@ -13,6 +13,7 @@
 
 use crate::addr::PageNo;
 use crate::addr::Pages;
+use crate::gpu::GpuIdx;
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -58,7 +59,7 @@ pub enum Target {
     /// VRAM page `page` of the GPU with index `gpu`.
     Vram {
         /// Owning GPU index.
-        gpu: usize,
+        gpu: GpuIdx,
         /// VRAM page number.
         page: u64,
     },
@@ -74,9 +75,9 @@ impl Pte {
     }
 
     /// A mapping of VRAM page `page` of GPU `gpu`.
-    pub fn vram(gpu: usize, page: u64, f: PteFlags) -> Pte {
-        debug_assert!(gpu < 256 && page < 1 << 48);
-        Pte(VALID | VRAM | f.bits() | (gpu as u64) << 8 | page << 16)
+    pub fn vram(gpu: GpuIdx, page: u64, f: PteFlags) -> Pte {
+        debug_assert!(gpu.get() < 256 && page < 1 << 48);
+        Pte(VALID | VRAM | f.bits() | (gpu.get() as u64) << 8 | page << 16)
     }
 
     /// Whether the entry maps anything.
@@ -99,7 +100,7 @@ impl Pte {
         if !self.valid() {
             None
         } else if self.0 & VRAM != 0 {
-            Some(Target::Vram { gpu: ((self.0 >> 8) & 0xff) as usize, page: self.0 >> 16 })
+            Some(Target::Vram { gpu: GpuIdx::new(((self.0 >> 8) & 0xff) as usize), page: self.0 >> 16 })
         } else {
             Some(Target::System)
         }
@@ -266,12 +267,12 @@ mod tests {
     fn map_translate_unmap() {
         let pt = PageTable::new();
         pt.map(pg(1000), 600, |i| {
-            if i % 2 == 0 { Pte::system(RW) } else { Pte::vram(1, 7 + i, PteFlags::default()) }
+            if i % 2 == 0 { Pte::system(RW) } else { Pte::vram(GpuIdx::new(1), 7 + i, PteFlags::default()) }
         });
         assert_eq!(pt.mapped_pages(), 600);
         assert_eq!(pt.get(pg(1000)).target(), Some(Target::System));
         assert!(pt.get(pg(1000)).writable());
-        assert_eq!(pt.get(pg(1001)).target(), Some(Target::Vram { gpu: 1, page: 8 }));
+        assert_eq!(pt.get(pg(1001)).target(), Some(Target::Vram { gpu: GpuIdx::new(1), page: 8 }));
         assert!(!pt.get(pg(1001)).writable());
         assert_eq!(pt.get(pg(999)), Pte::INVALID);
         assert_eq!(pt.get(pg(1600)), Pte::INVALID);
@@ -279,7 +280,7 @@ mod tests {
         assert!(!pt.get(pg(1150)).valid());
         assert!(pt.get(pg(1200)).valid());
         // Remapping an entry does not count it twice.
-        pt.map(pg(1000), 1, |_| Pte::vram(0, 1, RW));
+        pt.map(pg(1000), 1, |_| Pte::vram(GpuIdx::new(0), 1, RW));
         assert_eq!(pt.mapped_pages(), 500);
         assert_eq!(pt.unmap(Pages::new(pg(0), pg(1 << 30))), 500);
         assert_eq!(pt.mapped_pages(), 0);
@@ -293,9 +294,9 @@ mod tests {
                 for c in [false, true] {
                     let f = PteFlags { writable: w, exec: x, coherent: c };
                     assert_eq!(Pte::system(f).flags(), f);
-                    let v = Pte::vram(63, (1 << 40) + 5, f);
+                    let v = Pte::vram(GpuIdx::new(63), (1 << 40) + 5, f);
                     assert_eq!(v.flags(), f);
-                    assert_eq!(v.target(), Some(Target::Vram { gpu: 63, page: (1 << 40) + 5 }));
+                    assert_eq!(v.target(), Some(Target::Vram { gpu: GpuIdx::new(63), page: (1 << 40) + 5 }));
                 }
             }
         }

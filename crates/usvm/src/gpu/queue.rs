@@ -7,6 +7,7 @@ use super::fence::Fence;
 use super::{Access, Devices};
 use crate::attr::GpuId;
 use crate::error::{Error, Result};
+use crate::gpu::GpuIdx;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -14,7 +15,7 @@ use std::sync::{Arc, mpsc};
 /// What a device kernel sees: loads and stores through its GPU's page table.
 pub struct KernelCtx {
     devs: Arc<Devices>,
-    gpu: usize,
+    gpu: GpuIdx,
 }
 
 impl KernelCtx {
@@ -68,7 +69,7 @@ impl Queue {
     /// A queue on GPU `gpu`; `on_drop` runs after the queue is gone.
     pub(crate) fn new(
         devs: Arc<Devices>,
-        gpu: usize,
+        gpu: GpuIdx,
         on_drop: Box<dyn FnOnce() + Send + Sync>,
     ) -> Result<Self> {
         let id = devs.gpus[gpu].id;

@@ -12,6 +12,7 @@
 
 use super::fence::Fence;
 use crate::error::{Error, Result};
+use crate::gpu::GpuIdx;
 use crate::sys::{self, PAGE_SIZE};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -69,7 +70,7 @@ struct Chunk {
 }
 
 struct Shared {
-    gpu: usize,
+    gpu: GpuIdx,
     /// Test hook: the chunk with this sequence number fails (0 = never).
     fail_at: AtomicU64,
     seq: AtomicU64,
@@ -81,7 +82,7 @@ impl Shared {
     fn tick(&self) -> Result<()> {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
         if self.fail_at.load(Ordering::Acquire) == seq {
-            return Err(Error::CopyFailed { gpu: self.gpu });
+            return Err(Error::CopyFailed { gpu: self.gpu.get() });
         }
         Ok(())
     }
@@ -113,7 +114,7 @@ impl std::fmt::Debug for CopyEngine {
 
 impl CopyEngine {
     /// Starts the engine of GPU `gpu` (one thread, idle until work arrives).
-    pub fn new(gpu: usize) -> Result<Self> {
+    pub fn new(gpu: GpuIdx) -> Result<Self> {
         let shared = Arc::new(Shared {
             gpu,
             fail_at: AtomicU64::new(0),
@@ -225,7 +226,7 @@ impl CopyEngine {
         };
         if let Some(jobs) = unsent {
             for c in jobs {
-                c.fence.signal(Err(Error::CopyFailed { gpu: self.shared.gpu }));
+                c.fence.signal(Err(Error::CopyFailed { gpu: self.shared.gpu.get() }));
             }
         }
     }
@@ -285,7 +286,7 @@ mod tests {
 
     #[test]
     fn chunks_of_512_pages_in_order_with_data_intact() {
-        let e = CopyEngine::new(0).unwrap();
+        let e = CopyEngine::new(GpuIdx::new(0)).unwrap();
         let (a, b) = buffers(1300);
         // Two ops: 1100 pages, then 200 pages placed in reverse halves.
         let ops = [
@@ -308,7 +309,7 @@ mod tests {
 
     #[test]
     fn a_failed_chunk_and_the_rest_report_errors() {
-        let e = CopyEngine::new(1).unwrap();
+        let e = CopyEngine::new(GpuIdx::new(1)).unwrap();
         let (a, b) = buffers(1536);
         e.fail_chunk_in(2);
         let job = e.copy(&[CopyOp { src: a, dst: b, npages: 1536 }]);
@@ -326,7 +327,7 @@ mod tests {
 
     #[test]
     fn small_copies_run_inline() {
-        let e = CopyEngine::new(0).unwrap();
+        let e = CopyEngine::new(GpuIdx::new(0)).unwrap();
         let (a, b) = buffers(16);
         let job = e.copy(&[CopyOp { src: a, dst: b, npages: 16 }]);
         // Inline: signalled before `copy` returned, on this thread.

@@ -20,6 +20,7 @@
 //! migration copy) allocates with [`Clear::No`] and zeroes only what it does not copy.
 
 use crate::error::{Error, Result};
+use crate::gpu::GpuIdx;
 use crate::sys::{self, PAGE_SIZE};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -40,7 +41,7 @@ pub enum Clear {
 
 /// Shared state of one GPU's VRAM (held by the manager and by every BO).
 struct Pool {
-    gpu: usize,
+    gpu: GpuIdx,
     base: usize,
     npages: u64,
     buddy: Mutex<Buddy>,
@@ -115,7 +116,7 @@ impl Bo {
         self.inner.id
     }
     /// The owning GPU's index.
-    pub fn gpu(&self) -> usize {
+    pub fn gpu(&self) -> GpuIdx {
         self.inner.pool.gpu
     }
     /// Size in pages.
@@ -214,7 +215,7 @@ pub struct VramUsage {
 
 impl VramManager {
     /// VRAM for GPU `gpu` of `bytes` (a multiple of the page size).
-    pub fn new(gpu: usize, bytes: u64) -> Result<Self> {
+    pub fn new(gpu: GpuIdx, bytes: u64) -> Result<Self> {
         let npages = bytes / PAGE_SIZE as u64;
         let base = sys::mmap::reserve(npages as usize * PAGE_SIZE)?;
         // A forked child gets every byte in RAM (the fork handlers empty VRAM first) and runs
@@ -253,7 +254,7 @@ impl VramManager {
         let mut cur = r.load(Ordering::Acquire);
         loop {
             if cur + bytes > total {
-                return Err(Error::NoVramSpace { gpu: self.p().gpu, bytes });
+                return Err(Error::NoVramSpace { gpu: self.p().gpu.get(), bytes });
             }
             match r.compare_exchange_weak(cur, cur + bytes, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
@@ -269,7 +270,7 @@ impl VramManager {
     /// tries again (TTM_EVICTION).
     pub fn alloc(&self, npages: u64, clear: Clear) -> Result<Bo> {
         let pool = self.p();
-        let fail = Error::NoVram { gpu: pool.gpu, npages };
+        let fail = Error::NoVram { gpu: pool.gpu.get(), npages };
         if npages == 0 || npages > pool.npages {
             return Err(fail);
         }
@@ -430,7 +431,7 @@ mod tests {
 
     #[test]
     fn fresh_vram_reads_zero_even_after_reuse() {
-        let m = VramManager::new(0, 64 * PAGE_SIZE as u64).unwrap();
+        let m = VramManager::new(GpuIdx::new(0), 64 * PAGE_SIZE as u64).unwrap();
         let a = m.alloc(64, Clear::Yes).unwrap();
         for i in 0..64 {
             assert!(read_page(&a, i).iter().all(|&b| b == 0));
@@ -446,7 +447,7 @@ mod tests {
 
     #[test]
     fn contiguous_when_possible_and_bo_offsets() {
-        let m = VramManager::new(0, 1024 * PAGE_SIZE as u64).unwrap();
+        let m = VramManager::new(GpuIdx::new(0), 1024 * PAGE_SIZE as u64).unwrap();
         let a = m.alloc(512, Clear::No).unwrap();
         assert_eq!(a.runs(), &[Run { page: 0, npages: 512 }]);
         let b = m.alloc(300, Clear::No).unwrap();
@@ -459,7 +460,7 @@ mod tests {
 
     #[test]
     fn reservation_is_enospc_beyond_size() {
-        let m = VramManager::new(0, 16 * PAGE_SIZE as u64).unwrap();
+        let m = VramManager::new(GpuIdx::new(0), 16 * PAGE_SIZE as u64).unwrap();
         let r1 = m.reserve(12 * PAGE_SIZE as u64).unwrap();
         assert_eq!(m.reserve(8 * PAGE_SIZE as u64).unwrap_err().errno(), libc::ENOSPC);
         drop(r1);
@@ -469,7 +470,7 @@ mod tests {
 
     #[test]
     fn victims_are_least_recently_used_first() {
-        let m = VramManager::new(0, 8 * PAGE_SIZE as u64).unwrap();
+        let m = VramManager::new(GpuIdx::new(0), 8 * PAGE_SIZE as u64).unwrap();
         let mut bos: Vec<Bo> = (0..4).map(|_| m.alloc(2, Clear::No).unwrap()).collect();
         let ids: Vec<u64> = bos.iter().map(Bo::id).collect();
         bos[0].touch(); // now 1 is the least recently used, then 2, 3, 0

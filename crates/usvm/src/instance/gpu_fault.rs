@@ -7,6 +7,7 @@ use crate::attr::{Location, SvmFlags};
 use crate::error::{Error, Result};
 use crate::events::{Counter, EventKind, MigrateTrigger};
 use crate::gpu::GpuFaultHandler;
+use crate::gpu::GpuIdx;
 use crate::history::Cause;
 use crate::map;
 use crate::migrate;
@@ -22,7 +23,7 @@ pub const RETRY_FAULT_PENDING: Duration = Duration::from_millis(2);
 
 impl SvmInner {
     /// A fatal GPU VM fault: VMFAULT event and EFAULT.
-    pub(super) fn fatal_fault(&self, gpu: usize, addr: usize, write: bool) -> Error {
+    pub(super) fn fatal_fault(&self, gpu: GpuIdx, addr: usize, write: bool) -> Error {
         let id = self.gpus[gpu].id;
         tracing::warn!(gpu = %id, addr = format_args!("{addr:#x}"), write, "fatal GPU VM fault");
         self.events.emit(|| EventKind::VmFault { gpu: id, task: sys::process_name() });
@@ -69,13 +70,13 @@ impl SvmInner {
     }
 
     /// `svm_range_restore_pages`: a GPU retry fault under XNACK on (section 5).
-    pub(super) fn restore_pages(&self, gpu: usize, addr: usize, write: bool) -> Result<()> {
+    pub(super) fn restore_pages(&self, gpu: GpuIdx, addr: usize, write: bool) -> Result<()> {
         self.serve_gpu_fault(gpu, addr, write, true)
     }
 
     /// [`Self::restore_pages`]; `mitigate`: the placement rules may pin or throttle (a
     /// throttled fault naps without the lock, then comes back here with `mitigate` off).
-    fn serve_gpu_fault(&self, gpu: usize, addr: usize, write: bool, mitigate: bool) -> Result<()> {
+    fn serve_gpu_fault(&self, gpu: GpuIdx, addr: usize, write: bool, mitigate: bool) -> Result<()> {
         let entry_ns = sys::boottime_ns();
         let page = PageNo::of_addr(addr);
         let mut st = self.lock_state();
@@ -138,7 +139,7 @@ impl SvmInner {
     fn fault_target(
         &self,
         r: &SvmRange,
-        gpu: usize,
+        gpu: GpuIdx,
         addr: usize,
         write: bool,
     ) -> Result<Option<(RestoreLocation, Pages)>> {
@@ -180,8 +181,8 @@ impl SvmInner {
     /// Where a fault of GPU `gpu` on `page` of a pinned block of `r` puts the data: `None`
     /// (it stays, and is mapped where it is) when the page is in RAM or in VRAM the GPU
     /// reaches, as ACCESS_IN_PLACE would have it; else system memory.
-    fn pinned(&self, r: &SvmRange, page: PageNo, gpu: usize) -> Option<RestoreLocation> {
-        let reachable = |a: usize| a == gpu || self.devs.same_hive(a, gpu);
+    fn pinned(&self, r: &SvmRange, page: PageNo, gpu: GpuIdx) -> Option<RestoreLocation> {
+        let reachable = |a: GpuIdx| a == gpu || self.devs.same_hive(a, gpu);
         if !r.page_in_vram(page) || self.gpu_of(r.actual_loc).is_some_and(reachable) {
             None
         } else {
@@ -260,7 +261,7 @@ impl GpuFaultHandler for SvmInner {
         }
     }
 
-    fn gpu_fault(&self, gpu: usize, addr: usize, write: bool) -> Result<()> {
+    fn gpu_fault(&self, gpu: GpuIdx, addr: usize, write: bool) -> Result<()> {
         let xnack = self.lock_state().xnack;
         if !xnack {
             return Err(self.fatal_fault(gpu, addr, write));

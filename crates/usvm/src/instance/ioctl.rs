@@ -184,7 +184,7 @@ impl SvmInner {
         let Some(r) = st.tree.get_mut(s) else {
             return Ok(());
         };
-        let actual = r.actual_loc.gpu().and_then(|g| self.gpus.iter().position(|x| x.id == g));
+        let actual = self.gpu_of(r.actual_loc);
         let gpus = policy::gpus_to_map(&r.attrs, actual, r.mapped_to_gpu, xnack);
         let (first, last) = (r.start, r.last);
         map::validate_and_map(&self.devs, r, gpus, first, last)

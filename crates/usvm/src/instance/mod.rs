@@ -43,6 +43,7 @@ use crate::attr::{GpuId, Location};
 use crate::error::{Error, Result};
 use crate::events::{EventHub, MigrateTrigger};
 use crate::gpu::Devices;
+use crate::gpu::GpuIdx;
 use crate::history::Cause;
 use crate::migrate::Engine;
 use crate::policy;
@@ -188,17 +189,17 @@ impl SvmInner {
     }
 
     /// The index of a GPU id, if it belongs to this instance.
-    pub(crate) fn gpu_idx(&self, id: u32) -> Option<usize> {
-        self.gpus.iter().position(|g| g.id.0 == id)
+    pub(crate) fn gpu_idx(&self, id: u32) -> Option<GpuIdx> {
+        self.gpus.iter().position(|g| g.id.0 == id).map(GpuIdx::new)
     }
 
     /// The index of a GPU, or EINVAL.
-    pub(crate) fn gpu(&self, g: GpuId) -> Result<usize> {
+    pub(crate) fn gpu(&self, g: GpuId) -> Result<GpuIdx> {
         self.gpu_idx(g.0).filter(|&i| self.supported.contains(i)).ok_or(Error::UnknownGpu(g.0))
     }
 
     /// The GPU index of a location, if it is one of this instance's GPUs.
-    pub(crate) fn gpu_of(&self, l: Location) -> Option<usize> {
+    pub(crate) fn gpu_of(&self, l: Location) -> Option<GpuIdx> {
         l.gpu().and_then(|g| self.gpu_idx(g.0))
     }
 

@@ -8,6 +8,7 @@ use crate::addr::Pages;
 use crate::attr::Location;
 use crate::error::{Error, Result};
 use crate::events::{MigrateTrigger, clock_ns};
+use crate::gpu::GpuIdx;
 use crate::gpu::vram::Bo;
 use crate::history::{Cause, Move};
 use crate::migrate::{self, Ctx, VRAM_TO_VRAM_TRIES};
@@ -27,7 +28,7 @@ impl SvmInner {
         st: &mut SvmState,
         key: PageNo,
         pages: Pages,
-        g: usize,
+        g: GpuIdx,
         (trigger, cause): (MigrateTrigger, Cause),
     ) -> Result<u64> {
         let first = pages.first;
@@ -42,21 +43,26 @@ impl SvmInner {
         let for_gpu = self.gpus[g].id;
         let mut cx = self.ctx(st.xnack);
         cx.populated_only = !self.rules.migrates_unpopulated(trigger);
+        let to = Location::Gpu(for_gpu);
+        let before = if r.actual_loc == to { r.vram_pages() } else { 0 };
         let res = migrate::to_vram(&cx, &mut r, pages, g, trigger, &mut |victims| {
             let cause = Cause::Eviction { for_gpu, for_addr: first.addr() };
             self.evict_holders(st, victims, (cause, id))
         });
+        // A migration that failed part way may still have moved pages: they are recorded too.
+        let n = match &res {
+            Ok(n) => *n,
+            Err(_) if r.actual_loc == to => r.vram_pages().saturating_sub(before),
+            Err(_) => 0,
+        };
         let range = (r.start.addr(), (r.npages() << PAGE_SHIFT) as usize);
         st.tree.insert(r);
-        if let Ok(n) = res {
-            let to = Location::Gpu(for_gpu);
-            self.observe(pages, n, to, trigger);
-            self.record(
-                Move { start: 0, npages: n as usize, from, to, trigger, cause, at_ns, id, linked: None },
-                first,
-                range,
-            );
-        }
+        self.observe(pages, n, to, trigger);
+        self.record(
+            Move { start: 0, npages: n as usize, from, to, trigger, cause, at_ns, id, linked: None },
+            first,
+            range,
+        );
         res
     }
 
@@ -82,26 +88,24 @@ impl SvmInner {
     ) -> Result<u64> {
         let first = pages.first;
         let mut r = st.tree.take(key).ok_or(Error::NotMapped { addr: first.addr() as u64 })?;
-        let (from, at_ns) = (r.actual_loc, clock_ns());
+        let (from, at_ns, before) = (r.actual_loc, clock_ns(), r.vram_pages());
         let res = migrate::to_ram(&self.ctx(st.xnack), &mut r, pages, trigger);
+        // A migration that failed part way (an EAGAIN the reader thread cannot wait out)
+        // may still have moved pages: they are recorded too (a retry finds them in RAM).
+        let n = match &res {
+            Ok(n) => *n,
+            Err(_) => before.saturating_sub(r.vram_pages()),
+        };
         let range = (r.start.addr(), (r.npages() << PAGE_SHIFT) as usize);
         st.tree.insert(r);
-        if let Ok(n) = res {
-            self.observe(pages, n, Location::Sysmem, trigger);
-            let linked = (link != 0).then_some(link);
-            let m = Move {
-                start: 0,
-                npages: n as usize,
-                from,
-                to: Location::Sysmem,
-                trigger,
-                cause,
-                at_ns,
-                id: 0,
-                linked,
-            };
-            self.record(m, first, range);
-        }
+        self.observe(pages, n, Location::Sysmem, trigger);
+        let linked = (link != 0).then_some(link);
+        let to = Location::Sysmem;
+        self.record(
+            Move { start: 0, npages: n as usize, from, to, trigger, cause, at_ns, id: 0, linked },
+            first,
+            range,
+        );
         res
     }
 

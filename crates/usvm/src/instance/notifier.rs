@@ -8,6 +8,7 @@ use crate::addr::Pages;
 use crate::addr::each_page;
 use crate::attr::{Location, SvmFlags};
 use crate::events::UnmapTrigger;
+use crate::gpu::GpuIdx;
 use crate::history::{Cause, Move};
 use crate::map;
 use crate::migrate;
@@ -101,7 +102,7 @@ impl SvmInner {
                 // XNACK off: evict the queues once; the restore worker remaps.
                 r.invalid += 1;
                 if st.evicted_ranges == 0 {
-                    for g in 0..self.devs.gpus.len() {
+                    for g in GpuIdx::all(self.devs.gpus.len()) {
                         self.devs.evict_queues(g, crate::events::EvictTrigger::Svm);
                     }
                     self.post(Work::Restore);
@@ -223,11 +224,11 @@ impl SvmInner {
         }
         if ok && st.evicted_ranges == snapshot {
             st.evicted_ranges = 0;
-            for g in 0..self.devs.gpus.len() {
+            for g in GpuIdx::all(self.devs.gpus.len()) {
                 self.devs.restore_queues(g, false);
             }
         } else {
-            for g in 0..self.devs.gpus.len() {
+            for g in GpuIdx::all(self.devs.gpus.len()) {
                 self.devs.restore_queues(g, true);
             }
             self.post(Work::Restore);

@@ -131,7 +131,7 @@ impl Engine {
                 Ok(true) => g.0 += 1,
                 Ok(false) => g.1 = true,
                 Err(e) => {
-                    tracing::warn!(error = %e, gpu = self.gpu, "compute doorbell failed; the queue stops");
+                    tracing::warn!(error = %e, gpu = %self.gpu, "compute doorbell failed; the queue stops");
                     g.1 = true;
                 }
             }

@@ -8,6 +8,7 @@
 use super::events::{Events, MemoryFault};
 use crate::error::Error;
 use crate::gpu::Devices;
+use crate::gpu::GpuIdx;
 use parking_lot::Mutex;
 
 /// KFD exception codes (`kfd_dbg_trap_exception_code`) a halted queue reports.
@@ -107,11 +108,11 @@ impl Status {
         &self,
         devs: &Devices,
         events: &Events,
-        (gpu, node): (usize, u32),
+        (gpu, node): (GpuIdx, u32),
         engine: &str,
         e: QueueError,
     ) {
-        tracing::warn!(gpu, error = %e, "{engine} queue halted");
+        tracing::warn!(gpu = %gpu, error = %e, "{engine} queue halted");
         {
             let mut slot = self.error.lock();
             if slot.is_some() {
@@ -147,7 +148,7 @@ pub(crate) fn access_failed(e: &Error) -> QueueError {
 
 /// A fatal fault of GPU `gpu` (node `node`) as a memory-exception event reports it: its
 /// page, and whether the page was read-only or not present.
-fn memory_fault(devs: &Devices, (gpu, node): (usize, u32), addr: u64, write: bool) -> MemoryFault {
+fn memory_fault(devs: &Devices, (gpu, node): (GpuIdx, u32), addr: u64, write: bool) -> MemoryFault {
     let page_no = crate::addr::PageNo::of_addr(addr as usize);
     let page = page_no.addr() as u64;
     let pte = devs.gpus[gpu].pt.get(page_no);

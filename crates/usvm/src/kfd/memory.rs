@@ -9,6 +9,7 @@
 use super::{KfdError, KfdResult};
 use crate::addr::PageNo;
 use crate::addr::Pages;
+use crate::gpu::GpuIdx;
 use crate::gpu::pagetable::{Pte, PteFlags};
 use crate::gpu::vram::{Bo, Clear, Reservation};
 use crate::range::GpuMask;
@@ -277,7 +278,7 @@ impl Memory {
                 Backing::Vram { bo, .. } => pt.map(s, n, |i| Pte::vram(bo.gpu(), bo.vram_page(i), f)),
                 _ => pt.map(s, n, |_| Pte::system(f)),
             }
-            b.mapped.insert(g);
+            b.mapped.insert(GpuIdx::new(g));
         }
     }
 
@@ -310,11 +311,11 @@ impl Memory {
             len: b.len,
             flags: b.flags,
             vram_gpu: match &b.backing {
-                Backing::Vram { bo, .. } => Some(bo.gpu()),
+                Backing::Vram { bo, .. } => Some(bo.gpu().get()),
                 _ => None,
             },
             user: matches!(b.backing, Backing::User),
-            mapped: b.mapped.iter().collect(),
+            mapped: b.mapped.iter().map(GpuIdx::get).collect(),
         })
     }
 

@@ -12,6 +12,7 @@ use super::halt::{ErrorReport, QueueError, Status};
 use super::sdma::{self, RPTR_WORD, WPTR_WORD};
 use super::{KfdError, KfdResult};
 use crate::gpu::Devices;
+use crate::gpu::GpuIdx;
 use crate::svm::Svm;
 use crate::sys::doorbell::{Doorbell, SharedPage};
 use parking_lot::Mutex;
@@ -68,7 +69,7 @@ impl Bell {
 pub(crate) struct EngineCtx {
     pub(crate) devs: Arc<Devices>,
     pub(crate) events: Arc<Events>,
-    pub(crate) gpu: usize,
+    pub(crate) gpu: GpuIdx,
     pub(crate) node: u32,
     pub(crate) ring: usize,
     pub(crate) ring_bytes: u64,
@@ -91,6 +92,7 @@ fn start(
         return Ok((Bell::Plain(SharedPage::new()?), None));
     }
     let bell = Arc::new(Doorbell::new()?);
+    let gpu = GpuIdx::new(gpu);
     let (devs, events, doorbell) = (svm.inner().devs.clone(), events.clone(), bell.clone());
     let (ptrs, stop, status) = (ptrs.clone(), stop.clone(), status.clone());
     let t = if kind == QueueKind::Compute {

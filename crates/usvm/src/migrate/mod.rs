@@ -54,6 +54,7 @@ use crate::error::{Error, Result};
 use crate::events::EventHub;
 use crate::events::{Counter, EventKind, EvictTrigger, MigrateTrigger, UnmapTrigger};
 use crate::gpu::Devices;
+use crate::gpu::GpuIdx;
 use crate::gpu::sdma::CopyOp;
 use crate::gpu::vram::Bo;
 use crate::gpu::vram::Clear;
@@ -86,8 +87,8 @@ pub(crate) struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// The GPU index of a location, if it is one of the instance's GPUs.
-    pub(crate) fn gpu_of(&self, l: Location) -> Option<usize> {
-        l.gpu().and_then(|g| self.devs.gpus.iter().position(|d| d.id == g))
+    pub(crate) fn gpu_of(&self, l: Location) -> Option<GpuIdx> {
+        l.gpu().and_then(|g| self.devs.gpus.iter().position(|d| d.id == g)).map(GpuIdx::new)
     }
 }
 
@@ -133,7 +134,7 @@ fn invalidate_piece(
     let mapped = r.mapped_gpus.iter().next().is_some();
     if !xnack || r.attrs.flags.contains(SvmFlags::GPU_ALWAYS_MAPPED) {
         if mapped && *inv != Invalidation::QueuesEvicted {
-            for g in 0..cx.devs.gpus.len() {
+            for g in GpuIdx::all(cx.devs.gpus.len()) {
                 cx.devs.evict_queues(g, EvictTrigger::Svm);
             }
             *inv = Invalidation::QueuesEvicted;
@@ -170,7 +171,7 @@ fn restore(cx: &Ctx, r: &mut SvmRange, inv: Invalidation, xnack: bool) {
     if map::remap_range(cx.devs, r, gpus).is_err() {
         map::unmap_from_gpus(cx.devs, r, Pages::new(s, l), UnmapTrigger::MmuNotify);
     }
-    for g in 0..cx.devs.gpus.len() {
+    for g in GpuIdx::all(cx.devs.gpus.len()) {
         cx.devs.restore_queues(g, false);
     }
 }
@@ -239,7 +240,7 @@ fn piece_events<T>(
 fn log_migration(
     dir: &str,
     (first, last): (PageNo, PageNo),
-    gpu: usize,
+    gpu: GpuIdx,
     trigger: MigrateTrigger,
     moved: u64,
     ok: bool,
@@ -247,7 +248,7 @@ fn log_migration(
     tracing::debug!(
         addr = format_args!("{:#x}", first.addr()),
         pages = last - first + 1,
-        gpu,
+        gpu = %gpu,
         ?trigger,
         moved,
         ok,

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::addr::Pages;
+use crate::gpu::GpuIdx;
 
 /// VRAM -> RAM of the pages `[first, last]` of `r` (`svm_migrate_vram_to_ram`). Returns the
 /// number of pages that moved.
@@ -55,7 +56,7 @@ pub fn to_ram(cx: &Ctx, r: &mut SvmRange, pages: Pages, trigger: MigrateTrigger)
 }
 
 /// The three phases for one VMA piece `[ps, pl]` of `r`, VRAM of GPU `g` -> RAM.
-fn piece_to_ram(cx: &Ctx, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) -> Result<u64> {
+fn piece_to_ram(cx: &Ctx, r: &mut SvmRange, g: GpuIdx, ps: PageNo, pl: PageNo) -> Result<u64> {
     let eng = &cx.engine;
     let dev = &cx.devs.gpus[g];
     let Some(backing) = r.vram.clone() else { return Ok(0) };
@@ -109,7 +110,7 @@ fn piece_to_ram(cx: &Ctx, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) ->
 fn small_to_ram(
     cx: &Ctx,
     r: &mut SvmRange,
-    g: usize,
+    g: GpuIdx,
     backing: &VramBacking,
     bs: PageNo,
     n: u64,

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::addr::Pages;
+use crate::gpu::GpuIdx;
 
 /// How many rounds of TTM eviction an allocation may ask for before it fails.
 pub const EVICTION_ROUNDS: usize = 3;
@@ -10,7 +11,7 @@ pub const EVICTION_ROUNDS: usize = 3;
 /// A BO for the whole range `r` on GPU `g`; when VRAM is short, the least recently used
 /// BOs are handed to `evict` (every range sharing them goes back to RAM, trigger
 /// TTM_EVICTION) and the allocation tries again (section 6.5).
-fn alloc_evicting(cx: &Ctx, r: &SvmRange, g: usize, evict: Evict) -> Result<crate::gpu::vram::Bo> {
+fn alloc_evicting(cx: &Ctx, r: &SvmRange, g: GpuIdx, evict: Evict) -> Result<crate::gpu::vram::Bo> {
     let npages = r.npages();
     let vram = &cx.devs.gpus[g].vram;
     let mut round = 0;
@@ -25,7 +26,7 @@ fn alloc_evicting(cx: &Ctx, r: &SvmRange, g: usize, evict: Evict) -> Result<crat
                 }
                 let ids: Vec<u64> = victims.iter().map(|b| b.id()).collect();
                 tracing::debug!(
-                    gpu = g,
+                    gpu = %g,
                     need_pages = npages,
                     victims = ids.len(),
                     "VRAM full: evicting LRU ranges"
@@ -46,7 +47,7 @@ pub fn to_vram(
     cx: &Ctx,
     r: &mut SvmRange,
     pages: Pages,
-    g: usize,
+    g: GpuIdx,
     trigger: MigrateTrigger,
     evict: Evict,
 ) -> Result<u64> {
@@ -103,7 +104,7 @@ pub fn to_vram(
 
 /// VRAM -> VRAM: a range on another GPU than `g` first goes back to RAM (section 4.7),
 /// `VRAM_TO_VRAM_TRIES` attempts, then EDEADLK.
-fn empty_other_gpu(cx: &Ctx, r: &mut SvmRange, g: usize, trigger: MigrateTrigger) -> Result<()> {
+fn empty_other_gpu(cx: &Ctx, r: &mut SvmRange, g: GpuIdx, trigger: MigrateTrigger) -> Result<()> {
     let mut tries = 0;
     while let Some(cur) = cx.gpu_of(r.actual_loc) {
         if cur == g {
@@ -120,7 +121,7 @@ fn empty_other_gpu(cx: &Ctx, r: &mut SvmRange, g: usize, trigger: MigrateTrigger
 
 /// The three phases for one anonymous VMA piece `[ps, pl]` of `r`, RAM -> VRAM of GPU `g`,
 /// one staging batch ([`ToVramBatch`]) at a time.
-fn piece_to_vram(cx: &Ctx, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) -> Result<u64> {
+fn piece_to_vram(cx: &Ctx, r: &mut SvmRange, g: GpuIdx, ps: PageNo, pl: PageNo) -> Result<u64> {
     let dev = &cx.devs.gpus[g];
     let backing = r.vram.clone().expect("BO allocated");
     let mut moved = 0;
@@ -134,7 +135,7 @@ fn piece_to_vram(cx: &Ctx, r: &mut SvmRange, g: usize, ps: PageNo, pl: PageNo) -
             let mut batch = ToVramBatch::collect(cx.engine, r, backing.clone(), Pages::new(bs, bl))?;
             if let Err(e) = batch.copy(&dev.sdma) {
                 // Its pages go back to the application; the rest of the range moves.
-                tracing::debug!(gpu = g, error = %e, "a copy chunk to VRAM failed");
+                tracing::debug!(gpu = %g, error = %e, "a copy chunk to VRAM failed");
             }
             moved += batch.finalize()?;
             bs = bl + 1;
@@ -202,14 +203,15 @@ mod tests {
         let all = r.pages();
         let mut evicted = 0;
         let moved =
-            to_vram(&rig.cx(), &mut r, all, 0, MigrateTrigger::Prefetch, &mut |_| evicted += 1).unwrap();
+            to_vram(&rig.cx(), &mut r, all, GpuIdx::new(0), MigrateTrigger::Prefetch, &mut |_| evicted += 1)
+                .unwrap();
         assert_eq!((moved, r.vram_pages(), evicted), (512, 512, 0));
         assert_eq!(r.actual_loc, Location::Gpu(GpuId(0x1111)));
         assert!(
             sys::pagemap::has_memory(addr, 512).unwrap().iter().all(|&p| !p),
             "the pages left the process"
         );
-        assert_eq!(rig.events.counters(0).page_in, 512);
+        assert_eq!(rig.events.counters(GpuIdx::new(0)).page_in, 512);
         let moved = to_ram(&rig.cx(), &mut r, all, MigrateTrigger::Prefetch).unwrap();
         assert_eq!((moved, r.vram_pages(), r.actual_loc), (512, 0, Location::Sysmem));
         let mut back = vec![0u8; len];
@@ -235,7 +237,7 @@ mod tests {
         // since this callback keeps it, fails after its rounds).
         let squatter = rig.devs.gpus[0].vram.alloc(768, crate::gpu::vram::Clear::Yes).unwrap();
         let mut asked = Vec::new();
-        let res = to_vram(&rig.cx(), &mut r, all, 0, MigrateTrigger::Prefetch, &mut |v| {
+        let res = to_vram(&rig.cx(), &mut r, all, GpuIdx::new(0), MigrateTrigger::Prefetch, &mut |v| {
             asked.extend(v.iter().map(|b| b.id()))
         });
         assert!(res.is_err(), "the squatter stayed");

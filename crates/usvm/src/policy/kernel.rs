@@ -6,6 +6,7 @@
 //! Everything here is deterministic and unit tested; the instance acts on the answers.
 
 use crate::attr::{Location, SvmFlags};
+use crate::gpu::GpuIdx;
 use crate::range::{AttrOp, GpuMask, PageNo, RangeAttrs};
 
 /// Smallest maximum range size, in pages (2 MiB).
@@ -48,7 +49,7 @@ mod tests {
 /// already mapped or ALWAYS_MAPPED) every ACCESS GPU.
 pub fn gpus_to_map(
     attrs: &RangeAttrs,
-    actual_gpu: Option<usize>,
+    actual_gpu: Option<GpuIdx>,
     mapped_to_gpu: bool,
     xnack: bool,
 ) -> GpuMask {
@@ -83,9 +84,9 @@ pub fn ops_update_mapping(ops: &[AttrOp], xnack: bool, remap_pending: bool) -> b
 /// otherwise the range's PREFETCH_LOC.
 pub fn best_prefetch_location(
     attrs: &RangeAttrs,
-    target: usize,
+    target: GpuIdx,
     xnack: bool,
-    same_hive: impl Fn(usize, usize) -> bool,
+    same_hive: impl Fn(GpuIdx, GpuIdx) -> bool,
 ) -> Location {
     let candidates = if xnack { attrs.access_in_place } else { attrs.access | attrs.access_in_place };
     if candidates.iter().any(|c| c != target && !same_hive(target, c)) {
@@ -101,7 +102,7 @@ pub enum RestoreLocation {
     /// System memory.
     Sysmem,
     /// The VRAM of the GPU with this index.
-    Gpu(usize),
+    Gpu(GpuIdx),
     /// The faulting GPU has no access: a fatal fault.
     NoAccess,
 }
@@ -115,10 +116,10 @@ pub enum RestoreLocation {
 /// memory, `None` = undefined); `actual` is the GPU holding the data, if any.
 pub fn best_restore_location(
     attrs: &RangeAttrs,
-    preferred: Option<Option<usize>>,
-    actual: Option<usize>,
-    faulter: usize,
-    same_hive: impl Fn(usize, usize) -> bool,
+    preferred: Option<Option<GpuIdx>>,
+    actual: Option<GpuIdx>,
+    faulter: GpuIdx,
+    same_hive: impl Fn(GpuIdx, GpuIdx) -> bool,
 ) -> RestoreLocation {
     match preferred {
         Some(Some(p)) if p == faulter => return RestoreLocation::Gpu(faulter),
@@ -146,7 +147,7 @@ pub enum Move {
     /// To system memory.
     ToSysmem,
     /// To the VRAM of the GPU with this index.
-    ToGpu(usize),
+    ToGpu(GpuIdx),
 }
 
 /// What a SET_ATTR moves a range to (`svm_range_trigger_migration`, section 4.2, plus the
@@ -164,8 +165,8 @@ pub fn set_attr_move(
     old_pref: Location,
     (seed_enabled, asks_prefetch, xnack): (bool, bool, bool),
     actual: Location,
-    gpu_idx: impl Fn(crate::attr::GpuId) -> usize,
-    same_hive: impl Fn(usize, usize) -> bool,
+    gpu_idx: impl Fn(crate::attr::GpuId) -> GpuIdx,
+    same_hive: impl Fn(GpuIdx, GpuIdx) -> bool,
 ) -> Move {
     let best = match attrs.prefetch_loc {
         Location::Gpu(g) => best_prefetch_location(attrs, gpu_idx(g), xnack, &same_hive),
@@ -215,8 +216,8 @@ mod move_tests {
         Location::Gpu(GpuId(0x1111 * (i as u32 + 1)))
     }
 
-    fn idx(g: GpuId) -> usize {
-        (g.0 / 0x1111 - 1) as usize
+    fn idx(g: GpuId) -> GpuIdx {
+        GpuIdx::new((g.0 / 0x1111 - 1) as usize)
     }
 
     fn attrs(prefetch: Location, preferred: Location) -> RangeAttrs {
@@ -235,7 +236,7 @@ mod move_tests {
     #[test]
     fn prefetch_wins_and_goes_where_it_says() {
         let a = attrs(gpu(1), Location::Undefined);
-        assert_eq!(decide(&a, Location::Undefined, PLAIN, Location::Sysmem), Move::ToGpu(1));
+        assert_eq!(decide(&a, Location::Undefined, PLAIN, Location::Sysmem), Move::ToGpu(GpuIdx::new(1)));
         let a = attrs(Location::Sysmem, gpu(0));
         assert_eq!(decide(&a, Location::Undefined, PLAIN, gpu(0)), Move::ToSysmem);
         assert_eq!(decide(&a, Location::Undefined, PLAIN, Location::Sysmem), Move::Stay, "already there");
@@ -252,8 +253,11 @@ mod move_tests {
     #[test]
     fn the_seeds_preferred_loc_rule() {
         let to_gpu = attrs(Location::Undefined, gpu(1));
-        assert_eq!(decide(&to_gpu, Location::Sysmem, PLAIN, Location::Sysmem), Move::ToGpu(1));
-        assert_eq!(decide(&to_gpu, Location::Undefined, PLAIN, Location::Sysmem), Move::ToGpu(1));
+        assert_eq!(decide(&to_gpu, Location::Sysmem, PLAIN, Location::Sysmem), Move::ToGpu(GpuIdx::new(1)));
+        assert_eq!(
+            decide(&to_gpu, Location::Undefined, PLAIN, Location::Sysmem),
+            Move::ToGpu(GpuIdx::new(1))
+        );
         assert_eq!(decide(&to_gpu, gpu(1), PLAIN, Location::Sysmem), Move::Stay, "no change");
         assert_eq!(
             decide(&to_gpu, Location::Sysmem, (false, false, false), Location::Sysmem),
@@ -277,8 +281,8 @@ mod move_tests {
         use RestoreLocation as R;
         assert_eq!(retry_fault_move(Location::Sysmem, R::Sysmem), Move::Stay);
         assert_eq!(retry_fault_move(gpu(0), R::Sysmem), Move::ToSysmem);
-        assert_eq!(retry_fault_move(Location::Sysmem, R::Gpu(1)), Move::ToGpu(1));
-        assert_eq!(retry_fault_move(gpu(1), R::Gpu(1)), Move::ToGpu(1));
+        assert_eq!(retry_fault_move(Location::Sysmem, R::Gpu(GpuIdx::new(1))), Move::ToGpu(GpuIdx::new(1)));
+        assert_eq!(retry_fault_move(gpu(1), R::Gpu(GpuIdx::new(1))), Move::ToGpu(GpuIdx::new(1)));
     }
 }
 
@@ -308,22 +312,46 @@ mod placement_tests {
 
     #[test]
     fn restore_location_follows_section_5_3() {
-        let no_hive = |a: usize, b: usize| a == b;
-        let hive = |_: usize, _: usize| true;
+        let no_hive = |a: GpuIdx, b: GpuIdx| a == b;
+        let hive = |_: GpuIdx, _: GpuIdx| true;
         let a = attrs(0b11, 0);
         // Preferred location first.
-        assert_eq!(best_restore_location(&a, Some(Some(0)), None, 0, no_hive), RestoreLocation::Gpu(0));
-        assert_eq!(best_restore_location(&a, Some(None), None, 0, no_hive), RestoreLocation::Sysmem);
-        assert_eq!(best_restore_location(&a, Some(Some(1)), None, 0, hive), RestoreLocation::Gpu(1));
+        assert_eq!(
+            best_restore_location(&a, Some(Some(GpuIdx::new(0))), None, GpuIdx::new(0), no_hive),
+            RestoreLocation::Gpu(GpuIdx::new(0))
+        );
+        assert_eq!(
+            best_restore_location(&a, Some(None), None, GpuIdx::new(0), no_hive),
+            RestoreLocation::Sysmem
+        );
+        assert_eq!(
+            best_restore_location(&a, Some(Some(GpuIdx::new(1))), None, GpuIdx::new(0), hive),
+            RestoreLocation::Gpu(GpuIdx::new(1))
+        );
         // Preferred on a non-hive GPU falls through to ACCESS.
-        assert_eq!(best_restore_location(&a, Some(Some(1)), None, 0, no_hive), RestoreLocation::Gpu(0));
+        assert_eq!(
+            best_restore_location(&a, Some(Some(GpuIdx::new(1))), None, GpuIdx::new(0), no_hive),
+            RestoreLocation::Gpu(GpuIdx::new(0))
+        );
         // IN_PLACE: where the data is when reachable, else system memory.
         let b = attrs(0, 0b01);
-        assert_eq!(best_restore_location(&b, None, None, 0, no_hive), RestoreLocation::Sysmem);
-        assert_eq!(best_restore_location(&b, None, Some(0), 0, no_hive), RestoreLocation::Gpu(0));
-        assert_eq!(best_restore_location(&b, None, Some(1), 0, no_hive), RestoreLocation::Sysmem);
-        assert_eq!(best_restore_location(&b, None, Some(1), 0, hive), RestoreLocation::Gpu(1));
-        assert_eq!(best_restore_location(&attrs(0, 0), None, None, 0, no_hive), RestoreLocation::NoAccess);
+        assert_eq!(best_restore_location(&b, None, None, GpuIdx::new(0), no_hive), RestoreLocation::Sysmem);
+        assert_eq!(
+            best_restore_location(&b, None, Some(GpuIdx::new(0)), GpuIdx::new(0), no_hive),
+            RestoreLocation::Gpu(GpuIdx::new(0))
+        );
+        assert_eq!(
+            best_restore_location(&b, None, Some(GpuIdx::new(1)), GpuIdx::new(0), no_hive),
+            RestoreLocation::Sysmem
+        );
+        assert_eq!(
+            best_restore_location(&b, None, Some(GpuIdx::new(1)), GpuIdx::new(0), hive),
+            RestoreLocation::Gpu(GpuIdx::new(1))
+        );
+        assert_eq!(
+            best_restore_location(&attrs(0, 0), None, None, GpuIdx::new(0), no_hive),
+            RestoreLocation::NoAccess
+        );
     }
 
     #[test]
@@ -339,7 +367,7 @@ mod placement_tests {
         let mut a = attrs(0b01, 0b10);
         assert_eq!(gpus_to_map(&a, None, false, false), GpuMask(0b11));
         assert_eq!(gpus_to_map(&a, None, false, true), GpuMask(0b10));
-        assert_eq!(gpus_to_map(&a, Some(0), false, true), GpuMask(0b11));
+        assert_eq!(gpus_to_map(&a, Some(GpuIdx::new(0)), false, true), GpuMask(0b11));
         a.access_in_place = GpuMask::EMPTY;
         assert_eq!(gpus_to_map(&a, None, false, true), GpuMask::EMPTY);
         assert_eq!(gpus_to_map(&a, None, true, true), GpuMask(0b01));

@@ -13,6 +13,7 @@
 pub mod tree;
 
 use crate::attr::{Location, SvmFlags};
+use crate::gpu::GpuIdx;
 use crate::gpu::vram::Bo;
 use std::time::Instant;
 
@@ -34,20 +35,20 @@ impl GpuMask {
         if n >= 64 { GpuMask(u64::MAX) } else { GpuMask((1u64 << n) - 1) }
     }
     /// Whether GPU `idx` is in the set.
-    pub const fn contains(self, idx: usize) -> bool {
-        self.0 & (1 << idx) != 0
+    pub const fn contains(self, idx: GpuIdx) -> bool {
+        self.0 & (1 << idx.get()) != 0
     }
     /// Adds GPU `idx`.
-    pub fn insert(&mut self, idx: usize) {
-        self.0 |= 1 << idx;
+    pub fn insert(&mut self, idx: GpuIdx) {
+        self.0 |= 1 << idx.get();
     }
     /// Removes GPU `idx`.
-    pub fn remove(&mut self, idx: usize) {
-        self.0 &= !(1 << idx);
+    pub fn remove(&mut self, idx: GpuIdx) {
+        self.0 &= !(1 << idx.get());
     }
     /// The GPU indices in the set, ascending.
-    pub fn iter(self) -> impl Iterator<Item = usize> {
-        (0..64).filter(move |&i| self.contains(i))
+    pub fn iter(self) -> impl Iterator<Item = GpuIdx> {
+        GpuIdx::all(64).filter(move |&i| self.contains(i))
     }
 }
 
@@ -74,11 +75,11 @@ pub enum AttrOp {
     /// PREFETCH_LOC (never UNDEFINED).
     Prefetch(Location),
     /// ACCESS for a GPU index.
-    Access(usize),
+    Access(GpuIdx),
     /// ACCESS_IN_PLACE for a GPU index.
-    AccessInPlace(usize),
+    AccessInPlace(GpuIdx),
     /// NO_ACCESS for a GPU index.
-    NoAccess(usize),
+    NoAccess(GpuIdx),
     /// SET_FLAGS.
     SetFlags(SvmFlags),
     /// CLR_FLAGS.

@@ -8,6 +8,7 @@ use super::IsaError;
 use super::decode::{Format, Inst, NONE};
 use super::ops::Kind;
 use super::wave::{LANES, Wave};
+use crate::gpu::GpuIdx;
 use crate::gpu::{Access, Devices};
 
 /// A wave's view of memory.
@@ -27,7 +28,7 @@ pub struct GpuMem<'a> {
     /// The instance's GPUs.
     pub devs: &'a Devices,
     /// The index of the GPU the waves run on.
-    pub gpu: usize,
+    pub gpu: GpuIdx,
 }
 
 impl Memory for GpuMem<'_> {
@@ -49,7 +50,7 @@ impl Devices {
     /// Shader waves call it between time slices, so that no wave runs while its queues
     /// are evicted, ALU-only loops included (a memory instruction already waits inside
     /// [`Devices::access`]). Never held across a slice: an evictor waits for it.
-    pub(crate) fn pause_point(&self, gpu: usize) {
+    pub(crate) fn pause_point(&self, gpu: GpuIdx) {
         self.enter(gpu);
         self.leave(gpu);
     }

@@ -28,6 +28,8 @@ pub mod shaders;
 mod tests;
 pub mod wave;
 
+use super::GpuIdx;
+
 /// One DISPATCH_DIRECT's parameters, from the SH registers.
 #[derive(Clone, Debug)]
 pub struct Launch {
@@ -109,7 +111,7 @@ pub struct DispatchStats {
 /// [`IsaError::Stopped`] once `stop` is set.
 pub fn run_dispatch(
     devs: &crate::gpu::Devices,
-    gpu: usize,
+    gpu: GpuIdx,
     launch: &Launch,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<DispatchStats, IsaError> {

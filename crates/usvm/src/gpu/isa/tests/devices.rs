@@ -8,6 +8,7 @@ use crate::addr::{PageNo, Pages};
 use crate::attr::GpuId;
 use crate::events::{EventHub, EvictTrigger};
 use crate::gpu::Devices;
+use crate::gpu::GpuIdx;
 use crate::gpu::pagetable::{Pte, PteFlags};
 use crate::sys::{self, PAGE_SIZE};
 use std::sync::Arc;
@@ -47,12 +48,12 @@ fn copy_dword_through_the_page_table_and_a_fatal_fault() {
     put(src, &[0xabcd_0123]);
     let stop = AtomicBool::new(false);
     let l = kfdtest_launch(m as u64, src as u64, dst as u64, 1);
-    run_dispatch(&d, 0, &l, &stop).unwrap();
+    run_dispatch(&d, GpuIdx::new(0), &l, &stop).unwrap();
     assert_eq!(get(dst), 0xabcd_0123);
     // The source's page unmapped on the GPU, no fault handler: a fatal fault, nothing stored.
     put(dst, &[0]);
     d.gpus[0].pt.unmap(Pages::one(PageNo::of_addr(src)));
-    let e = run_dispatch(&d, 0, &l, &stop).unwrap_err();
+    let e = run_dispatch(&d, GpuIdx::new(0), &l, &stop).unwrap_err();
     assert!(
         matches!(e, IsaError::Fault(crate::Error::GpuVmFault { addr, write: false, .. }) if addr == src as u64),
         "{e:?}"
@@ -60,7 +61,7 @@ fn copy_dword_through_the_page_table_and_a_fatal_fault() {
     assert_eq!(get(dst), 0);
     // Code the GPU cannot reach faults at its fetch.
     d.gpus[0].pt.unmap(Pages::one(PageNo::of_addr(m)));
-    let e = run_dispatch(&d, 0, &l, &stop).unwrap_err();
+    let e = run_dispatch(&d, GpuIdx::new(0), &l, &stop).unwrap_err();
     assert!(matches!(e, IsaError::Fault(crate::Error::GpuVmFault { addr, .. }) if addr == m as u64), "{e:?}");
 }
 
@@ -74,17 +75,17 @@ fn evicted_queues_pause_the_waves_between_instructions() {
     let stop = AtomicBool::new(false);
     let sum = || (0..waves as usize).map(|k| u64::from(get(counters + 4 * k))).sum::<u64>();
     std::thread::scope(|s| {
-        let t = s.spawn(|| run_dispatch(&d, 0, &l, &stop));
+        let t = s.spawn(|| run_dispatch(&d, GpuIdx::new(0), &l, &stop));
         let deadline = Instant::now() + Duration::from_secs(10);
         while (0..waves as usize).any(|k| get(counters + 4 * k) == 0) {
             assert!(Instant::now() < deadline, "some wave never ran");
             std::thread::yield_now();
         }
-        d.evict_queues(0, EvictTrigger::Svm);
+        d.evict_queues(GpuIdx::new(0), EvictTrigger::Svm);
         let before = sum();
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(sum(), before, "a wave ran while its queues were evicted");
-        d.restore_queues(0, false);
+        d.restore_queues(GpuIdx::new(0), false);
         while sum() == before {
             assert!(Instant::now() < deadline, "the waves did not resume");
             std::thread::yield_now();
@@ -119,13 +120,13 @@ fn an_alu_loop_pauses_while_evicted_and_stops_promptly() {
     put(m, &[0x80068106, 0xbf82fffe]); // L: s_add_u32 s6, s6, 1; s_branch L
     let l = kfdtest_launch(m as u64, 0, 0, 8);
     let stop = AtomicBool::new(false);
-    let mem = Counting { inner: GpuMem { devs: &d, gpu: 0 }, passed: AtomicU64::new(0) };
+    let mem = Counting { inner: GpuMem { devs: &d, gpu: GpuIdx::new(0) }, passed: AtomicU64::new(0) };
     std::thread::scope(|s| {
         let t = s.spawn(|| run_on(&mem, &l, &stop, 2));
         while mem.passed.load(Relaxed) < 100 {
             std::thread::yield_now();
         }
-        d.evict_queues(0, EvictTrigger::Svm);
+        d.evict_queues(GpuIdx::new(0), EvictTrigger::Svm);
         // A worker that left its pause point just before the eviction counts it once more,
         // runs one slice, and then waits at the next one.
         let n = mem.passed.load(Relaxed);
@@ -133,7 +134,7 @@ fn an_alu_loop_pauses_while_evicted_and_stops_promptly() {
         let ran = mem.passed.load(Relaxed) - n;
         assert!(ran <= 2, "{ran} slices ran while the queues were evicted (2 workers)");
         stop.store(true, Relaxed);
-        d.restore_queues(0, false);
+        d.restore_queues(GpuIdx::new(0), false);
         let at = Instant::now();
         assert!(matches!(t.join().unwrap(), Err(IsaError::Stopped)));
         assert!(at.elapsed() < Duration::from_secs(1));
