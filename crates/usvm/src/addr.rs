@@ -130,6 +130,11 @@ impl Pages {
         Pages { first: p, last: p }
     }
 
+    /// The `n` pages from `first` (`n >= 1`).
+    pub fn starting_at(first: PageNo, n: u64) -> Pages {
+        Pages::new(first, first + (n - 1))
+    }
+
     /// The pages that hold the bytes `[start, end)` (`start < end`).
     pub fn of_bytes(start: usize, end: usize) -> Pages {
         Pages::new(PageNo::of_addr(start), PageNo::of_addr(end - 1))

@@ -112,11 +112,14 @@ impl SvmInner {
             let kind = EventKind::PageFaultStart { addr: page.get(), gpu: id, write };
             self.events.emit_event(crate::events::Event { ns: entry_ns, pid: self.events.pid(), kind });
         }
-        let Pages { first, last } = self.fault_extent((&st.tree, r), page, vma, plan);
+        let (Pages { first, last }, ahead) = self.fault_extent((&st.tree, r), page, vma, plan);
         // Migrate the granule where it is best, or map the data in place (section 5.4).
         let cause = Cause::GpuFault { gpu: id, addr, write };
         let moved = plan.and_then(|best| self.fault_move(&mut st, key, Pages::new(first, last), best, cause));
         let migrated = matches!(moved, Some(Ok(())));
+        if let (true, Some(RestoreLocation::Gpu(b))) = (migrated && ahead > 0, plan) {
+            self.read_ahead(&mut st, (last, ahead), addr, Some(b));
+        }
         let mut result = moved.unwrap_or(Ok(()));
         if result.is_ok() {
             let mut one = GpuMask::EMPTY;
@@ -192,17 +195,17 @@ impl SvmInner {
 
     /// The pages a fault on `page` of `r` moves to `best` (or, `None`, maps where they
     /// are: the granule): the placement rules' extent around the granule, within the range
-    /// and the faulting mapping `vma`.
+    /// and the faulting mapping `vma`; and how many pages past it the rules read ahead.
     fn fault_extent(
         &self,
         (tree, r): (&RangeTree, &SvmRange),
         page: PageNo,
         vma: Pages,
         best: Option<RestoreLocation>,
-    ) -> Pages {
+    ) -> (Pages, u64) {
         let (first, last) = policy::granule_extent(page, r.attrs.granularity, r.start, r.last);
         let Some(best) = best else {
-            return Pages::new(first, last);
+            return (Pages::new(first, last), 0);
         };
         let limit = r.pages().intersect(vma).unwrap_or(Pages::one(page));
         let dest = match best {
@@ -217,7 +220,8 @@ impl SvmInner {
             })
         };
         let f = policy::FaultView { granule: Pages::new(first, last), limit: &|| limit, resident: &resident };
-        self.rules.fault_extent(&f)
+        let extent = self.rules.fault_extent(&f);
+        (extent, self.rules.read_ahead(&f, extent))
     }
 
     /// The migration of a retry fault's granule `[first, last]` of the range at `key` to

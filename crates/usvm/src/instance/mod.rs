@@ -242,9 +242,42 @@ impl SvmInner {
         };
         let f = policy::FaultView { granule: Pages::new(first, last), limit: &limit, resident: &resident };
         let (key, pages) = (r.start, self.rules.fault_extent(&f));
+        let ahead = self.rules.read_ahead(&f, pages);
         // The migration wakes the threads waiting in the granule once it is done.
-        self.move_to_ram(st, key, pages, MigrateTrigger::PagefaultCpu, Cause::CpuFault { addr, write })
-            .map(|_| ())
+        self.move_to_ram(st, key, pages, MigrateTrigger::PagefaultCpu, Cause::CpuFault { addr, write })?;
+        if ahead > 0 {
+            self.read_ahead(st, (pages.last, ahead), addr, None);
+        }
+        Ok(())
+    }
+
+    /// Moves up to `n` pages after page `after` that live in the following ranges of the
+    /// VMA holding `addr` to RAM (`to` = `None`) or to the VRAM of GPU `to`, ahead of a
+    /// stream's faults (the placement rules asked for it): what is already there stays, a
+    /// failure just ends the read-ahead.
+    pub(crate) fn read_ahead(
+        &self,
+        st: &mut SvmState,
+        (after, n): (PageNo, u64),
+        addr: usize,
+        to: Option<GpuIdx>,
+    ) {
+        let Some(v) = sys::vma::lookup(addr, false).ok().flatten() else { return };
+        let Some(want) = Pages::starting_at(after + 1, n).intersect(Pages::of_bytes(v.start, v.end)) else {
+            return;
+        };
+        let keys: Vec<(PageNo, Pages)> =
+            st.tree.overlapping(want).filter_map(|r| Some((r.start, r.pages().intersect(want)?))).collect();
+        let cause = Cause::Policy { rule: "stream-ahead" };
+        for (key, pages) in keys {
+            let moved = match to {
+                None => self.move_to_ram(st, key, pages, MigrateTrigger::Prefetch, cause.clone()),
+                Some(g) => self.move_to_vram(st, key, pages, g, (MigrateTrigger::Prefetch, cause.clone())),
+            };
+            if moved.is_err() {
+                return;
+            }
+        }
     }
 
     /// Where each of `n` pages from `page` lives.

@@ -14,6 +14,9 @@
 //!   brings it to RAM, where it then stays) when the range has no PREFERRED_LOC, else
 //!   throttling (the faulting GPU waits `throttle_nap` before its fault is served). A pin
 //!   ends after `pin_epoch` without a fault on the block.
+//! - **Read-ahead**: a stream whose fault took the rest of its range also moves the next
+//!   `stream_window_pages` of the faulting VMA, in the following ranges (recorded as
+//!   `Cause::Policy { rule: "stream-ahead" }`): the stream's next faults find them there.
 //! - **First touch**: a prefetch or a PREFERRED_LOC change does not migrate pages that
 //!   were never populated ([`migrates_unpopulated`]): they are populated where they are
 //!   first touched (RAM by the CPU, the faulting GPU's VRAM by a GPU fault).
@@ -221,6 +224,11 @@ impl super::Placement for AdaptiveRules {
             Some(s) => Pages::new(dense.first.min(s.first), dense.last.max(s.last)),
             None => dense,
         }
+    }
+    fn read_ahead(&self, f: &super::FaultView<'_>, extent: Pages) -> u64 {
+        let limit = (f.limit)();
+        let streaming = stream_extent(f.granule, limit, self.0.stream_window_pages, f.resident).is_some();
+        if streaming && extent.last == limit.last { self.0.stream_window_pages } else { 0 }
     }
     fn gpu_fault(&self, st: &mut Thrashing, page: PageNo, now_ns: u64, has_preferred: bool) -> Mitigation {
         st.on_gpu_fault(page, now_ns, has_preferred, &self.0)

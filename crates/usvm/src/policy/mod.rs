@@ -38,6 +38,10 @@ pub struct FaultView<'a> {
 pub trait Placement: Send + Sync + std::fmt::Debug {
     /// The pages a CPU or GPU fault migrates (the kernel: the granule).
     fn fault_extent(&self, f: &FaultView<'_>) -> Pages;
+    /// How many pages past `extent` (what [`Self::fault_extent`] chose) the fault also
+    /// moves to the same place, in the following ranges of the faulting VMA (the kernel:
+    /// none). Recorded as `Cause::Policy`.
+    fn read_ahead(&self, f: &FaultView<'_>, extent: Pages) -> u64;
     /// What a GPU fault on `page` does about thrashing (`has_preferred`: the range has a
     /// PREFERRED_LOC), recording that the fault happened.
     fn gpu_fault(&self, st: &mut Thrashing, page: PageNo, now_ns: u64, has_preferred: bool) -> Mitigation;
@@ -62,6 +66,9 @@ pub struct KernelRules;
 impl Placement for KernelRules {
     fn fault_extent(&self, f: &FaultView<'_>) -> Pages {
         f.granule
+    }
+    fn read_ahead(&self, _: &FaultView<'_>, _: Pages) -> u64 {
+        0
     }
     fn gpu_fault(&self, _: &mut Thrashing, _: PageNo, _: u64, _: bool) -> Mitigation {
         Mitigation::None
@@ -145,7 +152,7 @@ impl Default for AdaptiveTunables {
     fn default() -> Self {
         AdaptiveTunables {
             density_percent: 51,
-            stream_window_pages: 2048,
+            stream_window_pages: 4096,
             thrash_moves: 3,
             thrash_lapse: Duration::from_millis(50),
             thrash_block_pages: 16,

@@ -76,10 +76,10 @@ fn cpu_stream_faults(policy: Policy) -> u64 {
     svm.set_attr(buf.addr(), buf.len(), &[Attr::PrefetchLoc(Location::Gpu(g))]).unwrap();
     assert!(svm.residency(buf.addr(), 256).iter().all(|r| *r == Residency::Vram(g)));
     let before = svm.cpu_faults();
-    let mut page = vec![0u8; PAGE];
+    let (mut page, want) = (vec![0u8; PAGE], pattern(MIB, 3));
     for p in 0..256 {
         buf.read_at(p * PAGE, &mut page);
-        assert_eq!(page, pattern(MIB, 3)[p * PAGE..(p + 1) * PAGE], "page {p}");
+        assert_eq!(page, want[p * PAGE..(p + 1) * PAGE], "page {p}");
     }
     svm.cpu_faults() - before
 }
@@ -101,10 +101,10 @@ fn gpu_stream_moves(policy: Policy) -> usize {
     let buf = svm.alloc(len).unwrap();
     svm.set_attr(buf.addr(), len, &[Attr::Granularity(0)]).unwrap();
     buf.write_at(0, &pattern(len, 5));
-    let mut page = vec![0u8; PAGE];
+    let (mut page, want) = (vec![0u8; PAGE], pattern(len, 5));
     for p in 0..len / PAGE {
         svm.gpu_read(g, buf.addr() + p * PAGE, &mut page).unwrap();
-        assert_eq!(page, pattern(len, 5)[p * PAGE..(p + 1) * PAGE], "page {p}");
+        assert_eq!(page, want[p * PAGE..(p + 1) * PAGE], "page {p}");
     }
     assert!(svm.residency(buf.addr(), len / PAGE).iter().all(|r| *r == Residency::Vram(g)));
     svm.history(buf.addr(), len).iter().filter(|m| matches!(m.cause, Cause::GpuFault { .. })).count()
@@ -177,4 +177,30 @@ fn hot_buffer_after_eviction(policy: Policy) -> Residency {
 fn eviction_keeps_the_hot_buffer() {
     assert_eq!(hot_buffer_after_eviction(Policy::Kernel), Residency::Sysmem, "LRU evicts the oldest");
     assert!(matches!(hot_buffer_after_eviction(Policy::Adaptive), Residency::Vram(_)), "the least used goes");
+}
+
+#[test]
+fn a_stream_reads_ahead_into_the_next_ranges() {
+    // 64 MiB of VRAM: ranges of 2 MiB; an 8 MiB buffer is four of them.
+    let svm = svm(Policy::Adaptive, 64 << 20, true);
+    let g = svm.gpu_ids()[0];
+    let len = 8 * MIB;
+    let buf = svm.alloc(len).unwrap();
+    svm.set_attr(buf.addr(), len, &[Attr::Granularity(0)]).unwrap();
+    assert!(svm.ranges().len() >= 4, "{:?}", svm.ranges());
+    buf.write_at(0, &pattern(len, 9));
+    svm.set_attr(buf.addr(), len, &[Attr::PrefetchLoc(Location::Gpu(g))]).unwrap();
+    let before = svm.cpu_faults();
+    let mut page = vec![0u8; PAGE];
+    let want = pattern(len, 9);
+    for p in 0..len / PAGE {
+        buf.read_at(p * PAGE, &mut page);
+        assert_eq!(page, want[p * PAGE..(p + 1) * PAGE], "page {p}");
+    }
+    let faults = svm.cpu_faults() - before;
+    let h = svm.history(buf.addr(), len);
+    let ahead: Vec<_> = h.iter().filter(|m| m.cause == Cause::Policy { rule: "stream-ahead" }).collect();
+    assert!(!ahead.is_empty(), "the later ranges came back ahead of the stream: {h:#?}");
+    assert!(ahead.iter().all(|m| m.to == Location::Sysmem && m.start >= buf.addr() + 2 * MIB));
+    assert!(faults <= 12, "the first range's faults only: {faults}");
 }
