@@ -592,11 +592,20 @@ impl Svm {
     /// Every movement of pages of `[addr, addr + len)` with its cause, oldest first (the
     /// newest `history::HISTORY_BUDGET` moves of the instance are kept).
     pub fn history(&self, addr: usize, len: usize) -> Vec<crate::history::Move> {
+        self.settle();
         self.inner.history.query(addr, len)
+    }
+
+    /// Waits for the move under way, if any: a migration wakes the threads that faulted
+    /// on its pages before it records itself, so a thread that has just been served must
+    /// not read the record before the lock holder is done.
+    fn settle(&self) {
+        drop(self.inner.lock_state());
     }
 
     /// The patterns found in the record so far, worst first, each with one concrete change.
     pub fn diagnose(&self) -> Vec<crate::history::Finding> {
+        self.settle();
         let (moves, totals) = self.inner.history.snapshot();
         let facts = Facts(&self.inner);
         let devs = &self.inner.devs;
