@@ -224,6 +224,10 @@ fn worker_loop(w: &Weak<SvmInner>, rx: mpsc::Receiver<Work>) {
                 std::thread::sleep(RESTORE_DELAY);
                 inner.restore_work();
             }
+            Work::ReadAhead { after, n, addr, to } => {
+                let mut st = inner.lock_state();
+                inner.read_ahead(&mut st, (after, n), addr, Some(to));
+            }
         }));
         if let (Err(_), Some(f)) = (handled, fault) {
             fail(&inner, f, &"its handler panicked");

@@ -118,7 +118,8 @@ impl SvmInner {
         let moved = plan.and_then(|best| self.fault_move(&mut st, key, Pages::new(first, last), best, cause));
         let migrated = matches!(moved, Some(Ok(())));
         if let (true, Some(RestoreLocation::Gpu(b))) = (migrated && ahead > 0, plan) {
-            self.read_ahead(&mut st, (last, ahead), addr, Some(b));
+            // On the worker: the faulting GPU maps its own pages and goes on meanwhile.
+            self.post(super::notifier::Work::ReadAhead { after: last, n: ahead, addr, to: b });
         }
         let mut result = moved.unwrap_or(Ok(()));
         if result.is_ok() {

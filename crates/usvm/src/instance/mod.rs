@@ -71,6 +71,9 @@ pub(crate) struct SvmState {
     evicted_ranges: u32,
     /// Bytes of ranges reserved against the system-memory limit (XNACK off).
     pub(crate) reserved_bytes: u64,
+    /// The instance is going away (its data went back to RAM): nothing may move to VRAM
+    /// any more (a read-ahead still queued for the worker is dropped).
+    pub(crate) closing: bool,
 }
 
 impl SvmState {
@@ -94,7 +97,14 @@ impl SvmState {
 
     /// A state with no range.
     pub(crate) fn new(xnack: bool) -> Self {
-        SvmState { tree: RangeTree::new(), xnack, queues: 0, evicted_ranges: 0, reserved_bytes: 0 }
+        SvmState {
+            tree: RangeTree::new(),
+            xnack,
+            queues: 0,
+            evicted_ranges: 0,
+            reserved_bytes: 0,
+            closing: false,
+        }
     }
 }
 
@@ -262,6 +272,9 @@ impl SvmInner {
         addr: usize,
         to: Option<GpuIdx>,
     ) {
+        if st.closing {
+            return;
+        }
         let Some(v) = sys::vma::lookup(addr, false).ok().flatten() else { return };
         let Some(want) = Pages::starting_at(after + 1, n).intersect(Pages::of_bytes(v.start, v.end)) else {
             return;
@@ -310,6 +323,7 @@ impl SvmInner {
     /// Moves every page of the instance back to RAM (the instance is going away).
     pub(crate) fn evacuate(&self) {
         let mut st = self.lock_state();
+        st.closing = true;
         self.evacuate_locked(&mut st, Cause::InstanceDrop);
     }
 

@@ -38,6 +38,9 @@ pub(crate) enum Work {
     Flush,
     /// The restore work (section 6.3), after RESTORE_DELAY.
     Restore,
+    /// A GPU stream's read-ahead (`SvmInner::read_ahead`): `n` pages after page `after`,
+    /// in the VMA holding `addr`, to the VRAM of GPU `to`, while the faulting GPU goes on.
+    ReadAhead { after: PageNo, n: u64, addr: usize, to: crate::gpu::GpuIdx },
 }
 
 /// The restore worker re-validates evicted ranges this long after the eviction.
