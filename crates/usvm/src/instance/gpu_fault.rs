@@ -220,7 +220,12 @@ impl SvmInner {
                 None => !x.page_in_vram(p),
             })
         };
-        let f = policy::FaultView { granule: Pages::new(first, last), limit: &|| limit, resident: &resident };
+        let f = policy::FaultView {
+            page,
+            granule: Pages::new(first, last),
+            limit: &|| limit,
+            resident: &resident,
+        };
         let extent = self.rules.fault_extent(&f);
         (extent, self.rules.read_ahead(&f, extent))
     }

@@ -250,7 +250,8 @@ impl SvmInner {
             let holder = if r.pages().contains(p) { Some(r) } else { st.tree.find(p) };
             holder.is_some_and(|x| !x.page_in_vram(p))
         };
-        let f = policy::FaultView { granule: Pages::new(first, last), limit: &limit, resident: &resident };
+        let f =
+            policy::FaultView { page, granule: Pages::new(first, last), limit: &limit, resident: &resident };
         let (key, pages) = (r.start, self.rules.fault_extent(&f));
         let ahead = self.rules.read_ahead(&f, pages);
         // The migration wakes the threads waiting in the granule once it is done.

@@ -68,14 +68,18 @@ pub fn density_extent(
 /// up to `window` pages, across range boundaries), the fault takes `2n` pages from the
 /// granule's first (at most `window`, never past `limit`): a stream's migrations triple
 /// in reach until they reach the window, and the first fault of the next range takes as
-/// much.
-/// `None` when the page before the granule is not at the destination.
+/// much. Only a fault on the granule's first page is a stream's next fault (a random
+/// access lands anywhere in its granule); `None` otherwise, and when the page before it is
+/// not at the destination.
 pub fn stream_extent(
-    granule: Pages,
+    (page, granule): (PageNo, Pages),
     limit: Pages,
     window: u64,
     resident: impl Fn(PageNo) -> bool,
 ) -> Option<Pages> {
+    if page != granule.first {
+        return None;
+    }
     let mut run = 0;
     let mut p = granule.first;
     while run < window {
@@ -220,14 +224,15 @@ impl super::Placement for AdaptiveRules {
         let limit = (f.limit)();
         let dense =
             density_extent(f.granule, limit, DENSITY_REGION_PAGES, self.0.density_percent, f.resident);
-        match stream_extent(f.granule, limit, self.0.stream_window_pages, f.resident) {
+        match stream_extent((f.page, f.granule), limit, self.0.stream_window_pages, f.resident) {
             Some(s) => Pages::new(dense.first.min(s.first), dense.last.max(s.last)),
             None => dense,
         }
     }
     fn read_ahead(&self, f: &super::FaultView<'_>, extent: Pages) -> u64 {
         let limit = (f.limit)();
-        let streaming = stream_extent(f.granule, limit, self.0.stream_window_pages, f.resident).is_some();
+        let streaming =
+            stream_extent((f.page, f.granule), limit, self.0.stream_window_pages, f.resident).is_some();
         if streaming && extent.last == limit.last { self.0.stream_window_pages } else { 0 }
     }
     fn gpu_fault(&self, st: &mut Thrashing, page: PageNo, now_ns: u64, has_preferred: bool) -> Mitigation {
@@ -289,16 +294,24 @@ mod tests {
     #[test]
     fn a_stream_takes_as_much_as_it_has_behind_it() {
         let limit = p(0, 100_000);
-        assert_eq!(stream_extent(p(10, 10), limit, 2048, |_| false), None);
+        assert_eq!(stream_extent((pg(10), p(10, 10)), limit, 2048, |_| false), None);
         // [0, 9] behind page 10: twenty pages from 10.
-        assert_eq!(stream_extent(p(10, 10), limit, 2048, |x| x < pg(10)), Some(p(10, 29)));
+        assert_eq!(stream_extent((pg(10), p(10, 10)), limit, 2048, |x| x < pg(10)), Some(p(10, 29)));
         // Across a range boundary (the caller's residency covers every range): the whole
         // next range in one fault, clipped to it.
-        assert_eq!(stream_extent(p(512, 512), p(512, 1023), 2048, |x| x < pg(512)), Some(p(512, 1023)));
+        assert_eq!(
+            stream_extent((pg(512), p(512, 512)), p(512, 1023), 2048, |x| x < pg(512)),
+            Some(p(512, 1023))
+        );
         // Never more than the window.
-        assert_eq!(stream_extent(p(5000, 5000), limit, 2048, |x| x < pg(5000)), Some(p(5000, 7047)));
+        assert_eq!(
+            stream_extent((pg(5000), p(5000, 5000)), limit, 2048, |x| x < pg(5000)),
+            Some(p(5000, 7047))
+        );
+        // A fault inside its granule is no stream's next fault.
+        assert_eq!(stream_extent((pg(700), p(512, 1023)), limit, 2048, |x| x < pg(512)), None);
         // From page 0 nothing is behind.
-        assert_eq!(stream_extent(p(0, 0), limit, 2048, |_| true), None);
+        assert_eq!(stream_extent((pg(0), p(0, 0)), limit, 2048, |_| true), None);
     }
 
     #[test]

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 /// What a fault asks a placement policy about.
 pub struct FaultView<'a> {
+    /// The faulting page.
+    pub page: PageNo,
     /// The faulting page's granule (the kernel's extent), within the range.
     pub granule: Pages,
     /// What the migration may never leave: the range and the faulting VMA (computed on
