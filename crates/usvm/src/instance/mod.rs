@@ -242,9 +242,14 @@ impl SvmInner {
         let (first, last) = policy::granule_extent(page, r.attrs.granularity, r.start, r.last);
         // The placement rules may grow the granule (density prefetch), within the range and
         // the faulting mapping.
+        // Looked up once, when the rules first ask (the kernel's never do).
+        let vma_limit = std::cell::OnceCell::new();
         let limit = || {
-            let vma = sys::vma::lookup(addr, false).ok().flatten();
-            vma.and_then(|v| r.pages().intersect(Pages::of_bytes(v.start, v.end))).unwrap_or(Pages::one(page))
+            *vma_limit.get_or_init(|| {
+                let vma = sys::vma::lookup(addr, false).ok().flatten();
+                vma.and_then(|v| r.pages().intersect(Pages::of_bytes(v.start, v.end)))
+                    .unwrap_or(Pages::one(page))
+            })
         };
         let resident = |p: PageNo| {
             let holder = if r.pages().contains(p) { Some(r) } else { st.tree.find(p) };
