@@ -267,7 +267,7 @@ fn mremap_racing_a_migration_keeps_the_data() {
         let mut back = vec![0u8; len];
         // SAFETY: reading the moved mapping.
         unsafe { std::ptr::copy_nonoverlapping(to as *const u8, back.as_mut_ptr(), len) };
-        let bad = back.chunks(PAGE).zip(data.chunks(PAGE)).filter(|(a, b)| a != b).count();
+        let bad = bad_pages(&back, &data);
         if bad > 0 {
             failures.push((round, to_ram, bad));
         }
@@ -434,7 +434,7 @@ fn map_fixed_racing_a_migration_keeps_the_new_data() {
         let mut got = vec![0u8; len];
         // SAFETY: reading this test's own mapping.
         unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, got.as_mut_ptr(), len) };
-        let bad = got.chunks(PAGE).zip(data.chunks(PAGE)).filter(|(a, b)| a != b).count();
+        let bad = bad_pages(&got, &data);
         if bad > 0 {
             failures.push((round, to_ram, bad));
         }
@@ -478,7 +478,7 @@ fn map_fixed_loop_against_a_prefetching_thread() {
             let mut got = vec![0u8; len];
             // SAFETY: reading it back.
             unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, got.as_mut_ptr(), len) };
-            let bad = got.chunks(PAGE).zip(data.chunks(PAGE)).filter(|(a, b)| a != b).count();
+            let bad = bad_pages(&got, &data);
             if bad > 0 {
                 failure = Some((round, bad));
             }

@@ -35,11 +35,6 @@ fn count(svm: &Svm, addr: usize, npages: usize, r: Residency) -> usize {
     svm.residency(addr, npages).iter().filter(|&&x| x == r).count()
 }
 
-/// Pages whose bytes differ.
-fn bad_pages(got: &[u8], want: &[u8]) -> usize {
-    got.chunks(PAGE).zip(want.chunks(PAGE)).filter(|(a, b)| a != b).count()
-}
-
 /// Whether the mapping at `addr` is locked (`lo` in its VmFlags).
 fn is_locked(addr: usize) -> bool {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();

@@ -94,6 +94,11 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8).collect()
 }
 
+/// How many 4 KiB pages of `got` differ from `want`.
+pub fn bad_pages(got: &[u8], want: &[u8]) -> usize {
+    got.chunks(PAGE).zip(want.chunks(PAGE)).filter(|(a, b)| a != b).count()
+}
+
 /// The first byte where `got` and `want` differ, for assertion messages.
 pub fn first_difference(got: &[u8], want: &[u8]) -> Option<usize> {
     got.iter().zip(want).position(|(a, b)| a != b)
